@@ -1,0 +1,109 @@
+//! Command-line parsing only: clap definitions and their conversion into validated requests.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "evac",
+    version,
+    about = "Move a live filesystem to new storage, replacing each file with a symlink to its durable copy",
+    long_about = None
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Relocate SOURCE to DEST (or resume the run recorded in the journal).
+    Run(RunArgs),
+    /// Show progress and what is left; works while a run is going.
+    Status(StatusArgs),
+    /// Re-read every relocated file at DEST and check it against the journal.
+    Verify(VerifyArgs),
+    /// Build an example tree in a temporary directory and relocate it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The old tree. Omit SOURCE and DEST to resume from the journal.
+    pub source: Option<PathBuf>,
+    /// The new storage.
+    pub dest: Option<PathBuf>,
+    /// The SQLite journal (created on the first run; must not lie inside SOURCE).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// What the symlinks point at instead of DEST's absolute path (e.g. the path clients mount DEST on).
+    #[arg(long)]
+    pub link_prefix: Option<PathBuf>,
+    /// Copy workers (default: number of CPUs, at least 2, at most 16).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Report what would be done; change nothing on either side and write no journal.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print each path that would be relocated, escaped, one a line.
+    #[arg(long)]
+    pub list: bool,
+    /// With --list: NUL-separated raw paths instead of escaped lines.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+    /// No progress output; START/FINISH and errors only.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    pub progress_interval: u64,
+    /// Files per durability batch (one syncfs and one journal commit per batch).
+    #[arg(long, default_value_t = 512)]
+    pub batch_files: usize,
+    /// Rounds of retrying deferred files at the end of the pass.
+    #[arg(long, default_value_t = 1)]
+    pub retry_rounds: u32,
+    /// Seconds to wait before each retry round.
+    #[arg(long, default_value_t = 1.0)]
+    pub retry_delay: f64,
+    /// Relocate files that a process is running or has mapped (default: defer them).
+    #[arg(long)]
+    pub relocate_mapped: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out).
+    #[arg(long, value_name = "STATE")]
+    pub list: Option<String>,
+    /// With --list: NUL-separated raw paths.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Hashing threads (default: number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Build the demo under this directory instead of a new temporary one.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Number of regular files in the generated tree.
+    #[arg(long, default_value_t = 3000)]
+    pub files: usize,
+}

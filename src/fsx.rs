@@ -1,0 +1,482 @@
+//! Dirfd-relative filesystem primitives: every mutation evac makes goes through a directory fd
+//! reached from a root one component at a time without following symlinks (I6), so a user who
+//! swaps a directory for a symlink cannot redirect it, and paths longer than PATH_MAX work.
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::io;
+
+pub use rustix::fs::Stat;
+
+fn err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// Split a relative path into its parent directory and final name.
+pub fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
+
+/// Join a relative directory and a name.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(dir.len() + name.len() + 1);
+    v.extend_from_slice(dir);
+    if !dir.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+fn components(rel: &[u8]) -> impl Iterator<Item = &[u8]> {
+    rel.split(|&b| b == b'/').filter(|c| !c.is_empty())
+}
+
+fn check_component(c: &[u8]) -> io::Result<()> {
+    if c == b"." || c == b".." || c.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path component '.', '..' or NUL refused",
+        ));
+    }
+    Ok(())
+}
+
+/// Open a root directory given by the operator (the operator's own path may contain symlinks).
+pub fn open_root(path: &std::path::Path) -> io::Result<OwnedFd> {
+    rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)
+}
+
+/// Open a subdirectory without following a symlink in its place.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    check_component(name)?;
+    rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)
+}
+
+/// Resolve a relative directory from `root`, one component at a time, never following symlinks.
+pub fn resolve_dir(root: BorrowedFd<'_>, rel_dir: &[u8]) -> io::Result<OwnedFd> {
+    let mut cur = rfs::openat(
+        root,
+        c".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    for c in components(rel_dir) {
+        cur = open_dir_at(cur.as_fd(), c)?;
+    }
+    Ok(cur)
+}
+
+/// Like `resolve_dir`, creating missing directories with mode 0700 (final metadata comes later,
+/// so nobody can reach a copy before its permissions are right).
+pub fn ensure_dir(root: BorrowedFd<'_>, rel_dir: &[u8]) -> io::Result<OwnedFd> {
+    let mut cur = resolve_dir(root, b"")?;
+    for c in components(rel_dir) {
+        check_component(c)?;
+        match rfs::mkdirat(cur.as_fd(), c, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+        cur = open_dir_at(cur.as_fd(), c)?;
+    }
+    Ok(cur)
+}
+
+pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
+    rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    rfs::fstat(fd).map_err(err)
+}
+
+pub fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+pub fn mtime_ns(st: &Stat) -> i64 {
+    st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
+}
+pub fn atime_ns(st: &Stat) -> i64 {
+    st.st_atime as i64 * 1_000_000_000 + st.st_atime_nsec as i64
+}
+pub fn ctime_ns(st: &Stat) -> i64 {
+    st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64
+}
+
+fn ts(ns: i64) -> Timespec {
+    Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    }
+}
+
+pub fn timestamps(atime_ns: i64, mtime_ns: i64) -> Timestamps {
+    Timestamps {
+        last_access: ts(atime_ns),
+        last_modification: ts(mtime_ns),
+    }
+}
+
+/// Open a regular file for reading without following symlinks, without blocking on FIFOs, and
+/// without touching its atime where the kernel lets us.
+pub fn open_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    match rfs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, base, Mode::empty()).map_err(err),
+        r => r.map_err(err),
+    }
+}
+
+/// Create a new file that did not exist, readable by its creator only.
+pub fn create_excl(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(err)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::unlinkat(dir, name, AtFlags::empty()).map_err(err)
+}
+
+/// Unlink, treating "already gone" as success.
+pub fn unlink_if_exists(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(err(e)),
+    }
+}
+
+pub fn rename_noreplace(
+    od: BorrowedFd<'_>,
+    on: &[u8],
+    nd: BorrowedFd<'_>,
+    nn: &[u8],
+) -> io::Result<()> {
+    rfs::renameat_with(od, on, nd, nn, RenameFlags::NOREPLACE).map_err(err)
+}
+
+pub fn rename_exchange(
+    od: BorrowedFd<'_>,
+    on: &[u8],
+    nd: BorrowedFd<'_>,
+    nn: &[u8],
+) -> io::Result<()> {
+    if exchange_disabled() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    rfs::renameat_with(od, on, nd, nn, RenameFlags::EXCHANGE).map_err(err)
+}
+
+/// Lets tests drive the no-RENAME_EXCHANGE fallback on filesystems that do support it.
+fn exchange_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("EVAC_TEST_NO_EXCHANGE").is_some())
+}
+
+pub fn rename_replace(
+    od: BorrowedFd<'_>,
+    on: &[u8],
+    nd: BorrowedFd<'_>,
+    nn: &[u8],
+) -> io::Result<()> {
+    rfs::renameat(od, on, nd, nn).map_err(err)
+}
+
+pub fn link_at(od: BorrowedFd<'_>, on: &[u8], nd: BorrowedFd<'_>, nn: &[u8]) -> io::Result<()> {
+    rfs::linkat(od, on, nd, nn, AtFlags::empty()).map_err(err)
+}
+
+pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::symlinkat(target, dir, name).map_err(err)
+}
+
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    rfs::readlinkat(dir, name, Vec::new())
+        .map(|c| c.into_bytes())
+        .map_err(err)
+}
+
+/// chown and times of a symlink itself.
+pub fn set_link_meta(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    uid: u32,
+    gid: u32,
+    atime_ns: i64,
+    mtime_ns: i64,
+) -> io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        rfs::chownat(
+            dir,
+            name,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(err)?;
+    }
+    rfs::utimensat(
+        dir,
+        name,
+        &timestamps(atime_ns, mtime_ns),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(err)
+}
+
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rfs::syncfs(fd).map_err(err)
+}
+
+/// All xattrs of an open file as (name, value) pairs; an fs without xattrs yields none.
+pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut list = vec![0u8; 1024];
+    let n = loop {
+        match rfs::flistxattr(fd, &mut list[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => list.resize(list.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e)),
+        }
+    };
+    let mut out = Vec::new();
+    for name in list[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let mut val = vec![0u8; 256];
+        loop {
+            match rfs::fgetxattr(fd, name, &mut val[..]) {
+                Ok(len) => {
+                    val.truncate(len);
+                    out.push((name.to_vec(), val));
+                    break;
+                }
+                Err(Errno::RANGE) => val.resize(val.len().max(256) * 4, 0),
+                // Vanished between list and get: it is not there any more.
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
+    rfs::fsetxattr(fd, name, value, rfs::XattrFlags::empty()).map_err(err)
+}
+
+/// Owner, xattrs, mode and times, in the order that keeps setuid bits and file capabilities:
+/// chown clears both, so it goes first; mode after xattrs so an ACL's mask cannot alter it.
+/// Returns xattrs that could not be set (name, error) rather than failing the file on them
+/// when we are not root (a user cannot set trusted.* on their own copy either).
+pub fn apply_meta(
+    fd: BorrowedFd<'_>,
+    st: &Stat,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> io::Result<Vec<(Vec<u8>, io::Error)>> {
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(st.st_uid)),
+            Some(rfs::Gid::from_raw(st.st_gid)),
+        )
+        .map_err(err)?;
+    }
+    let mut skipped = Vec::new();
+    for (name, value) in xattrs {
+        if let Err(e) = set_xattr(fd, name, value) {
+            if root {
+                return Err(e);
+            }
+            skipped.push((name.clone(), e));
+        }
+    }
+    rfs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(err)?;
+    rfs::futimens(fd, &timestamps(atime_ns(st), mtime_ns(st))).map_err(err)?;
+    Ok(skipped)
+}
+
+/// fcntl F_SETSIG (Linux); the libc crate does not export it.
+const F_SETSIG: i32 = 10;
+
+pub const LEASE_RDLCK: i32 = libc::F_RDLCK;
+pub const LEASE_UNLCK: i32 = libc::F_UNLCK;
+
+/// Take a read lease: refused (EAGAIN) if anyone has the file open for writing.
+pub fn set_lease(fd: BorrowedFd<'_>, kind: i32, signal: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain fcntl calls on a valid fd.
+    unsafe {
+        if kind != LEASE_UNLCK && libc::fcntl(fd.as_raw_fd(), F_SETSIG, signal) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The lease type we hold, or the one it is being broken to while a break is pending.
+pub fn get_lease(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain fcntl on a valid fd.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETLEASE) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Copy `len` bytes from `src` to `dst`, keeping holes, hashing every byte (holes as zeros) in the
+/// same pass. `keep_going` is polled between chunks so a lease break is answered promptly.
+pub fn copy_sparse(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    len: u64,
+    hasher: &mut blake3::Hasher,
+    buf: &mut [u8],
+    keep_going: &mut dyn FnMut() -> bool,
+) -> io::Result<CopyOutcome> {
+    use rustix::fs::SeekFrom;
+    let mut pos = 0u64;
+    let mut data_bytes = 0u64;
+    while pos < len {
+        let data = match rfs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(len),
+            Err(Errno::NXIO) => len,
+            // Filesystems without SEEK_DATA: treat everything as data.
+            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => pos,
+            Err(e) => return Err(err(e)),
+        };
+        if data > pos {
+            hash_zeros(hasher, data - pos);
+            pos = data;
+            if pos >= len {
+                break;
+            }
+        }
+        let hole = match rfs::seek(src, SeekFrom::Hole(pos)) {
+            Ok(h) => h.min(len),
+            Err(Errno::NXIO) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => len,
+            Err(e) => return Err(err(e)),
+        };
+        while pos < hole {
+            if !keep_going() {
+                return Ok(CopyOutcome::Aborted);
+            }
+            let want = ((hole - pos) as usize).min(buf.len());
+            let n = match rustix::io::pread(src, &mut buf[..want], pos) {
+                Ok(n) => n,
+                Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
+                Err(e) => return Err(err(e)),
+            };
+            if n == 0 {
+                // Shrunk under us: the post-copy identity check will catch it.
+                return Ok(CopyOutcome::Shrunk);
+            }
+            hasher.update(&buf[..n]);
+            let mut off = 0;
+            while off < n {
+                match rustix::io::pwrite(dst, &buf[off..n], pos + off as u64) {
+                    Ok(w) => off += w,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            pos += n as u64;
+            data_bytes += n as u64;
+        }
+    }
+    rfs::ftruncate(dst, len).map_err(err)?;
+    Ok(CopyOutcome::Done { data_bytes })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyOutcome {
+    Done { data_bytes: u64 },
+    Aborted,
+    Shrunk,
+}
+
+fn hash_zeros(hasher: &mut blake3::Hasher, mut n: u64) {
+    static ZEROS: [u8; 65536] = [0; 65536];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Hash a file's full content (holes read as zeros by the kernel).
+pub fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(blake3::Hash, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut pos = 0u64;
+    loop {
+        let n = match rustix::io::pread(fd, &mut *buf, pos) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(err(e)),
+        };
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok((h.finalize(), pos))
+}
+
+/// Raise the soft fd limit to the hard one: leases are held on open fds across a batch.
+pub fn raise_nofile() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(max),
+                maximum: Some(max),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_and_join() {
+        assert_eq!(split_parent(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split_parent(b"c"), (&b""[..], &b"c"[..]));
+        assert_eq!(join(b"", b"x"), b"x");
+        assert_eq!(join(b"a", b"x"), b"a/x");
+    }
+
+    #[test]
+    fn dotdot_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = open_root(d.path()).unwrap();
+        assert!(resolve_dir(root.as_fd(), b"..").is_err());
+    }
+}

@@ -1,0 +1,852 @@
+//! The SQLite journal: the only code that writes SQL. It records the plan, every file's state and
+//! history, and every run, so that any stop (even kill -9) can be resumed without loss.
+
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../migrations/0001_init.sql"),
+)];
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub journal_id: String,
+    pub source: PathBuf,
+    pub dest: PathBuf,
+    pub link_prefix: PathBuf,
+    pub source_dev: u64,
+    pub source_ino: u64,
+    pub dest_dev: u64,
+    pub dest_ino: u64,
+}
+
+/// What the walker saw at one path.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// For symlinks: the target.
+    pub target: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+    /// A directory on another filesystem: recorded, never entered.
+    MountPoint,
+    /// A name in evac's own temporary namespace for this journal.
+    Reserved,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDev => "chardev",
+            Kind::BlockDev => "blockdev",
+            Kind::MountPoint => "mountpoint",
+            Kind::Reserved => "reserved",
+        }
+    }
+}
+
+/// One regular file as the journal knows it, enough to relocate it.
+#[derive(Debug, Clone)]
+pub struct FileRec {
+    pub id: i64,
+    pub path: Vec<u8>,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub version: i64,
+    /// The DEST inode of a previous version that evac wrote (so it may move it aside).
+    pub dest_ino: Option<u64>,
+}
+
+/// What the coordinator should do after recording an observation.
+#[derive(Debug)]
+pub enum Next {
+    Nothing,
+    Relocate(FileRec),
+    /// A hard-linked file: relocated with all its names once the walk is complete.
+    HardLinkLater,
+}
+
+pub struct Counts {
+    pub by_state: Vec<(String, i64)>,
+    pub bytes_total: i64,
+    pub bytes_relocated: i64,
+}
+
+pub struct RunRow {
+    pub id: i64,
+    pub pid: i64,
+    pub started_at: f64,
+    pub heartbeat_at: f64,
+    pub finished_at: Option<f64>,
+    pub exit_code: Option<i64>,
+    pub bytes_relocated: i64,
+    pub files_relocated: i64,
+    pub rate_bps: f64,
+    pub throttle: String,
+}
+
+/// A relocated file as verify needs it.
+pub struct Relocated {
+    pub id: i64,
+    pub path: Vec<u8>,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub blake3: Option<Vec<u8>>,
+    pub dest_ino: Option<u64>,
+}
+
+pub struct DirRec {
+    pub path: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+}
+
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn jerr<'a>(path: &'a Path, op: &'static str) -> impl Fn(rusqlite::Error) -> Error + 'a {
+    move |e| Error::Journal {
+        path: path.to_path_buf(),
+        op,
+        msg: e.to_string(),
+    }
+}
+
+impl Journal {
+    /// Open (and create if `create`) a journal, applying pending migrations.
+    pub fn open(path: &Path, create: bool) -> Result<Journal> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(jerr(path, "open"))?;
+        let j = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
+        j.conn
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(jerr(path, "configure"))?;
+        // FULL: a commit must be on disk before the step it records takes effect (I3).
+        j.conn
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
+            .map_err(jerr(path, "configure"))?;
+        j.migrate()?;
+        Ok(j)
+    }
+
+    /// Open an existing journal for reading while a run may be writing it.
+    pub fn open_read(path: &Path) -> Result<Journal> {
+        if !path.exists() {
+            return Err(Error::Setup(format!(
+                "journal {}: no such file",
+                crate::escape::quoted(path.as_os_str().as_encoded_bytes())
+            )));
+        }
+        let j = Journal::open(path, false)?;
+        j.conn
+            .execute_batch("PRAGMA query_only=ON;")
+            .map_err(jerr(path, "configure"))?;
+        Ok(j)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn e(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        jerr(&self.path, op)
+    }
+
+    pub fn migrate(&self) -> Result<()> {
+        let have: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.e("read schema version"))?;
+        if have as usize > MIGRATIONS.len() {
+            return Err(Error::Setup(format!(
+                "journal {}: schema version {have} is newer than this evac understands ({}); use a newer evac",
+                self.path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+            let tx = self.conn.unchecked_transaction().map_err(self.e("migrate"))?;
+            tx.execute_batch(sql).map_err(self.e("migrate"))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(self.e("migrate"))?;
+            tx.commit().map_err(self.e("migrate"))?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.e("read schema version"))
+    }
+
+    pub fn begin(&self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(self.e("begin transaction"))
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(self.e("commit transaction"))
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    // ---- plan and runs -------------------------------------------------------------------
+
+    pub fn plan(&self) -> Result<Option<Plan>> {
+        self.conn
+            .query_row(
+                "SELECT journal_id, source, dest, link_prefix, source_dev, source_ino, dest_dev, dest_ino FROM plan WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Plan {
+                        journal_id: r.get(0)?,
+                        source: bytes_path(r.get(1)?),
+                        dest: bytes_path(r.get(2)?),
+                        link_prefix: bytes_path(r.get(3)?),
+                        source_dev: r.get::<_, i64>(4)? as u64,
+                        source_ino: r.get::<_, i64>(5)? as u64,
+                        dest_dev: r.get::<_, i64>(6)? as u64,
+                        dest_ino: r.get::<_, i64>(7)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.e("read plan"))
+    }
+
+    pub fn create_plan(&self, p: &Plan, options: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO plan (id, journal_id, source, dest, link_prefix, source_dev, source_ino, dest_dev, dest_ino, created_at, options)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    p.journal_id,
+                    path_bytes(&p.source),
+                    path_bytes(&p.dest),
+                    path_bytes(&p.link_prefix),
+                    p.source_dev as i64,
+                    p.source_ino as i64,
+                    p.dest_dev as i64,
+                    p.dest_ino as i64,
+                    now(),
+                    options
+                ],
+            )
+            .map_err(self.e("write plan"))?;
+        Ok(())
+    }
+
+    pub fn start_run(&self, pid: u32, args: &str) -> Result<i64> {
+        let t = now();
+        self.conn
+            .execute(
+                "INSERT INTO runs (pid, args, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?3)",
+                params![pid, args, t],
+            )
+            .map_err(self.e("record run start"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn heartbeat(
+        &self,
+        run: i64,
+        files: u64,
+        bytes: u64,
+        rate: f64,
+        throttle: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET heartbeat_at = ?2, files_relocated = ?3, bytes_relocated = ?4, rate_bps = ?5, throttle = ?6 WHERE id = ?1",
+                params![run, now(), files as i64, bytes as i64, rate, throttle],
+            )
+            .map_err(self.e("record progress"))?;
+        Ok(())
+    }
+
+    pub fn finish_run(&self, run: i64, exit_code: i32, totals: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, exit_code = ?3, totals = ?4 WHERE id = ?1",
+                params![run, now(), exit_code, totals],
+            )
+            .map_err(self.e("record run finish"))?;
+        Ok(())
+    }
+
+    pub fn last_run(&self) -> Result<Option<RunRow>> {
+        self.conn
+            .query_row(
+                "SELECT id, pid, started_at, heartbeat_at, finished_at, exit_code, bytes_relocated, files_relocated, rate_bps, throttle
+                 FROM runs ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        pid: r.get(1)?,
+                        started_at: r.get(2)?,
+                        heartbeat_at: r.get(3)?,
+                        finished_at: r.get(4)?,
+                        exit_code: r.get(5)?,
+                        bytes_relocated: r.get(6)?,
+                        files_relocated: r.get(7)?,
+                        rate_bps: r.get(8)?,
+                        throttle: r.get(9)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.e("read runs"))
+    }
+
+    pub fn log(&self, run: Option<i64>, level: &str, message: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO log (run_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
+                params![run, now(), level, message],
+            )
+            .map_err(self.e("write log"))?;
+        Ok(())
+    }
+
+    pub fn log_lines(&self, limit: i64) -> Result<Vec<(f64, String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT at, level, message FROM (SELECT * FROM log ORDER BY id DESC LIMIT ?1) ORDER BY id")
+            .map_err(self.e("read log"))?;
+        let rows = st
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.e("read log"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("read log"))
+    }
+
+    // ---- inventory ------------------------------------------------------------------------
+
+    /// Record what the walker saw at a path and decide what to do with it.
+    pub fn observe(&self, s: &Seen, run: i64, link_target: &[u8]) -> Result<Next> {
+        if s.kind == Kind::Dir {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO dirs (path, depth, mode, uid, gid, atime_ns, mtime_ns, seen_run)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(path) DO UPDATE SET mode = excluded.mode, uid = excluded.uid,
+                        gid = excluded.gid, seen_run = excluded.seen_run",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        s.path,
+                        s.path.iter().filter(|&&b| b == b'/').count() as i64,
+                        s.mode,
+                        s.uid,
+                        s.gid,
+                        s.atime_ns,
+                        s.mtime_ns,
+                        run
+                    ])
+                })
+                .map_err(self.e("record directory"))?;
+            return Ok(Next::Nothing);
+        }
+        let prior: Option<(i64, String, String, i64, Option<i64>)> = self
+            .conn
+            .prepare_cached("SELECT id, state, kind, version, dest_ino FROM files WHERE path = ?1")
+            .and_then(|mut st| {
+                st.query_row([&s.path], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()
+            })
+            .map_err(self.e("look up file"))?;
+
+        let already_linked = s.kind == Kind::Symlink && s.target.as_deref() == Some(link_target);
+        let (kind, state, reason): (&str, &str, Option<&str>) = match s.kind {
+            Kind::File => ("file", "pending", None),
+            Kind::Symlink if already_linked => ("file", "relocated", None),
+            Kind::Symlink => ("symlink", "skipped", Some("symlink (left as it is)")),
+            Kind::Fifo => ("fifo", "skipped", Some("FIFO (never opened)")),
+            Kind::Socket => ("socket", "skipped", Some("socket (never opened)")),
+            Kind::CharDev => ("chardev", "skipped", Some("character device (never opened)")),
+            Kind::BlockDev => ("blockdev", "skipped", Some("block device (never opened)")),
+            Kind::MountPoint => (
+                "mountpoint",
+                "skipped",
+                Some("another filesystem is mounted here (not crossed)"),
+            ),
+            Kind::Reserved => (
+                "reserved",
+                "skipped",
+                Some("name is reserved for this journal's temporary files"),
+            ),
+            Kind::Dir => unreachable!("handled above"),
+        };
+
+        let t = now();
+        match prior {
+            None => {
+                let reason = if already_linked {
+                    Some("already a link to its copy when first seen")
+                } else {
+                    reason
+                };
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            s.path, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64,
+                            s.size as i64, s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t
+                        ])
+                    })
+                    .map_err(self.e("record file"))?;
+                let id = self.conn.last_insert_rowid();
+                Ok(self.next_for(s, id, 1, None, state))
+            }
+            Some((id, pstate, _pkind, version, dest_ino)) => {
+                if already_linked && matches!(pstate.as_str(), "relocated" | "swapped") {
+                    self.conn
+                        .prepare_cached("UPDATE files SET seen_run = ?2 WHERE id = ?1")
+                        .and_then(|mut st| st.execute(params![id, run]))
+                        .map_err(self.e("record file"))?;
+                    return Ok(Next::Nothing);
+                }
+                // A regular file where our link was: the user replaced it; a new version.
+                let reappeared = s.kind == Kind::File && pstate == "relocated";
+                let version = if reappeared { version + 1 } else { version };
+                let reason = if already_linked {
+                    Some("already a link to its copy")
+                } else {
+                    reason
+                };
+                self.conn
+                    .prepare_cached(
+                        "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
+                            uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16
+                         WHERE id = ?1",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            id, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64, s.size as i64,
+                            s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t, version
+                        ])
+                    })
+                    .map_err(self.e("record file"))?;
+                if reappeared {
+                    self.event(id, Some(run), "reappeared", "a regular file replaced the link; relocating it as a new version")?;
+                }
+                Ok(self.next_for(s, id, version, dest_ino.map(|d| d as u64), state))
+            }
+        }
+    }
+
+    fn next_for(&self, s: &Seen, id: i64, version: i64, dest_ino: Option<u64>, state: &str) -> Next {
+        if state != "pending" {
+            return Next::Nothing;
+        }
+        if s.nlink > 1 {
+            return Next::HardLinkLater;
+        }
+        Next::Relocate(FileRec {
+            id,
+            path: s.path.clone(),
+            dev: s.dev,
+            ino: s.ino,
+            nlink: s.nlink,
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+            version,
+            dest_ino,
+        })
+    }
+
+    /// After a complete walk: files that were waiting but are no longer there.
+    pub fn mark_unseen_gone(&self, run: i64) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE files SET state = 'gone', reason = 'no longer in SOURCE', updated_at = ?2
+                 WHERE (seen_run IS NULL OR seen_run != ?1) AND state IN ('pending', 'deferred', 'failed', 'skipped')",
+                params![run, now()],
+            )
+            .map_err(self.e("mark vanished files"))
+    }
+
+    fn rec_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRec> {
+        Ok(FileRec {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            dev: r.get::<_, i64>(2)? as u64,
+            ino: r.get::<_, i64>(3)? as u64,
+            nlink: r.get::<_, i64>(4)? as u64,
+            size: r.get::<_, i64>(5)? as u64,
+            mtime_ns: r.get(6)?,
+            ctime_ns: r.get(7)?,
+            version: r.get(8)?,
+            dest_ino: r.get::<_, Option<i64>>(9)?.map(|d| d as u64),
+        })
+    }
+
+    const REC_COLS: &'static str =
+        "id, path, dev, ino, nlink, size, mtime_ns, ctime_ns, version, dest_ino";
+
+    /// Pending hard-linked files, grouped by inode (consecutive rows share dev/ino), after `after`.
+    pub fn hardlink_pending(&self, after: (i64, i64), limit: i64) -> Result<Vec<FileRec>> {
+        let sql = format!(
+            "SELECT {} FROM files WHERE kind = 'file' AND state = 'pending' AND nlink > 1 AND (dev, ino) > (?1, ?2)
+             ORDER BY dev, ino, id LIMIT ?3",
+            Self::REC_COLS
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(self.e("list hard links"))?;
+        let rows = st
+            .query_map(params![after.0, after.1, limit], Self::rec_from_row)
+            .map_err(self.e("list hard links"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list hard links"))
+    }
+
+    /// Files in `state` with id > `after`, for retry rounds and recovery.
+    pub fn files_in_state(&self, state: &str, after: i64, limit: i64) -> Result<Vec<FileRec>> {
+        let sql = format!(
+            "SELECT {} FROM files WHERE state = ?1 AND kind = 'file' AND id > ?2 ORDER BY id LIMIT ?3",
+            Self::REC_COLS
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(self.e("list files"))?;
+        let rows = st
+            .query_map(params![state, after, limit], Self::rec_from_row)
+            .map_err(self.e("list files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list files"))
+    }
+
+    // ---- state changes (called inside begin/commit by the coordinator) ---------------------
+
+    pub fn set_state(&self, id: i64, state: &str, reason: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, state, reason, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    pub fn mark_copying(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET state = 'copying', reason = NULL, attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    /// The DEST copy is in place under its final name: from now on that name is ours.
+    pub fn mark_placed(&self, id: i64, blake3: &[u8], dest_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET state = 'placed', blake3 = ?2, dest_ino = ?3, updated_at = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, blake3, dest_ino as i64, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    pub fn event(&self, id: i64, run: Option<i64>, event: &str, detail: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (file_id, run_id, at, event, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![id, run, now(), event, detail]))
+            .map_err(self.e("record event"))?;
+        Ok(())
+    }
+
+    pub fn file_state(&self, id: i64) -> Result<Option<(String, Option<u64>, u64)>> {
+        self.conn
+            .prepare_cached("SELECT state, dest_ino, ino FROM files WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<i64>>(1)?.map(|d| d as u64),
+                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(self.e("read state"))
+    }
+
+    /// The path of a file by id.
+    pub fn files_in_state_any(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .prepare_cached("SELECT path FROM files WHERE id = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get(0)).optional())
+            .map_err(self.e("read file"))
+    }
+
+    /// Deferred files go back to pending for another try; returns how many.
+    pub fn requeue_deferred(&self) -> Result<usize> {
+        self.conn
+            .execute("UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file'", [])
+            .map_err(self.e("requeue deferred files"))
+    }
+
+    // ---- directories ---------------------------------------------------------------------
+
+    pub fn dirs_deepest_first(&self, after: Option<(i64, Vec<u8>)>, limit: i64) -> Result<Vec<(i64, DirRec)>> {
+        let (d, p) = after.unwrap_or((i64::MAX, Vec::new()));
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT depth, path, mode, uid, gid, atime_ns, mtime_ns FROM dirs
+                 WHERE (depth < ?1) OR (depth = ?1 AND path > ?2)
+                 ORDER BY depth DESC, path LIMIT ?3",
+            )
+            .map_err(self.e("list directories"))?;
+        let rows = st
+            .query_map(params![d, p, limit], |r| {
+                Ok((
+                    r.get(0)?,
+                    DirRec {
+                        path: r.get(1)?,
+                        mode: r.get(2)?,
+                        uid: r.get(3)?,
+                        gid: r.get(4)?,
+                        atime_ns: r.get(5)?,
+                        mtime_ns: r.get(6)?,
+                    },
+                ))
+            })
+            .map_err(self.e("list directories"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list directories"))
+    }
+
+    // ---- reporting -----------------------------------------------------------------------
+
+    pub fn counts(&self) -> Result<Counts> {
+        let mut st = self
+            .conn
+            .prepare("SELECT state, count(*) FROM files GROUP BY state")
+            .map_err(self.e("count files"))?;
+        let by_state = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.e("count files"))?
+            .collect::<rusqlite::Result<Vec<(String, i64)>>>()
+            .map_err(self.e("count files"))?;
+        let (total, done): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(size), 0), coalesce(sum(CASE WHEN state IN ('relocated', 'swapped') THEN size ELSE 0 END), 0)
+                 FROM files WHERE kind = 'file' AND state NOT IN ('gone', 'skipped')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.e("count bytes"))?;
+        Ok(Counts {
+            by_state,
+            bytes_total: total,
+            bytes_relocated: done,
+        })
+    }
+
+    pub fn top_reasons(&self, limit: i64) -> Result<Vec<(String, String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT state, coalesce(reason, ''), count(*) AS n FROM files
+                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, reason ORDER BY n DESC LIMIT ?1",
+            )
+            .map_err(self.e("summarise reasons"))?;
+        let rows = st
+            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.e("summarise reasons"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("summarise reasons"))
+    }
+
+    /// Paths (and reasons) in the given states, streamed to `f`.
+    pub fn for_each_in_states(
+        &self,
+        states: &[&str],
+        f: &mut dyn FnMut(&[u8], Option<&str>) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let list = states
+            .iter()
+            .map(|s| format!("'{}'", s.replace('\'', "")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT path, reason FROM files WHERE state IN ({list}) ORDER BY path"
+            ))
+            .map_err(self.e("list files"))?;
+        let mut rows = st.query([]).map_err(self.e("list files"))?;
+        while let Some(r) = rows.next().map_err(self.e("list files"))? {
+            let p: Vec<u8> = r.get(0).map_err(self.e("list files"))?;
+            let reason: Option<String> = r.get(1).map_err(self.e("list files"))?;
+            f(&p, reason.as_deref()).map_err(|e| Error::Setup(format!("write output: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn relocated_batch(&self, after: i64, limit: i64) -> Result<Vec<Relocated>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path, size, mode, uid, gid, mtime_ns, blake3, dest_ino FROM files
+                 WHERE state = 'relocated' AND kind = 'file' AND id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(self.e("list relocated files"))?;
+        let rows = st
+            .query_map(params![after, limit], |r| {
+                Ok(Relocated {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    size: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                    mode: r.get::<_, Option<u32>>(3)?.unwrap_or(0),
+                    uid: r.get::<_, Option<u32>>(4)?.unwrap_or(0),
+                    gid: r.get::<_, Option<u32>>(5)?.unwrap_or(0),
+                    mtime_ns: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                    blake3: r.get(7)?,
+                    dest_ino: r.get::<_, Option<i64>>(8)?.map(|d| d as u64),
+                })
+            })
+            .map_err(self.e("list relocated files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list relocated files"))
+    }
+
+    /// Record what the final swap needs: state, hash and the identity of the copy.
+    pub fn mark_relocated(&self, id: i64, run: i64, blake3: &[u8], dest_ino: u64, st: &crate::fsx::Stat) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
+                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
+                    crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now()
+                ])
+            })
+            .map_err(self.e("record state"))?;
+        self.event(id, Some(run), "relocated", &blake3_hex(blake3))
+    }
+
+    /// Fill in what a link found in SOURCE tells about a file relocated without a record of it.
+    pub fn adopt_link(&self, id: i64, blake3: &[u8], dest_ino: u64, st: &crate::fsx::Stat) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7, mtime_ns = ?8 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    blake3,
+                    dest_ino as i64,
+                    st.st_size,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    crate::fsx::mtime_ns(st)
+                ])
+            })
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    /// Relocated files with no hash yet (adopted links): verify and a later run fill them in.
+    pub fn unhashed_relocated(&self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path FROM files WHERE state = 'relocated' AND kind = 'file' AND blake3 IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(self.e("list files"))?;
+        let rows = st
+            .query_map(params![after, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.e("list files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list files"))
+    }
+}
+
+pub fn blake3_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn path_bytes(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_encoded_bytes().to_vec()
+}
+
+pub fn bytes_path(b: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(b))
+}

@@ -1,0 +1,17 @@
+//! evac: relocate a live filesystem to new storage, one file at a time, replacing each original
+//! with a symlink to its durable, verified copy, with a journal that survives any stop.
+
+pub mod busy;
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod escape;
+pub mod fsx;
+pub mod journal;
+pub mod lock;
+pub mod progress;
+pub mod relocate;
+pub mod report;
+pub mod run;
+pub mod signals;
+pub mod walk;

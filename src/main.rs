@@ -1,0 +1,43 @@
+//! The `evac` binary: parse the command line, call the library, turn errors into exit codes.
+
+use clap::Parser;
+use evac::cli::{Cli, Command};
+use evac::run::RunOpts;
+
+fn main() {
+    let cli = Cli::parse();
+    let args_text = std::env::args_os()
+        .skip(1)
+        .map(|a| evac::escape::escape(a.as_encoded_bytes()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let result = match cli.command {
+        Command::Run(a) => evac::run::run(RunOpts {
+            source: a.source,
+            dest: a.dest,
+            journal: a.journal,
+            link_prefix: a.link_prefix,
+            workers: a.workers,
+            dry_run: a.dry_run,
+            list: a.list,
+            null: a.null,
+            quiet: a.quiet,
+            progress_interval: a.progress_interval,
+            batch_files: a.batch_files,
+            retry_rounds: a.retry_rounds,
+            retry_delay: a.retry_delay,
+            relocate_mapped: a.relocate_mapped,
+            args_text,
+        }),
+        Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),
+        Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
+        Command::Demo(a) => evac::demo::demo(a.dir, a.files),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("evac: error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Progress for the operator: the core counts in atomics; one thread draws indicatif bars on a
+//! terminal, or prints a plain line per interval otherwise, and prints the core's messages.
+
+use crossbeam_channel::{Receiver, Sender};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Stats {
+    pub files_seen: AtomicU64,
+    pub bytes_seen: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub deferred: AtomicU64,
+    pub failed: AtomicU64,
+    pub busy_workers: AtomicU64,
+    pub workers: AtomicU64,
+    pub walk_done: AtomicBool,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Ui {
+    tx: Sender<String>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn human_bytes(n: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {}", units[i])
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+impl Ui {
+    pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
+        let (tx, rx) = crossbeam_channel::unbounded::<String>();
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        let tty = std::io::stderr().is_terminal();
+        let thread = std::thread::Builder::new()
+            .name("evac-progress".into())
+            .spawn(move || draw(stats, rx, d2, quiet, tty, interval))
+            .ok();
+        Ui { tx, done, thread }
+    }
+
+    /// A line for the operator (errors, notes); printed above the bars.
+    pub fn message(&self, line: String) {
+        let _ = self.tx.send(line);
+    }
+
+    pub fn finish(mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn draw(stats: Arc<Stats>, rx: Receiver<String>, done: Arc<AtomicBool>, quiet: bool, tty: bool, interval: Duration) {
+    let start = Instant::now();
+    let bars = if tty && !quiet {
+        let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        let files = mp.add(ProgressBar::new(0));
+        files.set_style(
+            ProgressStyle::with_template("{prefix:>6} [{bar:40}] {pos}/{len} files {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        files.set_prefix("files");
+        let bytes = mp.add(ProgressBar::new(0));
+        bytes.set_style(
+            ProgressStyle::with_template("{prefix:>6} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bytes.set_prefix("bytes");
+        Some((mp, files, bytes))
+    } else {
+        None
+    };
+    let mut last_line = Instant::now();
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        while let Ok(line) = rx.try_recv() {
+            match &bars {
+                Some((mp, _, _)) => {
+                    let _ = mp.println(&line);
+                }
+                None => eprintln!("{line}"),
+            }
+        }
+        let seen = Stats::get(&stats.files_seen);
+        let bseen = Stats::get(&stats.bytes_seen);
+        let fdone = Stats::get(&stats.files_done);
+        let bdone = Stats::get(&stats.bytes_done);
+        let walking = if stats.walk_done.load(Ordering::Relaxed) { "" } else { " (still counting)" };
+        let busy = format!(
+            "workers {}/{} deferred {} failed {}",
+            Stats::get(&stats.busy_workers),
+            Stats::get(&stats.workers),
+            Stats::get(&stats.deferred),
+            Stats::get(&stats.failed)
+        );
+        if let Some((_, f, b)) = &bars {
+            f.set_length(seen);
+            f.set_position(fdone);
+            f.set_message(format!("{busy}{walking}"));
+            b.set_length(bseen);
+            b.set_position(bdone);
+        } else if !quiet && (last_line.elapsed() >= interval || finished) && !finished {
+            let el = start.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "evac: {fdone}/{seen} files, {}/{}{walking}, {}/s, {busy}",
+                human_bytes(bdone as f64),
+                human_bytes(bseen as f64),
+                human_bytes(bdone as f64 / el)
+            );
+            last_line = Instant::now();
+        }
+        if finished {
+            if let Some((mp, f, b)) = &bars {
+                f.finish();
+                b.finish();
+                let _ = mp.clear();
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

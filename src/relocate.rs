@@ -1,0 +1,727 @@
+//! The per-file protocol: copy under a lease into a 0600 temporary at DEST, hashing as the bytes
+//! pass; then, a batch at a time, make the copies durable, place them with RENAME_NOREPLACE, and
+//! swap each original for a symlink with RENAME_EXCHANGE, checking the swapped-out original
+//! before it is unlinked. Also the recovery of anything a crash left half done.
+
+use crate::busy::Mapped;
+use crate::error::{Error, IoContext, Result};
+use crate::fsx::{self, Stat};
+use crate::journal::{FileRec, Journal};
+use crate::signals::{lease_signal, Leases};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Everything the protocol needs that stays the same for a run.
+pub struct Ctx {
+    pub src_root: OwnedFd,
+    pub dst_root: OwnedFd,
+    pub src_dev: u64,
+    pub jid: String,
+    pub link_prefix: Vec<u8>,
+    pub leases: Arc<Leases>,
+    pub mapped: Arc<Mapped>,
+    pub relocate_mapped: bool,
+    pub stop: Arc<AtomicBool>,
+    /// Set once a file's filesystem refused a lease; the run log says so once.
+    pub no_lease_seen: AtomicBool,
+    /// Set once RENAME_EXCHANGE was refused; swaps then use the attic fallback.
+    pub no_exchange_seen: AtomicBool,
+}
+
+impl Ctx {
+    pub fn tmp_name(&self, id: i64, suffix: &str) -> Vec<u8> {
+        format!(".evac-{}-{}.{}", self.jid, id, suffix).into_bytes()
+    }
+
+    pub fn reserved_prefix(&self) -> Vec<u8> {
+        format!(".evac-{}-", self.jid).into_bytes()
+    }
+
+    /// The file id a reserved name carries, if it is one of ours.
+    pub fn parse_tmp(&self, name: &[u8]) -> Option<(i64, String)> {
+        let rest = name.strip_prefix(self.reserved_prefix().as_slice())?;
+        let rest = std::str::from_utf8(rest).ok()?;
+        let (id, suffix) = rest.split_once('.')?;
+        Some((id.parse().ok()?, suffix.to_string()))
+    }
+
+    pub fn link_target(&self, rel: &[u8]) -> Vec<u8> {
+        let mut t = self.link_prefix.clone();
+        if !t.ends_with(b"/") {
+            t.push(b'/');
+        }
+        t.extend_from_slice(rel);
+        t
+    }
+}
+
+/// An open source file, possibly under a read lease, that unregisters before it closes.
+pub struct Held {
+    pub fd: OwnedFd,
+    pub broken: Arc<AtomicBool>,
+    pub leased: bool,
+    leases: Arc<Leases>,
+}
+
+impl Held {
+    /// True while nobody has tried to open the file for writing since we took the lease.
+    pub fn intact(&self) -> bool {
+        if self.broken.load(Ordering::SeqCst) {
+            return false;
+        }
+        !self.leased || fsx::get_lease(self.fd.as_fd()).ok() == Some(fsx::LEASE_RDLCK)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.leases.unregister(self.fd.as_raw_fd());
+        if self.leased {
+            let _ = fsx::set_lease(self.fd.as_fd(), fsx::LEASE_UNLCK, 0);
+        }
+    }
+}
+
+/// One inode to relocate with every name it has in SOURCE (one name unless hard-linked).
+#[derive(Debug)]
+pub struct Job {
+    pub names: Vec<FileRec>,
+}
+
+/// One name of a copied inode, with its directories open.
+pub struct Name {
+    pub rec: FileRec,
+    pub src_dir: OwnedFd,
+    pub dst_dir: OwnedFd,
+    pub dst_tmp: Vec<u8>,
+}
+
+pub struct Copied {
+    pub names: Vec<Name>,
+    pub src: Held,
+    /// The source as it was when the copy began.
+    pub st: Stat,
+    /// The copy, to notice writes made through the link if a swap has to be undone.
+    pub dst: OwnedFd,
+    pub dst_st: Stat,
+    pub hash: [u8; 32],
+    pub bytes: u64,
+}
+
+pub enum Outcome {
+    Copied(Box<Copied>),
+    Deferred(Job, String),
+    Failed(Job, String),
+    /// The path is no longer a regular file in SOURCE.
+    Gone(Job),
+    /// Stopped before it finished; back to pending.
+    Aborted(Job),
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+    )
+}
+
+fn same_content_identity(a: &Stat, b: &Stat) -> bool {
+    a.st_ino == b.st_ino
+        && a.st_dev == b.st_dev
+        && a.st_size == b.st_size
+        && fsx::mtime_ns(a) == fsx::mtime_ns(b)
+}
+
+/// Worker side: copy one inode to temporaries at DEST (one per name).
+pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
+    const ATTEMPTS: u32 = 3;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        match copy_once(ctx, &job, buf) {
+            Ok(Step::Done(c)) => return Outcome::Copied(c),
+            Ok(Step::Retry(why)) => last = why,
+            Ok(Step::Defer(why)) => return Outcome::Deferred(job, why),
+            Ok(Step::Gone) => return Outcome::Gone(job),
+            Ok(Step::Aborted) => return Outcome::Aborted(job),
+            Err(e) => return Outcome::Failed(job, e.to_string()),
+        }
+    }
+    Outcome::Deferred(job, last)
+}
+
+enum Step {
+    Done(Box<Copied>),
+    Retry(String),
+    Defer(String),
+    Gone,
+    Aborted,
+}
+
+fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
+    let first = &job.names[0];
+    let (pdir, name) = fsx::split_parent(&first.path);
+    let src_dir = match fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
+        Ok(d) => d,
+        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) => return Err(Error::io("open source directory of", &first.path, e)),
+    };
+    let st = match fsx::stat_at(src_dir.as_fd(), name) {
+        Ok(st) => st,
+        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) => return Err(Error::io("stat", &first.path, e)),
+    };
+    if fsx::file_type(&st) != rustix::fs::FileType::RegularFile {
+        return Ok(Step::Gone);
+    }
+    if job.names.len() > 1 && (st.st_ino != first.ino || st.st_nlink != job.names.len() as u64) {
+        return Ok(Step::Defer(format!(
+            "hard links changed during the run ({} names found, link count now {})",
+            job.names.len(),
+            st.st_nlink
+        )));
+    }
+    if job.names.len() == 1 && st.st_nlink > 1 {
+        return Ok(Step::Defer(
+            "gained a hard link during the run; relocated with its links next time".into(),
+        ));
+    }
+    if !ctx.relocate_mapped && ctx.mapped.contains(st.st_dev, st.st_ino) {
+        return Ok(Step::Defer(
+            "a process is running or has mapped it (use --relocate-mapped to force)".into(),
+        ));
+    }
+    let fd = match fsx::open_read(src_dir.as_fd(), name) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) => return Err(Error::io("open", &first.path, e)),
+    };
+    let fst = fsx::fstat(fd.as_fd()).ctx("stat", &first.path)?;
+    if fst.st_ino != st.st_ino || fst.st_dev != st.st_dev {
+        return Ok(Step::Retry("replaced while being opened".into()));
+    }
+    let src = take_lease(ctx, fd, &first.path)?;
+    let src = match src {
+        Some(h) => h,
+        None => return Ok(Step::Defer("open for writing by another process".into())),
+    };
+    let st = fst;
+
+    // DEST side: the first name's temporary receives the data.
+    let (dpdir, _) = fsx::split_parent(&first.path);
+    let dst_dir = match fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir).ctx("create DEST directory for", &first.path)?
+        }
+        Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
+    };
+    let tmp = ctx.tmp_name(first.id, "tmp");
+    let dst = match fsx::create_excl(dst_dir.as_fd(), &tmp) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // Left by an interrupted attempt: the name carries our journal id and this file's id.
+            fsx::unlink_if_exists(dst_dir.as_fd(), &tmp).ctx("remove stale temporary for", &first.path)?;
+            fsx::create_excl(dst_dir.as_fd(), &tmp).ctx("create DEST temporary for", &first.path)?
+        }
+        Err(e) => return Err(Error::io("create DEST temporary for", &first.path, e)),
+    };
+    let cleanup = |dir: &OwnedFd, tmp: &[u8]| {
+        let _ = fsx::unlink_if_exists(dir.as_fd(), tmp);
+    };
+
+    let mut hasher = blake3::Hasher::new();
+    let mut stopped_by_user = false;
+    let outcome = {
+        let mut keep_going = || {
+            if ctx.stop.load(Ordering::Relaxed) {
+                stopped_by_user = true;
+                return false;
+            }
+            !src.broken.load(Ordering::Relaxed)
+        };
+        fsx::copy_sparse(
+            src.fd.as_fd(),
+            dst.as_fd(),
+            st.st_size as u64,
+            &mut hasher,
+            buf,
+            &mut keep_going,
+        )
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            cleanup(&dst_dir, &tmp);
+            // Which side failed matters to the operator; the copy loop cannot tell, so say both.
+            return Err(Error::io("copy (read SOURCE / write DEST)", &first.path, e));
+        }
+    };
+    match outcome {
+        fsx::CopyOutcome::Done { .. } => {}
+        fsx::CopyOutcome::Aborted if stopped_by_user => {
+            cleanup(&dst_dir, &tmp);
+            return Ok(Step::Aborted);
+        }
+        fsx::CopyOutcome::Aborted => {
+            cleanup(&dst_dir, &tmp);
+            return Ok(Step::Defer("opened for writing during the copy".into()));
+        }
+        fsx::CopyOutcome::Shrunk => {
+            cleanup(&dst_dir, &tmp);
+            return Ok(Step::Retry("changed during the copy".into()));
+        }
+    }
+    let after = fsx::fstat(src.fd.as_fd()).ctx("stat", &first.path)?;
+    if !same_content_identity(&st, &after) || fsx::ctime_ns(&st) != fsx::ctime_ns(&after) {
+        cleanup(&dst_dir, &tmp);
+        return Ok(Step::Retry("changed during the copy".into()));
+    }
+    let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);
+    let meta = xattrs.and_then(|x| fsx::apply_meta(dst.as_fd(), &st, &x).ctx("set metadata on the copy of", &first.path));
+    if let Err(e) = meta {
+        cleanup(&dst_dir, &tmp);
+        return Err(e);
+    }
+    let dst_st = match fsx::fstat(dst.as_fd()) {
+        Ok(s) => s,
+        Err(e) => {
+            cleanup(&dst_dir, &tmp);
+            return Err(Error::io("stat the copy of", &first.path, e));
+        }
+    };
+
+    let mut names = vec![Name {
+        rec: first.clone(),
+        src_dir,
+        dst_dir,
+        dst_tmp: tmp,
+    }];
+    // Further hard-link names: the same DEST inode under each name's own temporary.
+    for rec in &job.names[1..] {
+        match link_name(ctx, rec, &names[0], &st) {
+            Ok(Some(n)) => names.push(n),
+            Ok(None) => {
+                for n in &names {
+                    cleanup(&n.dst_dir, &n.dst_tmp);
+                }
+                return Ok(Step::Defer("hard links changed during the run".into()));
+            }
+            Err(e) => {
+                for n in &names {
+                    cleanup(&n.dst_dir, &n.dst_tmp);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(Step::Done(Box::new(Copied {
+        names,
+        src,
+        st,
+        dst,
+        dst_st,
+        hash: *hasher.finalize().as_bytes(),
+        bytes: after.st_size as u64,
+    })))
+}
+
+fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option<Name>> {
+    let (pdir, name) = fsx::split_parent(&rec.path);
+    let src_dir = match fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
+        Ok(d) => d,
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => return Err(Error::io("open source directory of", &rec.path, e)),
+    };
+    match fsx::stat_at(src_dir.as_fd(), name) {
+        Ok(s) if s.st_ino == st.st_ino && s.st_dev == st.st_dev => {}
+        Ok(_) => return Ok(None),
+        Err(e) if is_gone(&e) => return Ok(None),
+        Err(e) => return Err(Error::io("stat", &rec.path, e)),
+    }
+    let dst_dir = fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;
+    let tmp = ctx.tmp_name(rec.id, "tmp");
+    let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
+    fsx::link_at(first.dst_dir.as_fd(), &first.dst_tmp, dst_dir.as_fd(), &tmp)
+        .ctx("hard-link the copy for", &rec.path)?;
+    Ok(Some(Name {
+        rec: rec.clone(),
+        src_dir,
+        dst_dir,
+        dst_tmp: tmp,
+    }))
+}
+
+/// Take a read lease; `None` means someone has the file open for writing. Where the filesystem
+/// (or our privileges) do not allow leases, the /proc scan before the swap stands in for it.
+fn take_lease(ctx: &Ctx, fd: OwnedFd, path: &[u8]) -> Result<Option<Held>> {
+    let broken = ctx.leases.register(fd.as_raw_fd());
+    let mut held = Held {
+        fd,
+        broken,
+        leased: false,
+        leases: ctx.leases.clone(),
+    };
+    match fsx::set_lease(held.fd.as_fd(), fsx::LEASE_RDLCK, lease_signal()) {
+        Ok(()) => {
+            held.leased = true;
+            Ok(Some(held))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL) | Some(libc::EACCES) | Some(libc::ENOLCK) | Some(libc::EPERM)
+            ) =>
+        {
+            ctx.no_lease_seen.store(true, Ordering::Relaxed);
+            Ok(Some(held))
+        }
+        Err(e) => Err(Error::io("take a read lease on", path, e)),
+    }
+}
+
+/// What became of one copied inode at commit time.
+pub enum Swap {
+    /// Every name is now our link; originals wait at their temporary names for `finish`.
+    Swapped(Box<Copied>),
+    Deferred(Box<Copied>, String),
+    Failed(Box<Copied>, String),
+}
+
+/// Put every DEST temporary of a batch under its final name. Called after the batch's data is
+/// durable and after the journal has recorded each copy's DEST inode (state `placed`).
+pub fn place(ctx: &Ctx, c: &Copied, trash_dir: &mut Option<OwnedFd>) -> std::result::Result<(), String> {
+    for (i, n) in c.names.iter().enumerate() {
+        let (_, fname) = fsx::split_parent(&n.rec.path);
+        match place_one(ctx, n, fname, c.dst_st.st_ino, trash_dir) {
+            Ok(()) => {}
+            Err(msg) => {
+                // Undo this inode's names placed so far: they are ours and their sources stay.
+                for m in &c.names[..i] {
+                    let (_, f) = fsx::split_parent(&m.rec.path);
+                    if let Ok(s) = fsx::stat_at(m.dst_dir.as_fd(), f) {
+                        if s.st_ino == c.dst_st.st_ino {
+                            let _ = fsx::unlink_at(m.dst_dir.as_fd(), f);
+                        }
+                    }
+                }
+                for m in &c.names {
+                    let _ = fsx::unlink_if_exists(m.dst_dir.as_fd(), &m.dst_tmp);
+                }
+                return Err(msg);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn place_one(
+    ctx: &Ctx,
+    n: &Name,
+    fname: &[u8],
+    our_ino: u64,
+    trash_dir: &mut Option<OwnedFd>,
+) -> std::result::Result<(), String> {
+    let q = crate::escape::quoted(&n.rec.path);
+    match fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(format!("place the copy of {q} at DEST: {e}")),
+    }
+    let existing = fsx::stat_at(n.dst_dir.as_fd(), fname)
+        .map_err(|e| format!("stat DEST {q}: {e}"))?;
+    if existing.st_ino == our_ino {
+        // Our own copy from an interrupted attempt already carries this name.
+        let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
+        return Ok(());
+    }
+    let ours = n.rec.dest_ino == Some(existing.st_ino)
+        && fsx::file_type(&existing) == rustix::fs::FileType::RegularFile;
+    if !ours {
+        return Err(format!(
+            "DEST already has {q} and evac did not write it; left both as they are (conflict)"
+        ));
+    }
+    // Our earlier version of this path: keep it in the trash rather than overwrite it.
+    if trash_dir.is_none() {
+        let day = crate::report::today();
+        let dir = fsx::ensure_dir(ctx.dst_root.as_fd(), format!(".evac-trash/{day}").as_bytes())
+            .map_err(|e| format!("create DEST trash directory: {e}"))?;
+        *trash_dir = Some(dir);
+    }
+    let tname = format!("{}.v{}", n.rec.id, n.rec.version - 1).into_bytes();
+    let tdir = trash_dir.as_ref().map(|d| d.as_fd()).ok_or("no trash directory")?;
+    fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir, &tname)
+        .map_err(|e| format!("move the previous copy of {q} to the trash: {e}"))?;
+    fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname)
+        .map_err(|e| format!("place the copy of {q} at DEST: {e}"))
+}
+
+/// Swap every name of a placed copy for a link, all or nothing.
+pub fn swap(ctx: &Ctx, c: Box<Copied>, writers: Option<&std::collections::HashSet<(u64, u64)>>) -> Swap {
+    if let Some(w) = writers {
+        if w.contains(&(c.st.st_dev, c.st.st_ino)) {
+            return Swap::Deferred(c, "open for writing by another process".into());
+        }
+    }
+    if !ctx.relocate_mapped && ctx.mapped.contains(c.st.st_dev, c.st.st_ino) {
+        return Swap::Deferred(c, "a process is running or has mapped it (use --relocate-mapped to force)".into());
+    }
+    let mut done: Vec<usize> = Vec::new();
+    for (i, n) in c.names.iter().enumerate() {
+        match swap_one(ctx, &c, n) {
+            Ok(()) => done.push(i),
+            Err(why) => {
+                for &j in done.iter().rev() {
+                    unswap_one(ctx, &c, &c.names[j]);
+                }
+                return match why {
+                    SwapErr::Changed(s) => Swap::Deferred(c, s),
+                    SwapErr::Error(s) => Swap::Failed(c, s),
+                };
+            }
+        }
+    }
+    Swap::Swapped(c)
+}
+
+enum SwapErr {
+    Changed(String),
+    Error(String),
+}
+
+fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(), SwapErr> {
+    let q = crate::escape::quoted(&n.rec.path);
+    let (_, fname) = fsx::split_parent(&n.rec.path);
+    let dir = n.src_dir.as_fd();
+    let lnk = ctx.tmp_name(n.rec.id, "lnk");
+    let target = ctx.link_target(&n.rec.path);
+    let _ = fsx::unlink_if_exists(dir, &lnk);
+    fsx::symlink_at(&target, dir, &lnk).map_err(|e| SwapErr::Error(format!("create link for {q}: {e}")))?;
+    let bail = |msg: SwapErr| {
+        let _ = fsx::unlink_if_exists(dir, &lnk);
+        msg
+    };
+    if let Err(e) = fsx::set_link_meta(dir, &lnk, c.st.st_uid, c.st.st_gid, fsx::atime_ns(&c.st), fsx::mtime_ns(&c.st)) {
+        return Err(bail(SwapErr::Error(format!("set owner and times of the link for {q}: {e}"))));
+    }
+    // Pre-check: the name still holds the inode we copied, unchanged, with our lease intact.
+    match fsx::stat_at(dir, fname) {
+        Ok(s) if same_content_identity(&s, &c.st) && fsx::ctime_ns(&s) == fsx::ctime_ns(&c.st) || (c.names.len() > 1 && same_content_identity(&s, &c.st)) => {}
+        Ok(_) => return Err(bail(SwapErr::Changed("changed before the swap".into()))),
+        Err(e) => return Err(bail(SwapErr::Changed(format!("vanished before the swap ({e})")))),
+    }
+    if !c.src.intact() {
+        return Err(bail(SwapErr::Changed("opened for writing before the swap".into())));
+    }
+    match fsx::rename_exchange(dir, &lnk, dir, fname) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)) => {
+            ctx.no_exchange_seen.store(true, Ordering::Relaxed);
+            return swap_attic(ctx, c, n, &lnk, fname).map_err(bail);
+        }
+        Err(e) => return Err(bail(SwapErr::Error(format!("swap {q} for its link: {e}")))),
+    }
+    // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
+    let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st)) && c.src.intact();
+    if !ok {
+        undo_exchange(ctx, c, n, &lnk, fname);
+        return Err(SwapErr::Changed("written to while being swapped; put back".into()));
+    }
+    Ok(())
+}
+
+/// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the link.
+fn swap_attic(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) -> std::result::Result<(), SwapErr> {
+    let q = crate::escape::quoted(&n.rec.path);
+    let dir = n.src_dir.as_fd();
+    let attic = ctx.tmp_name(n.rec.id, "attic");
+    let _ = fsx::unlink_if_exists(dir, &attic);
+    fsx::link_at(dir, fname, dir, &attic).map_err(|e| SwapErr::Error(format!("keep {q} in the attic: {e}")))?;
+    match fsx::stat_at(dir, &attic) {
+        Ok(s) if same_content_identity(&s, &c.st) => {}
+        _ => {
+            let _ = fsx::unlink_if_exists(dir, &attic);
+            return Err(SwapErr::Changed("changed before the swap".into()));
+        }
+    }
+    if let Err(e) = fsx::rename_replace(dir, lnk, dir, fname) {
+        let _ = fsx::unlink_if_exists(dir, &attic);
+        return Err(SwapErr::Error(format!("replace {q} with its link: {e}")));
+    }
+    let ok = matches!(fsx::stat_at(dir, &attic), Ok(s) if same_content_identity(&s, &c.st)) && c.src.intact();
+    if !ok {
+        let _ = fsx::rename_replace(dir, &attic, dir, fname);
+        return Err(SwapErr::Changed("written to while being swapped; put back".into()));
+    }
+    Ok(())
+}
+
+fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
+    let dir = n.src_dir.as_fd();
+    if fsx::rename_exchange(dir, lnk, dir, fname).is_ok() {
+        let _ = fsx::unlink_if_exists(dir, lnk);
+    }
+    note_writes_through_link(ctx, c, n);
+}
+
+/// Put one swapped name back as it was (the original at its name, no link).
+fn unswap_one(ctx: &Ctx, c: &Copied, n: &Name) {
+    let (_, fname) = fsx::split_parent(&n.rec.path);
+    let dir = n.src_dir.as_fd();
+    let lnk = ctx.tmp_name(n.rec.id, "lnk");
+    let attic = ctx.tmp_name(n.rec.id, "attic");
+    if fsx::stat_at(dir, &attic).is_ok() {
+        let _ = fsx::rename_replace(dir, &attic, dir, fname);
+    } else {
+        undo_exchange(ctx, c, n, &lnk, fname);
+    }
+}
+
+/// If someone wrote to the copy through the link in the instant before a swap was undone,
+/// their bytes are only at DEST: keep that copy in the trash rather than lose it on retry.
+fn note_writes_through_link(ctx: &Ctx, c: &Copied, n: &Name) {
+    let Ok(now) = fsx::fstat(c.dst.as_fd()) else { return };
+    if fsx::mtime_ns(&now) == fsx::mtime_ns(&c.dst_st) && now.st_size == c.dst_st.st_size {
+        return;
+    }
+    let (_, fname) = fsx::split_parent(&n.rec.path);
+    let day = crate::report::today();
+    if let Ok(tdir) = fsx::ensure_dir(ctx.dst_root.as_fd(), format!(".evac-trash/{day}").as_bytes()) {
+        let tname = format!("{}.written-through-link", n.rec.id).into_bytes();
+        let _ = fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir.as_fd(), &tname);
+    }
+}
+
+/// After the journal has recorded the batch as relocated: unlink the originals, checking each
+/// one last time (a late write puts the original back and the file is retried).
+pub fn finish(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
+    for n in &c.names {
+        let dir = n.src_dir.as_fd();
+        let lnk = ctx.tmp_name(n.rec.id, "lnk");
+        let attic = ctx.tmp_name(n.rec.id, "attic");
+        let held_at = if fsx::stat_at(dir, &attic).is_ok() { attic } else { lnk };
+        let unchanged = matches!(fsx::stat_at(dir, &held_at), Ok(s) if same_content_identity(&s, &c.st));
+        if !unchanged || !c.src.intact() {
+            for m in &c.names {
+                unswap_one(ctx, c, m);
+            }
+            return Err("written to just after the swap; put back".into());
+        }
+        fsx::unlink_at(dir, &held_at).map_err(|e| format!("remove the original of {}: {e}", crate::escape::quoted(&n.rec.path)))?;
+    }
+    Ok(())
+}
+
+/// Undo what a copy left behind when it is not swapped (deferred, failed, stopped).
+pub fn discard(c: &Copied, keep_placed: bool) {
+    for n in &c.names {
+        let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
+        if !keep_placed {
+            let (_, f) = fsx::split_parent(&n.rec.path);
+            if let Ok(s) = fsx::stat_at(n.dst_dir.as_fd(), f) {
+                if s.st_ino == c.dst_st.st_ino {
+                    let _ = fsx::unlink_at(n.dst_dir.as_fd(), f);
+                }
+            }
+        }
+    }
+}
+
+/// Recovery of one file a previous run left in flight (or whose temporary the walk found):
+/// put a displaced original back, or remove it when the journal shows it was relocated and it
+/// is unchanged since; remove our temporaries. Returns the state the file should now have.
+pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverResult> {
+    let Some((state, _dest_ino, _ino)) = j.file_state(id)? else {
+        return Ok(RecoverResult::Unknown);
+    };
+    let (pdir, fname) = fsx::split_parent(path);
+    let mut result = if state == "relocated" { RecoverResult::Relocated } else { RecoverResult::Pending };
+    if let Ok(dir) = fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
+        let dir = dir.as_fd();
+        let lnk = ctx.tmp_name(id, "lnk");
+        let attic = ctx.tmp_name(id, "attic");
+        for (held, is_attic) in [(lnk, false), (attic, true)] {
+            let Ok(s) = fsx::stat_at(dir, &held) else { continue };
+            match fsx::file_type(&s) {
+                rustix::fs::FileType::Symlink => {
+                    fsx::unlink_if_exists(dir, &held).ctx("remove leftover link for", path)?;
+                }
+                rustix::fs::FileType::RegularFile => {
+                    result = restore_original(ctx, j, id, path, dir, &held, fname, &s, &state, is_attic)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    let (dpdir, _) = fsx::split_parent(path);
+    if let Ok(ddir) = fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
+        let tmp = ctx.tmp_name(id, "tmp");
+        if let Ok(s) = fsx::stat_at(ddir.as_fd(), &tmp) {
+            if fsx::file_type(&s) == rustix::fs::FileType::RegularFile {
+                fsx::unlink_if_exists(ddir.as_fd(), &tmp).ctx("remove leftover DEST temporary for", path)?;
+            }
+        }
+    }
+    Ok(result)
+}
+
+pub enum RecoverResult {
+    Pending,
+    Relocated,
+    /// The original could not be put back; it is kept at the temporary name.
+    Stuck(String),
+    Unknown,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_original(
+    ctx: &Ctx,
+    j: &Journal,
+    id: i64,
+    path: &[u8],
+    dir: BorrowedFd<'_>,
+    held: &[u8],
+    fname: &[u8],
+    s: &Stat,
+    state: &str,
+    is_attic: bool,
+) -> Result<RecoverResult> {
+    let at_name = fsx::stat_at(dir, fname).ok();
+    let name_is_our_link = at_name.as_ref().is_some_and(|n| fsx::file_type(n) == rustix::fs::FileType::Symlink)
+        && fsx::readlink_at(dir, fname).ok().as_deref() == Some(ctx.link_target(path).as_slice());
+    if state == "relocated" && name_is_our_link {
+        // The swap was checked and recorded; only the unlink was lost. Remove it if unchanged.
+        let unchanged = j.relocated_batch(id - 1, 1)?.first().is_some_and(|r| {
+            r.id == id && r.size == s.st_size as u64 && r.mtime_ns == fsx::mtime_ns(s)
+        });
+        if unchanged {
+            fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
+            return Ok(RecoverResult::Relocated);
+        }
+    }
+    if at_name.as_ref().is_some_and(|n| n.st_ino == s.st_ino) && is_attic {
+        // The attic link was made but the name was never replaced.
+        fsx::unlink_at(dir, held).ctx("remove attic link of", path)?;
+        return Ok(RecoverResult::Pending);
+    }
+    if name_is_our_link {
+        match fsx::rename_exchange(dir, held, dir, fname) {
+            Ok(()) => {
+                fsx::unlink_if_exists(dir, held).ctx("remove leftover link for", path)?;
+            }
+            Err(_) => fsx::rename_replace(dir, held, dir, fname).ctx("put back the original of", path)?,
+        }
+        return Ok(RecoverResult::Pending);
+    }
+    if at_name.is_none() {
+        fsx::rename_noreplace(dir, held, dir, fname).ctx("put back the original of", path)?;
+        return Ok(RecoverResult::Pending);
+    }
+    Ok(RecoverResult::Stuck(format!(
+        "original kept at {} because its path now holds something else",
+        crate::escape::quoted(held)
+    )))
+}

@@ -1,0 +1,317 @@
+//! What the operator reads: `status` (also while a run is going) and `verify` (I5: re-hash every
+//! relocated copy against the journal and check every source link).
+
+use crate::error::{Error, IoContext, Result};
+use crate::escape::{escape, quoted};
+use crate::fsx;
+use crate::journal::{self, Journal, Plan};
+use crate::progress::human_bytes;
+use rayon::prelude::*;
+use rustix::fd::AsFd;
+use std::io::Write;
+use std::path::Path;
+
+/// Today's date (UTC) as YYYY-MM-DD, for the dated trash directory.
+pub fn today() -> String {
+    let days = (journal::now() / 86400.0).floor() as i64;
+    // Civil-from-days (H. Hinnant), valid for any date after 1970.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn pathstr(p: &Path) -> String {
+    escape(p.as_os_str().as_encoded_bytes())
+}
+
+fn need_plan(j: &Journal) -> Result<Plan> {
+    j.plan()?.ok_or_else(|| {
+        Error::Setup(format!(
+            "journal {} has no plan yet (no run has started with it)",
+            quoted(j.path().as_os_str().as_encoded_bytes())
+        ))
+    })
+}
+
+const STATES: [&str; 7] = ["pending", "relocated", "deferred", "failed", "staged_out", "skipped", "gone"];
+
+/// Map internal states onto the ones operators see.
+fn public_state(s: &str) -> &str {
+    match s {
+        "copying" | "placed" => "pending",
+        "swapped" => "relocated",
+        other => other,
+    }
+}
+
+pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Result<i32> {
+    let j = Journal::open_read(journal)?;
+    let plan = need_plan(&j)?;
+    let mut out = std::io::stdout().lock();
+    if let Some(state) = list {
+        if !STATES.contains(&state) {
+            return Err(Error::Setup(format!("--list {state}: not a state; one of {}", STATES.join(", "))));
+        }
+        let states: Vec<&str> = match state {
+            "pending" => vec!["pending", "copying", "placed"],
+            "relocated" => vec!["relocated", "swapped"],
+            s => vec![s],
+        };
+        j.for_each_in_states(&states, &mut |p, reason| {
+            if null {
+                out.write_all(p)?;
+                out.write_all(b"\0")
+            } else {
+                match reason {
+                    Some(r) => writeln!(out, "{}\t{}", escape(p), r),
+                    None => writeln!(out, "{}", escape(p)),
+                }
+            }
+        })?;
+        return Ok(0);
+    }
+    let counts = j.counts()?;
+    let mut by = std::collections::BTreeMap::new();
+    for s in STATES {
+        by.insert(s, 0i64);
+    }
+    for (s, n) in &counts.by_state {
+        *by.entry(public_state(s)).or_insert(0) += n;
+    }
+    let running_pid = crate::lock::running_pid(journal);
+    let last = j.last_run()?;
+    let running = running_pid.is_some();
+    let rate = match (&last, running) {
+        (Some(r), true) => r.rate_bps,
+        _ => 0.0,
+    };
+    let remaining = (counts.bytes_total - counts.bytes_relocated).max(0) as f64;
+    let eta = if running && rate > 0.0 { Some(remaining / rate) } else { None };
+    let throttle = last.as_ref().map(|r| r.throttle.clone()).unwrap_or_else(|| "none".into());
+    let reasons = j.top_reasons(10)?;
+    if json {
+        let files = by.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect::<Vec<_>>().join(",");
+        let reasons_j = reasons
+            .iter()
+            .map(|(s, r, n)| format!("{{\"state\":{},\"reason\":{},\"count\":{n}}}", json_str(s), json_str(r)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let last_j = match &last {
+            Some(r) => format!(
+                "{{\"id\":{},\"pid\":{},\"started_at\":{},\"heartbeat_at\":{},\"finished_at\":{},\"exit_code\":{},\"files_relocated\":{},\"bytes_relocated\":{}}}",
+                r.id,
+                r.pid,
+                r.started_at,
+                r.heartbeat_at,
+                r.finished_at.map(|v| v.to_string()).unwrap_or("null".into()),
+                r.exit_code.map(|v| v.to_string()).unwrap_or("null".into()),
+                r.files_relocated,
+                r.bytes_relocated
+            ),
+            None => "null".into(),
+        };
+        writeln!(
+            out,
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j}}}",
+            json_str(&pathstr(&plan.source)),
+            json_str(&pathstr(&plan.dest)),
+            json_str(&pathstr(&plan.link_prefix)),
+            json_str(&plan.journal_id),
+            counts.bytes_relocated,
+            counts.bytes_total,
+            eta.map(|e| format!("{e:.0}")).unwrap_or("null".into()),
+            running_pid.as_deref().map(json_str).unwrap_or("null".into()),
+            json_str(&throttle),
+        )
+        .map_err(|e| Error::Setup(format!("write output: {e}")))?;
+        return Ok(0);
+    }
+    let w = |out: &mut std::io::StdoutLock, s: String| writeln!(out, "{s}").map_err(|e| Error::Setup(format!("write output: {e}")));
+    w(&mut out, format!("SOURCE  {}", quoted(plan.source.as_os_str().as_encoded_bytes())))?;
+    w(&mut out, format!("DEST    {}", quoted(plan.dest.as_os_str().as_encoded_bytes())))?;
+    w(&mut out, format!("links   {}/…", quoted(plan.link_prefix.as_os_str().as_encoded_bytes())))?;
+    w(
+        &mut out,
+        match (&running_pid, &last) {
+            (Some(pid), _) => format!("run     going (pid {pid}), throttle: {throttle}"),
+            (None, Some(r)) => format!(
+                "run     not running; last run {} ended with exit {}",
+                r.id,
+                r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none (interrupted: the next run recovers)".into())
+            ),
+            (None, None) => "run     never started".into(),
+        },
+    )?;
+    w(
+        &mut out,
+        format!(
+            "files   {}",
+            by.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        ),
+    )?;
+    let pct = if counts.bytes_total > 0 { 100.0 * counts.bytes_relocated as f64 / counts.bytes_total as f64 } else { 100.0 };
+    w(
+        &mut out,
+        format!(
+            "bytes   {} of {} relocated ({pct:.1}%){}",
+            human_bytes(counts.bytes_relocated as f64),
+            human_bytes(counts.bytes_total as f64),
+            match eta {
+                Some(e) => format!(", {}/s, ETA {:.0}s", human_bytes(rate), e),
+                None => String::new(),
+            }
+        ),
+    )?;
+    if !reasons.is_empty() {
+        w(&mut out, "why files are left (top reasons):".into())?;
+        for (s, r, n) in reasons {
+            w(&mut out, format!("  {n:>8}  {s:<10} {r}"))?;
+        }
+        w(&mut out, "list them with: evac status --journal J --list STATE".into())?;
+    }
+    Ok(0)
+}
+
+struct Problem {
+    path: Vec<u8>,
+    what: String,
+}
+
+pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32> {
+    let j = Journal::open_read(journal)?;
+    let plan = need_plan(&j)?;
+    let src_root = fsx::open_root(&plan.source).ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
+    let dst_root = fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
+    let prefix = journal::path_bytes(&plan.link_prefix);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::Setup(format!("start hashing threads: {e}")))?;
+    let mut checked = 0u64;
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = j.relocated_batch(after, 1024)?;
+        let Some(l) = page.last() else { break };
+        after = l.id;
+        checked += page.len() as u64;
+        let found: Vec<Problem> = pool.install(|| {
+            page.par_iter()
+                .map_init(
+                    || vec![0u8; 1 << 20],
+                    |buf, r| check_one(&src_root, &dst_root, &prefix, r, buf),
+                )
+                .flatten()
+                .collect()
+        });
+        problems.extend(found);
+    }
+    let mut out = std::io::stdout().lock();
+    let res = if json {
+        let ps = problems
+            .iter()
+            .map(|p| format!("{{\"path\":{},\"problem\":{}}}", json_str(&escape(&p.path)), json_str(&p.what)))
+            .collect::<Vec<_>>()
+            .join(",");
+        writeln!(out, "{{\"checked\":{checked},\"ok\":{},\"problems\":[{ps}]}}", problems.is_empty())
+    } else {
+        let mut r = Ok(());
+        for p in &problems {
+            r = r.and(writeln!(out, "PROBLEM {}: {}", quoted(&p.path), p.what));
+        }
+        r.and(writeln!(
+            out,
+            "verify: {checked} relocated files checked (content hash, size, mode, owner, mtime at DEST; link in SOURCE): {}",
+            if problems.is_empty() { "all good".to_string() } else { format!("{} problems", problems.len()) }
+        ))
+    };
+    res.map_err(|e| Error::Setup(format!("write output: {e}")))?;
+    Ok(if problems.is_empty() { 0 } else { 3 })
+}
+
+fn check_one(
+    src_root: &rustix::fd::OwnedFd,
+    dst_root: &rustix::fd::OwnedFd,
+    prefix: &[u8],
+    r: &journal::Relocated,
+    buf: &mut [u8],
+) -> Vec<Problem> {
+    let mut v = Vec::new();
+    let mut bad = |what: String| v.push(Problem { path: r.path.clone(), what });
+    let (pd, name) = fsx::split_parent(&r.path);
+    // SOURCE: the path must still be our link.
+    let mut target = prefix.to_vec();
+    if !target.ends_with(b"/") {
+        target.push(b'/');
+    }
+    target.extend_from_slice(&r.path);
+    match fsx::resolve_dir(src_root.as_fd(), pd).and_then(|d| fsx::readlink_at(d.as_fd(), name)) {
+        Ok(t) if t == target => {}
+        Ok(t) => bad(format!("SOURCE link points to {} instead of {}", quoted(&t), quoted(&target))),
+        Err(e) => bad(format!("SOURCE path is not our link: {e}")),
+    }
+    // DEST: content and metadata as recorded.
+    let fd = match fsx::resolve_dir(dst_root.as_fd(), pd).and_then(|d| fsx::open_read(d.as_fd(), name)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            bad(format!("DEST copy cannot be opened: {e}"));
+            return v;
+        }
+    };
+    let st = match fsx::fstat(fd.as_fd()) {
+        Ok(st) => st,
+        Err(e) => {
+            bad(format!("DEST copy cannot be stat'ed: {e}"));
+            return v;
+        }
+    };
+    if st.st_size as u64 != r.size {
+        bad(format!("DEST size {} differs from the journal's {}", st.st_size, r.size));
+    }
+    if st.st_mode & 0o7777 != r.mode & 0o7777 {
+        bad(format!("DEST mode {:o} differs from the journal's {:o}", st.st_mode & 0o7777, r.mode & 0o7777));
+    }
+    if rustix::process::geteuid().is_root() && (st.st_uid != r.uid || st.st_gid != r.gid) {
+        bad(format!("DEST owner {}:{} differs from the journal's {}:{}", st.st_uid, st.st_gid, r.uid, r.gid));
+    }
+    if fsx::mtime_ns(&st) != r.mtime_ns {
+        bad("DEST mtime differs from the journal's".into());
+    }
+    if r.dest_ino.is_some_and(|i| i != st.st_ino) {
+        bad("DEST file is not the copy evac made (inode differs)".into());
+    }
+    match (&r.blake3, fsx::hash_fd(fd.as_fd(), buf)) {
+        (Some(want), Ok((h, _))) if h.as_bytes().as_slice() == want.as_slice() => {}
+        (Some(want), Ok((h, _))) => bad(format!(
+            "DEST content hash {} differs from the journal's {}",
+            h.to_hex(),
+            journal::blake3_hex(want)
+        )),
+        (None, _) => bad("no content hash on record (adopted link not yet hashed)".into()),
+        (_, Err(e)) => bad(format!("read DEST copy: {e}")),
+    }
+    v
+}

@@ -1,0 +1,1170 @@
+//! `evac run`: set up (or resume) the plan, recover what a previous run left in flight, then walk,
+//! copy in parallel and commit in durable batches, with one thread owning the journal.
+
+use crate::busy::{self, Mapped};
+use crate::error::{Error, IoContext, Result};
+use crate::escape::quoted;
+use crate::fsx;
+use crate::journal::{self, FileRec, Journal, Kind, Next, Plan};
+use crate::lock::JournalLock;
+use crate::progress::{human_bytes, Stats, Ui};
+use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
+use crate::signals::{self, Leases};
+use crate::walk::{self, WalkMsg, WalkOpts};
+use crossbeam_channel::{Receiver, Sender};
+use rustix::fd::{AsFd, OwnedFd};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RunOpts {
+    pub source: Option<PathBuf>,
+    pub dest: Option<PathBuf>,
+    pub journal: PathBuf,
+    pub link_prefix: Option<PathBuf>,
+    pub workers: Option<usize>,
+    pub dry_run: bool,
+    pub list: bool,
+    pub null: bool,
+    pub quiet: bool,
+    pub progress_interval: u64,
+    pub batch_files: usize,
+    pub retry_rounds: u32,
+    pub retry_delay: f64,
+    pub relocate_mapped: bool,
+    /// The command line, for the START record.
+    pub args_text: String,
+}
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_LEFT: i32 = 3;
+pub const EXIT_INTERRUPTED: i32 = 4;
+
+fn q(p: &Path) -> String {
+    quoted(p.as_os_str().as_encoded_bytes())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::Setup(format!("current directory: {e}")))?;
+    Ok(cwd.join(p))
+}
+
+fn canonical_dir(p: &Path, what: &str) -> Result<PathBuf> {
+    let c = std::fs::canonicalize(p).map_err(|e| Error::Setup(format!("{what} {}: {e}", q(p))))?;
+    if !c.is_dir() {
+        return Err(Error::Setup(format!("{what} {}: not a directory", q(p))));
+    }
+    Ok(c)
+}
+
+/// The journal's directory, resolved, so "inside SOURCE" can be decided on real paths.
+fn journal_dir(journal: &Path) -> Result<PathBuf> {
+    let parent = journal.parent().unwrap_or(Path::new("/"));
+    canonical_dir(parent, "journal directory")
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16)
+}
+
+fn new_journal_id() -> String {
+    let mut b = [0u8; 8];
+    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
+        let t = journal::now().to_bits() ^ u64::from(std::process::id());
+        b = t.to_le_bytes();
+    }
+    journal::blake3_hex(&b)
+}
+
+fn stat_path(p: &Path) -> Result<(u64, u64)> {
+    let st = rustix::fs::stat(p).map_err(|e| Error::Setup(format!("stat {}: {e}", q(p))))?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Settle SOURCE, DEST and LINK_PREFIX from the arguments and/or the journal's plan.
+fn settle_plan(o: &RunOpts, existing: Option<Plan>) -> Result<(Plan, bool)> {
+    let given = match (&o.source, &o.dest) {
+        (Some(s), Some(d)) => Some((s.clone(), d.clone())),
+        (None, None) => None,
+        _ => return Err(Error::Setup("give both SOURCE and DEST, or neither to resume from the journal".into())),
+    };
+    if let Some(p) = existing {
+        if let Some((s, d)) = given {
+            let s = canonical_dir(&s, "SOURCE")?;
+            let d = canonical_dir(&d, "DEST")?;
+            if s != p.source || d != p.dest {
+                return Err(Error::Setup(format!(
+                    "journal {} belongs to SOURCE {} and DEST {}; refusing to resume it with SOURCE {} and DEST {}",
+                    q(&o.journal),
+                    q(&p.source),
+                    q(&p.dest),
+                    q(&s),
+                    q(&d)
+                )));
+            }
+        }
+        if let Some(lp) = &o.link_prefix {
+            if lp != &p.link_prefix {
+                return Err(Error::Setup(format!(
+                    "journal {} uses link prefix {}; refusing a different one ({})",
+                    q(&o.journal),
+                    q(&p.link_prefix),
+                    q(lp)
+                )));
+            }
+        }
+        canonical_dir(&p.source, "SOURCE")?;
+        canonical_dir(&p.dest, "DEST")?;
+        return Ok((p, false));
+    }
+    let Some((s, d)) = given else {
+        return Err(Error::Setup(format!(
+            "journal {} has no plan yet: give SOURCE and DEST",
+            q(&o.journal)
+        )));
+    };
+    let s = canonical_dir(&s, "SOURCE")?;
+    if !d.exists() {
+        std::fs::create_dir(&d).map_err(|e| Error::Setup(format!("create DEST {}: {e}", q(&d))))?;
+    }
+    let d = canonical_dir(&d, "DEST")?;
+    if s == d || s.starts_with(&d) {
+        return Err(Error::Setup(format!(
+            "SOURCE {} must not be DEST or lie inside it ({})",
+            q(&s),
+            q(&d)
+        )));
+    }
+    let link_prefix = match &o.link_prefix {
+        Some(lp) if lp.is_absolute() => lp.clone(),
+        Some(lp) => return Err(Error::Setup(format!("--link-prefix {} must be an absolute path", q(lp)))),
+        None => d.clone(),
+    };
+    let (sdev, sino) = stat_path(&s)?;
+    let (ddev, dino) = stat_path(&d)?;
+    Ok((
+        Plan {
+            journal_id: new_journal_id(),
+            source: s,
+            dest: d,
+            link_prefix,
+            source_dev: sdev,
+            source_ino: sino,
+            dest_dev: ddev,
+            dest_ino: dino,
+        },
+        true,
+    ))
+}
+
+fn refuse_journal_in_source(journal: &Path, source: &Path) -> Result<()> {
+    let jd = journal_dir(journal)?;
+    if jd.starts_with(source) {
+        return Err(Error::Setup(format!(
+            "the journal {} lies inside SOURCE {}: put it elsewhere (evac replaces files in SOURCE)",
+            q(journal),
+            q(source)
+        )));
+    }
+    Ok(())
+}
+
+pub fn run(mut o: RunOpts) -> Result<i32> {
+    o.journal = absolute(&o.journal)?;
+    if o.batch_files == 0 {
+        return Err(Error::Setup("--batch-files must be at least 1".into()));
+    }
+    if o.dry_run {
+        return dry_run(&o);
+    }
+    if o.source.is_none() && !o.journal.exists() {
+        return Err(Error::Setup(format!(
+            "journal {} does not exist: give SOURCE and DEST to start a run",
+            q(&o.journal)
+        )));
+    }
+    // Check the journal's place before creating anything next to it.
+    if let Some(s) = &o.source {
+        let s = canonical_dir(s, "SOURCE")?;
+        refuse_journal_in_source(&o.journal, &s)?;
+    }
+    let lock = JournalLock::acquire(&o.journal)?;
+    let j = Journal::open(&o.journal, true)?;
+    let (plan, fresh) = settle_plan(&o, j.plan()?)?;
+    refuse_journal_in_source(&o.journal, &plan.source)?;
+    if fresh {
+        let options = format!(
+            "{{\"workers\":{},\"batch_files\":{},\"relocate_mapped\":{}}}",
+            o.workers.unwrap_or(0),
+            o.batch_files,
+            o.relocate_mapped
+        );
+        j.create_plan(&plan, &options)?;
+    }
+    let result = Runner::new(o, plan, j)?.go();
+    drop(lock);
+    result
+}
+
+struct Runner {
+    o: RunOpts,
+    plan: Plan,
+    j: Journal,
+    ctx: Arc<Ctx>,
+    run_id: i64,
+    stats: Arc<Stats>,
+    ui: Option<Ui>,
+    stop: Arc<AtomicBool>,
+    job_tx: Option<Sender<Job>>,
+    res_rx: Receiver<(Vec<i64>, Outcome)>,
+    res_tx: Sender<(Vec<i64>, Outcome)>,
+    job_rx: Receiver<Job>,
+    in_flight: usize,
+    max_in_flight: usize,
+    inflight_ids: HashSet<i64>,
+    batch: Vec<Box<Copied>>,
+    batch_started: Instant,
+    /// Outcomes not yet recorded: (ids, state, reason).
+    outcomes: Vec<(Vec<i64>, &'static str, Option<String>)>,
+    reserved_seen: Vec<(i64, Vec<u8>)>,
+    trash: Option<OwnedFd>,
+    walk_errors: u64,
+    failures_printed: u64,
+    rate: RateMeter,
+    last_heartbeat: Instant,
+    notes_logged: (bool, bool),
+}
+
+struct RateMeter {
+    last: Instant,
+    last_bytes: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn update(&mut self, bytes: u64) -> f64 {
+        let dt = self.last.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            let inst = (bytes - self.last_bytes) as f64 / dt;
+            self.rate = if self.rate == 0.0 { inst } else { 0.7 * self.rate + 0.3 * inst };
+            self.last = Instant::now();
+            self.last_bytes = bytes;
+        }
+        self.rate
+    }
+}
+
+impl Runner {
+    fn new(o: RunOpts, plan: Plan, j: Journal) -> Result<Runner> {
+        let src_root = fsx::open_root(&plan.source).ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
+        let dst_root = fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
+        let src_dev = fsx::fstat(src_root.as_fd()).ctx("stat SOURCE", plan.source.as_os_str().as_encoded_bytes())?.st_dev;
+        let stop = Arc::new(AtomicBool::new(false));
+        let leases = Arc::new(Leases::default());
+        // Before any other thread exists: the signal mask is inherited.
+        signals::start(leases.clone(), stop.clone()).map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
+        fsx::raise_nofile();
+        let ctx = Arc::new(Ctx {
+            src_root,
+            dst_root,
+            src_dev,
+            jid: plan.journal_id.clone(),
+            link_prefix: journal::path_bytes(&plan.link_prefix),
+            leases,
+            mapped: Arc::new(Mapped::default()),
+            relocate_mapped: o.relocate_mapped,
+            stop: stop.clone(),
+            no_lease_seen: AtomicBool::new(false),
+            no_exchange_seen: AtomicBool::new(false),
+        });
+        let run_id = j.start_run(std::process::id(), &o.args_text)?;
+        let stats = Arc::new(Stats::default());
+        let ui = Ui::start(stats.clone(), o.quiet, Duration::from_secs(o.progress_interval.max(1)));
+        let (job_tx, job_rx) = crossbeam_channel::unbounded();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded();
+        let workers = o.workers.unwrap_or_else(default_workers).max(1);
+        let max_in_flight = o.batch_files + 2 * workers;
+        Ok(Runner {
+            o,
+            plan,
+            j,
+            ctx,
+            run_id,
+            stats,
+            ui: Some(ui),
+            stop,
+            job_tx: Some(job_tx),
+            res_rx,
+            res_tx,
+            job_rx,
+            in_flight: 0,
+            max_in_flight,
+            inflight_ids: HashSet::new(),
+            batch: Vec::new(),
+            batch_started: Instant::now(),
+            outcomes: Vec::new(),
+            reserved_seen: Vec::new(),
+            trash: None,
+            walk_errors: 0,
+            failures_printed: 0,
+            rate: RateMeter { last: Instant::now(), last_bytes: 0, rate: 0.0 },
+            last_heartbeat: Instant::now(),
+            notes_logged: (false, false),
+        })
+    }
+
+    fn say(&self, line: String) {
+        if let Some(ui) = &self.ui {
+            ui.message(line);
+        }
+    }
+
+    fn log(&self, level: &str, msg: &str) -> Result<()> {
+        self.j.log(Some(self.run_id), level, msg)?;
+        self.say(format!("evac: {msg}"));
+        Ok(())
+    }
+
+    fn go(mut self) -> Result<i32> {
+        let started = Instant::now();
+        let workers = self.o.workers.unwrap_or_else(default_workers).max(1);
+        self.log(
+            "info",
+            &format!(
+                "START run {} pid {}: SOURCE {} DEST {} link prefix {} workers {} journal {} args: {}",
+                self.run_id,
+                std::process::id(),
+                q(&self.plan.source),
+                q(&self.plan.dest),
+                q(&self.plan.link_prefix),
+                workers,
+                q(&self.o.journal),
+                self.o.args_text
+            ),
+        )?;
+        let code = match self.body(workers) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.j.log(Some(self.run_id), "error", &e.to_string());
+                let _ = self.j.finish_run(self.run_id, 1, "{}");
+                if let Some(ui) = self.ui.take() {
+                    ui.finish();
+                }
+                return Err(e);
+            }
+        };
+        let counts = self.j.counts()?;
+        let get = |s: &str| counts.by_state.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
+        let totals = format!(
+            "{{\"relocated\":{},\"deferred\":{},\"failed\":{},\"skipped\":{},\"pending\":{},\"gone\":{},\"bytes_relocated_this_run\":{},\"files_relocated_this_run\":{},\"seconds\":{:.3}}}",
+            get("relocated"),
+            get("deferred"),
+            get("failed"),
+            get("skipped"),
+            get("pending") + get("copying") + get("placed"),
+            get("gone"),
+            self.stats.bytes_done.load(Ordering::Relaxed),
+            self.stats.files_done.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64()
+        );
+        self.j.finish_run(self.run_id, code, &totals)?;
+        let el = started.elapsed().as_secs_f64();
+        let bytes = self.stats.bytes_done.load(Ordering::Relaxed);
+        self.log(
+            "info",
+            &format!(
+                "FINISH run {} exit {code}: relocated {} files ({}) this run in {el:.1}s ({}/s); journal totals: {} relocated, {} deferred, {} failed, {} skipped, {} pending",
+                self.run_id,
+                self.stats.files_done.load(Ordering::Relaxed),
+                human_bytes(bytes as f64),
+                human_bytes(bytes as f64 / el.max(0.001)),
+                get("relocated"),
+                get("deferred"),
+                get("failed"),
+                get("skipped"),
+                get("pending") + get("copying") + get("placed"),
+            ),
+        )?;
+        if code == EXIT_LEFT {
+            self.say(format!(
+                "evac: files are left; see `evac status --journal {}` (and --list deferred / --list failed)",
+                quoted(self.o.journal.as_os_str().as_encoded_bytes())
+            ));
+        }
+        if let Some(ui) = self.ui.take() {
+            ui.finish();
+        }
+        Ok(code)
+    }
+
+    fn body(&mut self, workers: usize) -> Result<i32> {
+        self.recover_in_flight()?;
+        self.ctx.mapped.refresh(self.ctx.src_dev);
+        let done = Arc::new(AtomicBool::new(false));
+        self.ctx.mapped.spawn_refresher(self.ctx.src_dev, Duration::from_secs(2), done.clone());
+
+        // Workers.
+        let mut handles = Vec::new();
+        self.stats.workers.store(workers as u64, Ordering::Relaxed);
+        for i in 0..workers {
+            let rx = self.job_rx.clone();
+            let tx = self.res_tx.clone();
+            let ctx = self.ctx.clone();
+            let stats = self.stats.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("evac-copy-{i}"))
+                .spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(job) = rx.recv() {
+                        Stats::add(&stats.busy_workers, 1);
+                        let ids = job.names.iter().map(|r| r.id).collect();
+                        let out = relocate::copy_job(&ctx, job, &mut buf);
+                        stats.busy_workers.fetch_sub(1, Ordering::Relaxed);
+                        if tx.send((ids, out)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Setup(format!("start worker: {e}")))?;
+            handles.push(h);
+        }
+
+        // Walker.
+        let (wtx, wrx) = crossbeam_channel::bounded::<WalkMsg>(8192);
+        let wopts = WalkOpts {
+            root_dev: self.ctx.src_dev,
+            prune: self.prune_list(),
+            reserved_prefix: self.ctx.reserved_prefix(),
+        };
+        let root = fsx::resolve_dir(self.ctx.src_root.as_fd(), b"").ctx("open SOURCE", b".")?;
+        let wstop = self.stop.clone();
+        let walker = std::thread::Builder::new()
+            .name("evac-walk".into())
+            .spawn(move || walk::walk(&root, &wopts, &wtx, &wstop))
+            .map_err(|e| Error::Setup(format!("start walker: {e}")))?;
+
+        let complete = self.phase_walk(&wrx)?;
+        let _ = walker.join();
+        if complete && !self.stopping() {
+            self.phase_hardlinks()?;
+            for _ in 0..self.o.retry_rounds {
+                if self.stopping() || !self.requeue_deferred()? {
+                    break;
+                }
+                self.phase_pending()?;
+                self.phase_hardlinks()?;
+            }
+        }
+        self.drain_all()?;
+        self.job_tx = None;
+        for h in handles {
+            let _ = h.join();
+        }
+        done.store(true, Ordering::Relaxed);
+        self.flush_outcomes()?;
+        if complete && !self.stopping() {
+            let gone = self.j.mark_unseen_gone(self.run_id)?;
+            if gone > 0 {
+                self.j.log(Some(self.run_id), "info", &format!("{gone} waiting files are no longer in SOURCE"))?;
+            }
+            self.adopt_unhashed()?;
+            self.apply_dir_meta()?;
+        }
+        if self.ctx.no_lease_seen.load(Ordering::Relaxed) {
+            self.j.log(Some(self.run_id), "warn", "some files could not be leased (filesystem or privileges); writers were detected by scanning /proc instead")?;
+        }
+        if self.stopping() {
+            return Ok(EXIT_INTERRUPTED);
+        }
+        let c = self.j.counts()?;
+        let left: i64 = c
+            .by_state
+            .iter()
+            .filter(|(s, _)| matches!(s.as_str(), "deferred" | "failed" | "pending" | "copying" | "placed" | "staged_out"))
+            .map(|(_, n)| *n)
+            .sum();
+        if !complete || self.walk_errors > 0 || left > 0 {
+            Ok(EXIT_LEFT)
+        } else {
+            Ok(EXIT_OK)
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn prune_list(&self) -> Vec<(u64, u64)> {
+        let mut v = vec![(self.plan.dest_dev, self.plan.dest_ino)];
+        if let Ok(st) = fsx::fstat(self.ctx.dst_root.as_fd()) {
+            v.push((st.st_dev, st.st_ino));
+        }
+        if let Ok(jd) = journal_dir(&self.o.journal) {
+            if let Ok(id) = stat_path(&jd) {
+                v.push(id);
+            }
+        }
+        v
+    }
+
+    /// Files a previous run left between dispatch and relocation.
+    fn recover_in_flight(&mut self) -> Result<()> {
+        let mut n = 0;
+        for state in ["copying", "placed"] {
+            loop {
+                let recs = self.j.files_in_state(state, 0, 1000)?;
+                if recs.is_empty() {
+                    break;
+                }
+                self.j.begin()?;
+                for r in &recs {
+                    self.recover_one(r.id, &r.path)?;
+                    n += 1;
+                }
+                self.j.commit()?;
+            }
+        }
+        if n > 0 {
+            self.j.log(Some(self.run_id), "info", &format!("recovered {n} files left in flight by an earlier run"))?;
+        }
+        Ok(())
+    }
+
+    fn recover_one(&mut self, id: i64, path: &[u8]) -> Result<()> {
+        match relocate::recover(&self.ctx, &self.j, id, path) {
+            Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
+            Ok(RecoverResult::Relocated) => self.j.set_state(id, "relocated", None),
+            Ok(RecoverResult::Stuck(why)) => {
+                self.say(format!("evac: {}: {why}", quoted(path)));
+                self.j.set_state(id, "failed", Some(&why))
+            }
+            Ok(RecoverResult::Unknown) => Ok(()),
+            Err(e) => {
+                self.say(format!("evac: recover: {e}"));
+                self.j.set_state(id, "failed", Some(&e.to_string()))
+            }
+        }
+    }
+
+    /// Send jobs after their `copying` state is committed (so recovery knows about them).
+    fn dispatch(&mut self, jobs: Vec<Job>) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let own_tx = !self.j.in_transaction();
+        if own_tx {
+            self.j.begin()?;
+        }
+        for job in &jobs {
+            for r in &job.names {
+                self.j.mark_copying(r.id)?;
+            }
+        }
+        self.j.commit()?;
+        let Some(tx) = &self.job_tx else { return Ok(()) };
+        for job in jobs {
+            for r in &job.names {
+                self.inflight_ids.insert(r.id);
+            }
+            self.in_flight += 1;
+            let _ = tx.send(job);
+        }
+        Ok(())
+    }
+
+    fn phase_walk(&mut self, wrx: &Receiver<WalkMsg>) -> Result<bool> {
+        let link_prefix = self.ctx.link_prefix.clone();
+        let mut walking = true;
+        let mut complete = false;
+        while walking || self.in_flight > 0 || !self.batch.is_empty() {
+            let mut progressed = false;
+            if walking && self.in_flight < self.max_in_flight {
+                let mut msgs = Vec::new();
+                while msgs.len() < 512 {
+                    match wrx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
+                }
+                if !msgs.is_empty() {
+                    progressed = true;
+                    self.j.begin()?;
+                    let mut jobs = Vec::new();
+                    for m in msgs {
+                        match m {
+                            WalkMsg::Entry(s) => {
+                                if s.kind == Kind::Reserved {
+                                    let name = fsx::split_parent(&s.path).1.to_vec();
+                                    if let Some((id, _)) = self.ctx.parse_tmp(&name) {
+                                        self.reserved_seen.push((id, s.path.clone()));
+                                        continue;
+                                    }
+                                }
+                                if s.kind == Kind::File {
+                                    Stats::add(&self.stats.files_seen, 1);
+                                    Stats::add(&self.stats.bytes_seen, s.size);
+                                }
+                                let target = self.ctx.link_target(&s.path);
+                                let target = if s.kind == Kind::Symlink { target } else { link_prefix.clone() };
+                                match self.j.observe(&s, self.run_id, &target)? {
+                                    Next::Relocate(rec) => jobs.push(Job { names: vec![rec] }),
+                                    Next::HardLinkLater | Next::Nothing => {}
+                                }
+                            }
+                            WalkMsg::Error { path, op, err } => {
+                                self.walk_errors += 1;
+                                let msg = format!("{op} {}: {err}", quoted(&path));
+                                self.j.log(Some(self.run_id), "error", &msg)?;
+                                self.say(format!("evac: {msg}"));
+                            }
+                            WalkMsg::Done { complete: c } => {
+                                walking = false;
+                                complete = c;
+                                self.stats.walk_done.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    self.dispatch(jobs)?;
+                    if self.j.in_transaction() {
+                        self.j.commit()?;
+                    }
+                    self.handle_reserved()?;
+                }
+            }
+            if self.stopping() && walking {
+                // The walker stops on its own; keep draining so it can finish sending.
+                while let Ok(m) = wrx.try_recv() {
+                    if let WalkMsg::Done { .. } = m {
+                        walking = false;
+                    }
+                }
+            }
+            progressed |= self.pump(!progressed && (!walking || self.in_flight >= self.max_in_flight))?;
+            if !progressed && walking {
+                // Nothing to do: wait for the walker or a worker.
+                crossbeam_channel::select! {
+                    recv(self.res_rx) -> r => { if let Ok(r) = r { self.take(r); } }
+                    default(Duration::from_millis(5)) => {}
+                }
+            }
+        }
+        Ok(complete)
+    }
+
+    /// Temporary names the walk came across: finish or undo what a crash left there.
+    fn handle_reserved(&mut self) -> Result<()> {
+        let items: Vec<_> = std::mem::take(&mut self.reserved_seen);
+        for (id, path) in items {
+            if self.inflight_ids.contains(&id) {
+                continue;
+            }
+            let Some(rec_path) = self.j.file_state(id)?.and(self.path_of(id)?) else { continue };
+            // The temporary must sit in the directory of the file it belongs to.
+            if fsx::split_parent(&rec_path).0 != fsx::split_parent(&path).0 {
+                continue;
+            }
+            self.j.begin()?;
+            self.recover_one(id, &rec_path)?;
+            self.j.commit()?;
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, id: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self.j.files_in_state_any(id)?)
+    }
+
+    fn take(&mut self, (ids, out): (Vec<i64>, Outcome)) {
+        self.in_flight -= 1;
+        match out {
+            Outcome::Copied(c) => {
+                if self.batch.is_empty() {
+                    self.batch_started = Instant::now();
+                }
+                self.batch.push(c);
+            }
+            Outcome::Deferred(_, why) => {
+                Stats::add(&self.stats.deferred, ids.len() as u64);
+                self.forget(&ids);
+                self.outcomes.push((ids, "deferred", Some(why)));
+            }
+            Outcome::Failed(job, why) => {
+                Stats::add(&self.stats.failed, ids.len() as u64);
+                self.report_failure(&job.names[0].path, &why);
+                self.forget(&ids);
+                self.outcomes.push((ids, "failed", Some(why)));
+            }
+            Outcome::Gone(_) => {
+                self.forget(&ids);
+                self.outcomes.push((ids, "gone", Some("vanished from SOURCE before its copy".into())));
+            }
+            Outcome::Aborted(_) => {
+                self.forget(&ids);
+                self.outcomes.push((ids, "pending", None));
+            }
+        }
+    }
+
+    fn forget(&mut self, ids: &[i64]) {
+        for id in ids {
+            self.inflight_ids.remove(id);
+        }
+    }
+
+    fn report_failure(&mut self, _path: &[u8], why: &str) {
+        self.failures_printed += 1;
+        if self.failures_printed <= 100 {
+            self.say(format!("evac: {why}"));
+        } else if self.failures_printed == 101 {
+            self.say("evac: more failures; see `evac status --list failed`".into());
+        }
+    }
+
+    /// Take finished copies; commit a batch when it is full, old, or nothing else is coming.
+    fn pump(&mut self, block: bool) -> Result<bool> {
+        let mut progressed = false;
+        if block && self.in_flight > 0 && self.batch.len() < self.o.batch_files {
+            if let Ok(r) = self.res_rx.recv_timeout(Duration::from_millis(20)) {
+                self.take(r);
+                progressed = true;
+            }
+        }
+        while let Ok(r) = self.res_rx.try_recv() {
+            self.take(r);
+            progressed = true;
+        }
+        let full = self.batch.len() >= self.o.batch_files;
+        let idle = self.in_flight == 0 || (self.in_flight < self.max_in_flight && self.job_rx.is_empty());
+        let old = self.batch_started.elapsed() > Duration::from_secs(2);
+        if !self.batch.is_empty() && (full || idle || old || self.stopping()) {
+            self.commit_batch()?;
+            progressed = true;
+        } else if self.outcomes.len() >= 256 || (!self.outcomes.is_empty() && self.in_flight == 0) {
+            self.flush_outcomes()?;
+            progressed = true;
+        }
+        Ok(progressed)
+    }
+
+    fn record_outcomes(&mut self) -> Result<()> {
+        for (ids, state, why) in std::mem::take(&mut self.outcomes) {
+            for id in ids {
+                self.j.set_state(id, state, why.as_deref())?;
+                if state == "deferred" || state == "failed" {
+                    self.j.event(id, Some(self.run_id), state, why.as_deref().unwrap_or(""))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_outcomes(&mut self) -> Result<()> {
+        if self.outcomes.is_empty() {
+            return Ok(());
+        }
+        self.j.begin()?;
+        self.record_outcomes()?;
+        self.j.commit()
+    }
+
+    fn heartbeat(&mut self) -> Result<()> {
+        let bytes = self.stats.bytes_done.load(Ordering::Relaxed);
+        let rate = self.rate.update(bytes);
+        self.j.heartbeat(self.run_id, self.stats.files_done.load(Ordering::Relaxed), bytes, rate, "none")?;
+        self.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    /// Durability, placement and swap for a batch of copies (DESIGN.md per-file protocol 4–6).
+    fn commit_batch(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let ctx = self.ctx.clone();
+        // 1. The copies' data and temporary names reach the disk before anything depends on them.
+        if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
+            let why = format!("make DEST durable (syncfs): {e}");
+            self.say(format!("evac: {why}"));
+            for c in batch {
+                relocate::discard(&c, false);
+                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                self.forget(&ids);
+                self.outcomes.push((ids, "failed", Some(why.clone())));
+            }
+            return self.flush_outcomes();
+        }
+        // 2. Record each copy's DEST inode before its final name exists, so recovery knows it.
+        self.j.begin()?;
+        self.record_outcomes()?;
+        for c in &batch {
+            for n in &c.names {
+                self.j.mark_placed(n.rec.id, &c.hash, c.dst_st.st_ino)?;
+            }
+        }
+        self.j.commit()?;
+        // 3. Final names at DEST, then make those names durable too.
+        let mut placed = Vec::with_capacity(batch.len());
+        let mut trash = self.trash.take();
+        for c in batch {
+            match relocate::place(&ctx, &c, &mut trash) {
+                Ok(()) => placed.push(c),
+                Err(why) => {
+                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                    Stats::add(&self.stats.failed, ids.len() as u64);
+                    self.report_failure(&c.names[0].rec.path, &why);
+                    self.forget(&ids);
+                    self.outcomes.push((ids, "failed", Some(why)));
+                }
+            }
+        }
+        self.trash = trash;
+        if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
+            let why = format!("make DEST durable (syncfs): {e}");
+            for c in placed {
+                relocate::discard(&c, false);
+                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                self.forget(&ids);
+                self.outcomes.push((ids, "failed", Some(why.clone())));
+            }
+            return self.flush_outcomes();
+        }
+        // 4. Swap. Without leases, one /proc scan for the whole batch finds writers.
+        let writers = if placed.iter().any(|c| !c.src.leased) {
+            if !self.notes_logged.0 {
+                self.notes_logged.0 = true;
+                self.j.log(Some(self.run_id), "warn", "leases unavailable for some files: scanning /proc for writers before each batch's swap")?;
+            }
+            Some(busy::open_for_writing(ctx.src_dev))
+        } else {
+            None
+        };
+        let mut swapped = Vec::with_capacity(placed.len());
+        for c in placed {
+            match relocate::swap(&ctx, c, writers.as_ref()) {
+                Swap::Swapped(c) => swapped.push(c),
+                Swap::Deferred(c, why) => {
+                    relocate::discard(&c, false);
+                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                    Stats::add(&self.stats.deferred, ids.len() as u64);
+                    self.forget(&ids);
+                    self.outcomes.push((ids, "deferred", Some(why)));
+                }
+                Swap::Failed(c, why) => {
+                    relocate::discard(&c, false);
+                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                    Stats::add(&self.stats.failed, ids.len() as u64);
+                    self.report_failure(&c.names[0].rec.path, &why);
+                    self.forget(&ids);
+                    self.outcomes.push((ids, "failed", Some(why)));
+                }
+            }
+        }
+        if ctx.no_exchange_seen.load(Ordering::Relaxed) && !self.notes_logged.1 {
+            self.notes_logged.1 = true;
+            self.j.log(Some(self.run_id), "warn", "RENAME_EXCHANGE unsupported on SOURCE: swapping by rename with the original kept in an attic until checked")?;
+        }
+        // 5. Record the relocations, then remove the originals.
+        self.j.begin()?;
+        self.record_outcomes()?;
+        for c in &swapped {
+            for n in &c.names {
+                self.j.mark_relocated(n.rec.id, self.run_id, &c.hash, c.dst_st.st_ino, &c.st)?;
+            }
+        }
+        self.heartbeat()?;
+        self.j.commit()?;
+        for c in swapped {
+            let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+            match relocate::finish(&ctx, &c) {
+                Ok(()) => {
+                    Stats::add(&self.stats.files_done, ids.len() as u64);
+                    Stats::add(&self.stats.bytes_done, c.bytes);
+                }
+                Err(why) => {
+                    relocate::discard(&c, false);
+                    Stats::add(&self.stats.deferred, ids.len() as u64);
+                    self.outcomes.push((ids.clone(), "deferred", Some(why)));
+                }
+            }
+            self.forget(&ids);
+        }
+        if !self.outcomes.is_empty() {
+            self.flush_outcomes()?;
+        }
+        Ok(())
+    }
+
+    /// Wait until nothing is in flight and every copy is committed.
+    fn drain_all(&mut self) -> Result<()> {
+        while self.in_flight > 0 || !self.batch.is_empty() {
+            self.pump(true)?;
+        }
+        Ok(())
+    }
+
+    /// Dispatch jobs produced by `next` (pages of journal rows), keeping the pipeline full.
+    fn phase_pending(&mut self) -> Result<()> {
+        let mut after = 0;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            while self.in_flight >= self.max_in_flight {
+                self.pump(true)?;
+            }
+            let recs = self.j.files_in_state("pending", after, 256)?;
+            let Some(last) = recs.last() else { break };
+            after = last.id;
+            let jobs = recs.into_iter().filter(|r| r.nlink <= 1).map(|r| Job { names: vec![r] }).collect();
+            self.dispatch(jobs)?;
+            self.pump(false)?;
+        }
+        self.drain_all()
+    }
+
+    /// Hard-linked files, once the walk has found all their names: one job per inode.
+    fn phase_hardlinks(&mut self) -> Result<()> {
+        let mut after = (i64::MIN, i64::MIN);
+        let mut carry: Vec<FileRec> = Vec::new();
+        loop {
+            if self.stopping() {
+                break;
+            }
+            while self.in_flight >= self.max_in_flight {
+                self.pump(true)?;
+            }
+            let recs = self.j.hardlink_pending(after, 1024)?;
+            let exhausted = recs.len() < 1024;
+            if let Some(l) = recs.last() {
+                after = (l.dev as i64, l.ino as i64);
+            }
+            carry.extend(recs);
+            // Every name of an inode comes in one page except the last inode of a full page.
+            let split = if exhausted {
+                carry.len()
+            } else {
+                let (d, i) = (carry.last().map(|r| r.dev).unwrap_or(0), carry.last().map(|r| r.ino).unwrap_or(0));
+                carry.iter().position(|r| r.dev == d && r.ino == i).unwrap_or(carry.len())
+            };
+            let rest = carry.split_off(split);
+            let mut jobs = Vec::new();
+            let mut group: Vec<FileRec> = Vec::new();
+            self.j.begin()?;
+            for r in carry.drain(..) {
+                if let Some(g) = group.first() {
+                    if g.dev != r.dev || g.ino != r.ino {
+                        self.hardlink_group(std::mem::take(&mut group), &mut jobs)?;
+                    }
+                }
+                group.push(r);
+            }
+            if !group.is_empty() {
+                self.hardlink_group(group, &mut jobs)?;
+            }
+            self.dispatch(jobs)?;
+            if self.j.in_transaction() {
+                self.j.commit()?;
+            }
+            carry = rest;
+            if exhausted && carry.is_empty() {
+                break;
+            }
+            if exhausted {
+                after = (i64::MAX, i64::MAX);
+            }
+            self.pump(false)?;
+        }
+        self.drain_all()
+    }
+
+    fn hardlink_group(&mut self, group: Vec<FileRec>, jobs: &mut Vec<Job>) -> Result<()> {
+        let nlink = group.iter().map(|r| r.nlink).max().unwrap_or(1);
+        if (group.len() as u64) < nlink {
+            let why = format!(
+                "hard-linked: {} of its {} names are outside SOURCE; relocating would split the file",
+                nlink - group.len() as u64,
+                nlink
+            );
+            for r in &group {
+                self.j.set_state(r.id, "skipped", Some(&why))?;
+            }
+            return Ok(());
+        }
+        jobs.push(Job { names: group });
+        Ok(())
+    }
+
+    fn requeue_deferred(&mut self) -> Result<bool> {
+        let n = self.j.requeue_deferred()?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.j.log(Some(self.run_id), "info", &format!("retrying {n} deferred files"))?;
+        let until = Instant::now() + Duration::from_secs_f64(self.o.retry_delay.max(0.0));
+        while Instant::now() < until && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stats.deferred.store(0, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Links found already in place with no hash on record: hash their copies (I5).
+    fn adopt_unhashed(&mut self) -> Result<()> {
+        let mut after = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let rows = self.j.unhashed_relocated(after, 256)?;
+            let Some(l) = rows.last() else { break };
+            after = l.0;
+            self.j.begin()?;
+            for (id, path) in rows {
+                let (pd, name) = fsx::split_parent(&path);
+                let fd = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| fsx::open_read(d.as_fd(), name));
+                let Ok(fd) = fd else { continue };
+                let Ok(st) = fsx::fstat(fd.as_fd()) else { continue };
+                if fsx::file_type(&st) != rustix::fs::FileType::RegularFile {
+                    continue;
+                }
+                if let Ok((h, _)) = fsx::hash_fd(fd.as_fd(), &mut buf) {
+                    self.j.adopt_link(id, h.as_bytes(), st.st_ino, &st)?;
+                }
+            }
+            self.j.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Directories at DEST get their source's owner, xattrs, mode and times, deepest first,
+    /// after their contents (creating them, so empty directories are mirrored too).
+    fn apply_dir_meta(&mut self) -> Result<()> {
+        let mut after = None;
+        loop {
+            let rows = self.j.dirs_deepest_first(after.clone(), 512)?;
+            let Some((d, last)) = rows.last() else { break };
+            after = Some((*d, last.path.clone()));
+            for (_, dr) in rows {
+                if let Err(e) = self.apply_one_dir(&dr) {
+                    self.say(format!("evac: {e}"));
+                    self.j.log(Some(self.run_id), "error", &e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_one_dir(&self, dr: &journal::DirRec) -> Result<()> {
+        let src = match fsx::resolve_dir(self.ctx.src_root.as_fd(), &dr.path) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(()),
+        };
+        let dst = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path).ctx("create DEST directory", &dr.path)?;
+        let xattrs = fsx::read_xattrs(src.as_fd()).ctx("read xattrs of directory", &dr.path)?;
+        let mut st = fsx::fstat(src.as_fd()).ctx("stat directory", &dr.path)?;
+        st.st_mode = dr.mode;
+        st.st_uid = dr.uid;
+        st.st_gid = dr.gid;
+        st.st_atime = dr.atime_ns.div_euclid(1_000_000_000) as _;
+        st.st_atime_nsec = dr.atime_ns.rem_euclid(1_000_000_000) as _;
+        st.st_mtime = dr.mtime_ns.div_euclid(1_000_000_000) as _;
+        st.st_mtime_nsec = dr.mtime_ns.rem_euclid(1_000_000_000) as _;
+        fsx::apply_meta(dst.as_fd(), &st, &xattrs).ctx("set metadata of DEST directory", &dr.path)?;
+        Ok(())
+    }
+}
+
+/// `--dry-run`: walk and classify exactly as a run would, touching nothing and writing no journal.
+fn dry_run(o: &RunOpts) -> Result<i32> {
+    let plan = if o.journal.exists() { Journal::open_read(&o.journal)?.plan()? } else { None };
+    let (source, link_prefix, dest) = match (&o.source, &o.dest, plan) {
+        (Some(s), Some(d), _) => {
+            let s = canonical_dir(s, "SOURCE")?;
+            let dabs = std::fs::canonicalize(d).unwrap_or(absolute(d)?);
+            refuse_journal_in_source(&o.journal, &s)?;
+            let lp = o.link_prefix.clone().unwrap_or(dabs.clone());
+            (s, lp, Some(dabs))
+        }
+        (None, None, Some(p)) => (p.source, p.link_prefix, Some(p.dest)),
+        _ => return Err(Error::Setup("--dry-run needs SOURCE and DEST (or a journal with a plan)".into())),
+    };
+    let root = fsx::open_root(&source).ctx("open SOURCE", source.as_os_str().as_encoded_bytes())?;
+    let root_dev = fsx::fstat(root.as_fd()).ctx("stat SOURCE", b".")?.st_dev;
+    let mut prune = Vec::new();
+    if let Some(d) = &dest {
+        if let Ok(id) = stat_path(d) {
+            prune.push(id);
+        }
+    }
+    if let Ok(jd) = journal_dir(&o.journal) {
+        if let Ok(id) = stat_path(&jd) {
+            prune.push(id);
+        }
+    }
+    let lp = journal::path_bytes(&link_prefix);
+    let (tx, rx) = crossbeam_channel::bounded(8192);
+    let stop = AtomicBool::new(false);
+    let opts = WalkOpts { root_dev, prune, reserved_prefix: b"\0".to_vec() };
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut linked = 0u64;
+    let mut skipped = 0u64;
+    let mut dirs = 0u64;
+    let mut errors = 0u64;
+    let mut hard: HashSet<(u64, u64)> = HashSet::new();
+    let mut out = std::io::stdout().lock();
+    std::thread::scope(|sc| {
+        sc.spawn(|| walk::walk(&root, &opts, &tx, &stop));
+        for m in rx.iter() {
+            match m {
+                WalkMsg::Entry(s) => match s.kind {
+                    Kind::File => {
+                        files += 1;
+                        if s.nlink <= 1 || hard.insert((s.dev, s.ino)) {
+                            bytes += s.size;
+                        }
+                        if o.list {
+                            use std::io::Write;
+                            let _ = if o.null {
+                                out.write_all(&s.path).and_then(|_| out.write_all(b"\0"))
+                            } else {
+                                writeln!(out, "{}", crate::escape::escape(&s.path))
+                            };
+                        }
+                    }
+                    Kind::Dir => dirs += 1,
+                    Kind::Symlink => {
+                        let mut t = lp.clone();
+                        if !t.ends_with(b"/") {
+                            t.push(b'/');
+                        }
+                        t.extend_from_slice(&s.path);
+                        if s.target.as_deref() == Some(t.as_slice()) {
+                            linked += 1;
+                        } else {
+                            skipped += 1;
+                        }
+                    }
+                    _ => skipped += 1,
+                },
+                WalkMsg::Error { path, op, err } => {
+                    errors += 1;
+                    eprintln!("evac: {op} {}: {err}", quoted(&path));
+                }
+                WalkMsg::Done { .. } => break,
+            }
+        }
+    });
+    if !o.quiet {
+        eprintln!(
+            "evac: dry run of {}: would relocate {files} files ({}) in {dirs} directories; {linked} already relocated; {skipped} left as they are (symlinks, special files); {errors} errors; nothing was changed",
+            q(&source),
+            human_bytes(bytes as f64)
+        );
+    }
+    Ok(if errors > 0 { EXIT_LEFT } else { EXIT_OK })
+}
