@@ -77,12 +77,20 @@ fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
             else {
                 continue;
             };
-            let Some(d) = std::str::from_utf8(d).ok() else { continue };
-            let Some((maj, min)) = d.split_once(':') else { continue };
-            let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16)) else {
+            let Some(d) = std::str::from_utf8(d).ok() else {
                 continue;
             };
-            let Some(ino) = std::str::from_utf8(ino).ok().and_then(|s| s.parse::<u64>().ok()) else {
+            let Some((maj, min)) = d.split_once(':') else {
+                continue;
+            };
+            let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16))
+            else {
+                continue;
+            };
+            let Some(ino) = std::str::from_utf8(ino)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             let d = libc::makedev(maj, min);
@@ -103,14 +111,20 @@ pub fn open_for_writing(dev: u64) -> HashSet<(u64, u64)> {
         if pid == me {
             continue;
         }
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
         for e in rd.flatten() {
-            let Ok(st) = rustix::fs::stat(e.path()) else { continue };
+            let Ok(st) = rustix::fs::stat(e.path()) else {
+                continue;
+            };
             if st.st_dev != dev {
                 continue;
             }
             let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
-            let Ok(text) = std::fs::read_to_string(info) else { continue };
+            let Ok(text) = std::fs::read_to_string(info) else {
+                continue;
+            };
             let flags = text
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
@@ -123,7 +137,10 @@ pub fn open_for_writing(dev: u64) -> HashSet<(u64, u64)> {
         // Writable shared mappings count as writers too.
         if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
             for line in maps.split(|&b| b == b'\n') {
-                let f: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|s| !s.is_empty()).collect();
+                let f: Vec<&[u8]> = line
+                    .split(|&b| b == b' ')
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 if f.len() >= 6 && f[1].len() == 4 && f[1][1] == b'w' && f[1][3] == b's' {
                     if let Ok(st) = rustix::fs::stat(std::ffi::OsStr::new(
                         std::str::from_utf8(f[5]).unwrap_or(""),

@@ -21,7 +21,12 @@ impl Rng {
 }
 
 fn io<T>(what: &str, p: &Path, r: std::io::Result<T>) -> Result<T> {
-    r.map_err(|e| Error::Setup(format!("demo: {what} {}: {e}", quoted(p.as_os_str().as_bytes()))))
+    r.map_err(|e| {
+        Error::Setup(format!(
+            "demo: {what} {}: {e}",
+            quoted(p.as_os_str().as_bytes())
+        ))
+    })
 }
 
 fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
@@ -60,13 +65,29 @@ fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
     }
     // Hard links, within a directory and across directories.
     let a = dirs[0].join("file00000.dat");
-    io("link", &a, std::fs::hard_link(&a, dirs[0].join("same-inode.dat")))?;
-    io("link", &a, std::fs::hard_link(&a, dirs[5].join("also-same-inode.dat")))?;
+    io(
+        "link",
+        &a,
+        std::fs::hard_link(&a, dirs[0].join("same-inode.dat")),
+    )?;
+    io(
+        "link",
+        &a,
+        std::fs::hard_link(&a, dirs[5].join("also-same-inode.dat")),
+    )?;
     // A sparse file: 64 MiB with two small extents.
     let sp = root.join("proj0/sparse.img");
     let f = io("create", &sp, std::fs::File::create(&sp))?;
-    io("write", &sp, std::os::unix::fs::FileExt::write_all_at(&f, b"header", 0))?;
-    io("write", &sp, std::os::unix::fs::FileExt::write_all_at(&f, b"trailer", 64 * 1024 * 1024 - 7))?;
+    io(
+        "write",
+        &sp,
+        std::os::unix::fs::FileExt::write_all_at(&f, b"header", 0),
+    )?;
+    io(
+        "write",
+        &sp,
+        std::os::unix::fs::FileExt::write_all_at(&f, b"trailer", 64 * 1024 * 1024 - 7),
+    )?;
     total += 64 * 1024 * 1024;
     // xattrs (user namespace: works without root where the filesystem supports it).
     let _ = rustix::fs::setxattr(&a, "user.project", b"demo", rustix::fs::XattrFlags::empty());
@@ -87,7 +108,11 @@ fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
         io("create", &p, std::fs::write(&p, name))?;
     }
     // Things evac leaves alone.
-    io("symlink", &odd, std::os::unix::fs::symlink("../proj0", odd.join("a-symlink")))?;
+    io(
+        "symlink",
+        &odd,
+        std::os::unix::fs::symlink("../proj0", odd.join("a-symlink")),
+    )?;
     let _ = rustix::fs::mknodat(
         rustix::fs::CWD,
         odd.join("a-fifo"),
@@ -105,9 +130,16 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     };
     let t = (crate::journal::now() * 1000.0) as u64;
     let top = base.join(format!("evac-demo-{}-{t}", std::process::id()));
-    let (old, new, journal) = (top.join("old-server"), top.join("new-server"), top.join("journal.sqlite"));
+    let (old, new, journal) = (
+        top.join("old-server"),
+        top.join("new-server"),
+        top.join("journal.sqlite"),
+    );
     io("create", &old, std::fs::create_dir_all(&old))?;
-    eprintln!("evac demo: building an example old server in {}", quoted(old.as_os_str().as_bytes()));
+    eprintln!(
+        "evac demo: building an example old server in {}",
+        quoted(old.as_os_str().as_bytes())
+    );
     let (n, bytes) = build_tree(&old, files)?;
     eprintln!(
         "evac demo: {n} files ({}), with hard links, a sparse file, xattrs and awkward names; relocating to {}",

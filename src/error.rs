@@ -37,6 +37,15 @@ impl Error {
         }
     }
 
+    /// The error without its path, for the journal's per-file reason (the row holds the path,
+    /// and top-reason summaries must group equal causes together).
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Io { op, source, .. } => format!("{op}: {source}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Process exit code for this error (DESIGN.md: 5 = journal held, 1 = everything else).
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -111,13 +111,13 @@ pub fn file_type(st: &Stat) -> FileType {
 }
 
 pub fn mtime_ns(st: &Stat) -> i64 {
-    st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64
+    st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64
 }
 pub fn atime_ns(st: &Stat) -> i64 {
-    st.st_atime as i64 * 1_000_000_000 + st.st_atime_nsec as i64
+    st.st_atime * 1_000_000_000 + st.st_atime_nsec as i64
 }
 pub fn ctime_ns(st: &Stat) -> i64 {
-    st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64
+    st.st_ctime * 1_000_000_000 + st.st_ctime_nsec as i64
 }
 
 fn ts(ns: i64) -> Timespec {
@@ -227,7 +227,7 @@ pub fn set_link_meta(
     atime_ns: i64,
     mtime_ns: i64,
 ) -> io::Result<()> {
-    if rustix::process::geteuid().is_root() {
+    if is_root() {
         rfs::chownat(
             dir,
             name,
@@ -244,6 +244,12 @@ pub fn set_link_meta(
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(err)
+}
+
+/// Whether we run as root (cached: asked once per file otherwise).
+pub fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -294,7 +300,7 @@ pub fn apply_meta(
     st: &Stat,
     xattrs: &[(Vec<u8>, Vec<u8>)],
 ) -> io::Result<Vec<(Vec<u8>, io::Error)>> {
-    let root = rustix::process::geteuid().is_root();
+    let root = is_root();
     if root {
         rfs::fchown(
             fd,
@@ -448,8 +454,26 @@ pub fn hash_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(blake3::Hash, 
 }
 
 /// Raise the soft fd limit to the hard one: leases are held on open fds across a batch.
-pub fn raise_nofile() {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+/// Returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // Root may go past the hard limit up to the kernel's nr_open.
+    if rustix::process::geteuid().is_root() {
+        if let Some(nr) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            let want = nr.min(1 << 20);
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(want),
+                    maximum: Some(want),
+                },
+            );
+        }
+    }
+    let lim = getrlimit(Resource::Nofile);
     if let Some(max) = lim.maximum {
         let _ = rustix::process::setrlimit(
             rustix::process::Resource::Nofile,
@@ -459,6 +483,7 @@ pub fn raise_nofile() {
             },
         );
     }
+    getrlimit(Resource::Nofile).current.unwrap_or(1024)
 }
 
 #[cfg(test)]

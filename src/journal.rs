@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_init", include_str!("../migrations/0001_init.sql"))];
 
 pub fn now() -> f64 {
     SystemTime::now()
@@ -147,6 +145,9 @@ pub struct DirRec {
     pub mtime_ns: i64,
 }
 
+/// Receives (path, reason) rows for listings.
+pub type PathSink<'a> = &'a mut dyn FnMut(&[u8], Option<&str>) -> std::io::Result<()>;
+
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
@@ -221,7 +222,10 @@ impl Journal {
             )));
         }
         for (i, (_name, sql)) in MIGRATIONS.iter().enumerate().skip(have as usize) {
-            let tx = self.conn.unchecked_transaction().map_err(self.e("migrate"))?;
+            let tx = self
+                .conn
+                .unchecked_transaction()
+                .map_err(self.e("migrate"))?;
             tx.execute_batch(sql).map_err(self.e("migrate"))?;
             tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
                 .map_err(self.e("migrate"))?;
@@ -428,7 +432,11 @@ impl Journal {
             Kind::Symlink => ("symlink", "skipped", Some("symlink (left as it is)")),
             Kind::Fifo => ("fifo", "skipped", Some("FIFO (never opened)")),
             Kind::Socket => ("socket", "skipped", Some("socket (never opened)")),
-            Kind::CharDev => ("chardev", "skipped", Some("character device (never opened)")),
+            Kind::CharDev => (
+                "chardev",
+                "skipped",
+                Some("character device (never opened)"),
+            ),
             Kind::BlockDev => ("blockdev", "skipped", Some("block device (never opened)")),
             Kind::MountPoint => (
                 "mountpoint",
@@ -496,14 +504,26 @@ impl Journal {
                     })
                     .map_err(self.e("record file"))?;
                 if reappeared {
-                    self.event(id, Some(run), "reappeared", "a regular file replaced the link; relocating it as a new version")?;
+                    self.event(
+                        id,
+                        Some(run),
+                        "reappeared",
+                        "a regular file replaced the link; relocating it as a new version",
+                    )?;
                 }
                 Ok(self.next_for(s, id, version, dest_ino.map(|d| d as u64), state))
             }
         }
     }
 
-    fn next_for(&self, s: &Seen, id: i64, version: i64, dest_ino: Option<u64>, state: &str) -> Next {
+    fn next_for(
+        &self,
+        s: &Seen,
+        id: i64,
+        version: i64,
+        dest_ino: Option<u64>,
+        state: &str,
+    ) -> Next {
         if state != "pending" {
             return Next::Nothing;
         }
@@ -560,7 +580,10 @@ impl Journal {
              ORDER BY dev, ino, id LIMIT ?3",
             Self::REC_COLS
         );
-        let mut st = self.conn.prepare_cached(&sql).map_err(self.e("list hard links"))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(self.e("list hard links"))?;
         let rows = st
             .query_map(params![after.0, after.1, limit], Self::rec_from_row)
             .map_err(self.e("list hard links"))?;
@@ -574,7 +597,10 @@ impl Journal {
             "SELECT {} FROM files WHERE state = ?1 AND kind = 'file' AND id > ?2 ORDER BY id LIMIT ?3",
             Self::REC_COLS
         );
-        let mut st = self.conn.prepare_cached(&sql).map_err(self.e("list files"))?;
+        let mut st = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(self.e("list files"))?;
         let rows = st
             .query_map(params![state, after, limit], Self::rec_from_row)
             .map_err(self.e("list files"))?;
@@ -652,13 +678,20 @@ impl Journal {
     /// Deferred files go back to pending for another try; returns how many.
     pub fn requeue_deferred(&self) -> Result<usize> {
         self.conn
-            .execute("UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file'", [])
+            .execute(
+                "UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file'",
+                [],
+            )
             .map_err(self.e("requeue deferred files"))
     }
 
     // ---- directories ---------------------------------------------------------------------
 
-    pub fn dirs_deepest_first(&self, after: Option<(i64, Vec<u8>)>, limit: i64) -> Result<Vec<(i64, DirRec)>> {
+    pub fn dirs_deepest_first(
+        &self,
+        after: Option<(i64, Vec<u8>)>,
+        limit: i64,
+    ) -> Result<Vec<(i64, DirRec)>> {
         let (d, p) = after.unwrap_or((i64::MAX, Vec::new()));
         let mut st = self
             .conn
@@ -731,11 +764,7 @@ impl Journal {
     }
 
     /// Paths (and reasons) in the given states, streamed to `f`.
-    pub fn for_each_in_states(
-        &self,
-        states: &[&str],
-        f: &mut dyn FnMut(&[u8], Option<&str>) -> std::io::Result<()>,
-    ) -> Result<()> {
+    pub fn for_each_in_states(&self, states: &[&str], f: PathSink<'_>) -> Result<()> {
         let list = states
             .iter()
             .map(|s| format!("'{}'", s.replace('\'', "")))
@@ -784,7 +813,14 @@ impl Journal {
     }
 
     /// Record what the final swap needs: state, hash and the identity of the copy.
-    pub fn mark_relocated(&self, id: i64, run: i64, blake3: &[u8], dest_ino: u64, st: &crate::fsx::Stat) -> Result<()> {
+    pub fn mark_relocated(
+        &self,
+        id: i64,
+        run: i64,
+        blake3: &[u8],
+        dest_ino: u64,
+        st: &crate::fsx::Stat,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
@@ -801,7 +837,13 @@ impl Journal {
     }
 
     /// Fill in what a link found in SOURCE tells about a file relocated without a record of it.
-    pub fn adopt_link(&self, id: i64, blake3: &[u8], dest_ino: u64, st: &crate::fsx::Stat) -> Result<()> {
+    pub fn adopt_link(
+        &self,
+        id: i64,
+        blake3: &[u8],
+        dest_ino: u64,
+        st: &crate::fsx::Stat,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE files SET blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7, mtime_ns = ?8 WHERE id = ?1",

@@ -77,7 +77,14 @@ impl Ui {
     }
 }
 
-fn draw(stats: Arc<Stats>, rx: Receiver<String>, done: Arc<AtomicBool>, quiet: bool, tty: bool, interval: Duration) {
+fn draw(
+    stats: Arc<Stats>,
+    rx: Receiver<String>,
+    done: Arc<AtomicBool>,
+    quiet: bool,
+    tty: bool,
+    interval: Duration,
+) {
     let start = Instant::now();
     let bars = if tty && !quiet {
         let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
@@ -90,9 +97,11 @@ fn draw(stats: Arc<Stats>, rx: Receiver<String>, done: Arc<AtomicBool>, quiet: b
         files.set_prefix("files");
         let bytes = mp.add(ProgressBar::new(0));
         bytes.set_style(
-            ProgressStyle::with_template("{prefix:>6} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{prefix:>6} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bytes.set_prefix("bytes");
         Some((mp, files, bytes))
@@ -114,7 +123,11 @@ fn draw(stats: Arc<Stats>, rx: Receiver<String>, done: Arc<AtomicBool>, quiet: b
         let bseen = Stats::get(&stats.bytes_seen);
         let fdone = Stats::get(&stats.files_done);
         let bdone = Stats::get(&stats.bytes_done);
-        let walking = if stats.walk_done.load(Ordering::Relaxed) { "" } else { " (still counting)" };
+        let walking = if stats.walk_done.load(Ordering::Relaxed) {
+            ""
+        } else {
+            " (still counting)"
+        };
         let busy = format!(
             "workers {}/{} deferred {} failed {}",
             Stats::get(&stats.busy_workers),
@@ -128,7 +141,7 @@ fn draw(stats: Arc<Stats>, rx: Receiver<String>, done: Arc<AtomicBool>, quiet: b
             f.set_message(format!("{busy}{walking}"));
             b.set_length(bseen);
             b.set_position(bdone);
-        } else if !quiet && (last_line.elapsed() >= interval || finished) && !finished {
+        } else if !quiet && !finished && last_line.elapsed() >= interval {
             let el = start.elapsed().as_secs_f64().max(0.001);
             eprintln!(
                 "evac: {fdone}/{seen} files, {}/{}{walking}, {}/s, {busy}",

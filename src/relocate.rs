@@ -108,6 +108,8 @@ pub struct Copied {
     pub dst_st: Stat,
     pub hash: [u8; 32],
     pub bytes: u64,
+    /// Swapped by rename with the original kept under an attic name (no RENAME_EXCHANGE).
+    pub attic: bool,
 }
 
 pub enum Outcome {
@@ -145,7 +147,7 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Step::Defer(why)) => return Outcome::Deferred(job, why),
             Ok(Step::Gone) => return Outcome::Gone(job),
             Ok(Step::Aborted) => return Outcome::Aborted(job),
-            Err(e) => return Outcome::Failed(job, e.to_string()),
+            Err(e) => return Outcome::Failed(job, e.reason()),
         }
     }
     Outcome::Deferred(job, last)
@@ -159,8 +161,21 @@ enum Step {
     Aborted,
 }
 
+/// The kernel stores at most PATH_MAX - 1 bytes in a symlink.
+const MAX_LINK_TARGET: usize = 4095;
+
 fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let first = &job.names[0];
+    if let Some(r) = job
+        .names
+        .iter()
+        .find(|r| ctx.link_target(&r.path).len() > MAX_LINK_TARGET)
+    {
+        return Err(Error::Setup(format!(
+            "its link target would be {} bytes, over the kernel's symlink limit of {MAX_LINK_TARGET}; a shorter --link-prefix may fit",
+            ctx.link_target(&r.path).len()
+        )));
+    }
     let (pdir, name) = fsx::split_parent(&first.path);
     let src_dir = match fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
         Ok(d) => d,
@@ -213,7 +228,8 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let dst_dir = match fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-            fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir).ctx("create DEST directory for", &first.path)?
+            fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir)
+                .ctx("create DEST directory for", &first.path)?
         }
         Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
     };
@@ -222,7 +238,8 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             // Left by an interrupted attempt: the name carries our journal id and this file's id.
-            fsx::unlink_if_exists(dst_dir.as_fd(), &tmp).ctx("remove stale temporary for", &first.path)?;
+            fsx::unlink_if_exists(dst_dir.as_fd(), &tmp)
+                .ctx("remove stale temporary for", &first.path)?;
             fsx::create_excl(dst_dir.as_fd(), &tmp).ctx("create DEST temporary for", &first.path)?
         }
         Err(e) => return Err(Error::io("create DEST temporary for", &first.path, e)),
@@ -279,7 +296,9 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return Ok(Step::Retry("changed during the copy".into()));
     }
     let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);
-    let meta = xattrs.and_then(|x| fsx::apply_meta(dst.as_fd(), &st, &x).ctx("set metadata on the copy of", &first.path));
+    let meta = xattrs.and_then(|x| {
+        fsx::apply_meta(dst.as_fd(), &st, &x).ctx("set metadata on the copy of", &first.path)
+    });
     if let Err(e) = meta {
         cleanup(&dst_dir, &tmp);
         return Err(e);
@@ -324,6 +343,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         dst_st,
         hash: *hasher.finalize().as_bytes(),
         bytes: after.st_size as u64,
+        attic: false,
     })))
 }
 
@@ -340,7 +360,8 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
         Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(Error::io("stat", &rec.path, e)),
     }
-    let dst_dir = fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;
+    let dst_dir =
+        fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;
     let tmp = ctx.tmp_name(rec.id, "tmp");
     let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
     fsx::link_at(first.dst_dir.as_fd(), &first.dst_tmp, dst_dir.as_fd(), &tmp)
@@ -392,10 +413,10 @@ pub enum Swap {
 
 /// Put every DEST temporary of a batch under its final name. Called after the batch's data is
 /// durable and after the journal has recorded each copy's DEST inode (state `placed`).
-pub fn place(ctx: &Ctx, c: &Copied, trash_dir: &mut Option<OwnedFd>) -> std::result::Result<(), String> {
+pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
     for (i, n) in c.names.iter().enumerate() {
         let (_, fname) = fsx::split_parent(&n.rec.path);
-        match place_one(ctx, n, fname, c.dst_st.st_ino, trash_dir) {
+        match place_one(ctx, n, fname, c.dst_st.st_ino) {
             Ok(()) => {}
             Err(msg) => {
                 // Undo this inode's names placed so far: they are ours and their sources stay.
@@ -417,21 +438,14 @@ pub fn place(ctx: &Ctx, c: &Copied, trash_dir: &mut Option<OwnedFd>) -> std::res
     Ok(())
 }
 
-fn place_one(
-    ctx: &Ctx,
-    n: &Name,
-    fname: &[u8],
-    our_ino: u64,
-    trash_dir: &mut Option<OwnedFd>,
-) -> std::result::Result<(), String> {
-    let q = crate::escape::quoted(&n.rec.path);
+fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], our_ino: u64) -> std::result::Result<(), String> {
     match fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname) {
         Ok(()) => return Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(format!("place the copy of {q} at DEST: {e}")),
+        Err(e) => return Err(format!("place the copy at DEST: {e}")),
     }
     let existing = fsx::stat_at(n.dst_dir.as_fd(), fname)
-        .map_err(|e| format!("stat DEST {q}: {e}"))?;
+        .map_err(|e| format!("stat the file in the way at DEST: {e}"))?;
     if existing.st_ino == our_ino {
         // Our own copy from an interrupted attempt already carries this name.
         let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
@@ -440,39 +454,52 @@ fn place_one(
     let ours = n.rec.dest_ino == Some(existing.st_ino)
         && fsx::file_type(&existing) == rustix::fs::FileType::RegularFile;
     if !ours {
-        return Err(format!(
-            "DEST already has {q} and evac did not write it; left both as they are (conflict)"
-        ));
+        return Err(
+            "DEST already has a file at this path that evac did not write; left both as they are (conflict)".into(),
+        );
     }
     // Our earlier version of this path: keep it in the trash rather than overwrite it.
-    if trash_dir.is_none() {
-        let day = crate::report::today();
-        let dir = fsx::ensure_dir(ctx.dst_root.as_fd(), format!(".evac-trash/{day}").as_bytes())
-            .map_err(|e| format!("create DEST trash directory: {e}"))?;
-        *trash_dir = Some(dir);
-    }
+    let tdir = trash_dir(ctx).map_err(|e| format!("create DEST trash directory: {e}"))?;
     let tname = format!("{}.v{}", n.rec.id, n.rec.version - 1).into_bytes();
-    let tdir = trash_dir.as_ref().map(|d| d.as_fd()).ok_or("no trash directory")?;
-    fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir, &tname)
-        .map_err(|e| format!("move the previous copy of {q} to the trash: {e}"))?;
+    fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir.as_fd(), &tname)
+        .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
     fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname)
-        .map_err(|e| format!("place the copy of {q} at DEST: {e}"))
+        .map_err(|e| format!("place the copy at DEST: {e}"))
+}
+
+/// DEST/.evac-trash/YYYY-MM-DD: where evac keeps copies it will not overwrite or destroy.
+fn trash_dir(ctx: &Ctx) -> io::Result<OwnedFd> {
+    fsx::ensure_dir(
+        ctx.dst_root.as_fd(),
+        format!(".evac-trash/{}", crate::report::today()).as_bytes(),
+    )
 }
 
 /// Swap every name of a placed copy for a link, all or nothing.
-pub fn swap(ctx: &Ctx, c: Box<Copied>, writers: Option<&std::collections::HashSet<(u64, u64)>>) -> Swap {
+pub fn swap(
+    ctx: &Ctx,
+    mut c: Box<Copied>,
+    writers: Option<&std::collections::HashSet<(u64, u64)>>,
+) -> Swap {
     if let Some(w) = writers {
         if w.contains(&(c.st.st_dev, c.st.st_ino)) {
             return Swap::Deferred(c, "open for writing by another process".into());
         }
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(c.st.st_dev, c.st.st_ino) {
-        return Swap::Deferred(c, "a process is running or has mapped it (use --relocate-mapped to force)".into());
+        return Swap::Deferred(
+            c,
+            "a process is running or has mapped it (use --relocate-mapped to force)".into(),
+        );
     }
     let mut done: Vec<usize> = Vec::new();
-    for (i, n) in c.names.iter().enumerate() {
+    for i in 0..c.names.len() {
+        let n = &c.names[i];
         match swap_one(ctx, &c, n) {
-            Ok(()) => done.push(i),
+            Ok(attic) => {
+                done.push(i);
+                c.attic |= attic;
+            }
             Err(why) => {
                 for &j in done.iter().rev() {
                     unswap_one(ctx, &c, &c.names[j]);
@@ -492,54 +519,99 @@ enum SwapErr {
     Error(String),
 }
 
-fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(), SwapErr> {
-    let q = crate::escape::quoted(&n.rec.path);
+/// Returns whether the attic fallback was used.
+fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapErr> {
     let (_, fname) = fsx::split_parent(&n.rec.path);
     let dir = n.src_dir.as_fd();
     let lnk = ctx.tmp_name(n.rec.id, "lnk");
     let target = ctx.link_target(&n.rec.path);
-    let _ = fsx::unlink_if_exists(dir, &lnk);
-    fsx::symlink_at(&target, dir, &lnk).map_err(|e| SwapErr::Error(format!("create link for {q}: {e}")))?;
+    let made = match fsx::symlink_at(&target, dir, &lnk) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // A leftover of ours (the name carries this journal's id and the file's id).
+            let _ = fsx::unlink_if_exists(dir, &lnk);
+            fsx::symlink_at(&target, dir, &lnk)
+        }
+        r => r,
+    };
+    made.map_err(|e| SwapErr::Error(format!("create the link: {e}")))?;
     let bail = |msg: SwapErr| {
         let _ = fsx::unlink_if_exists(dir, &lnk);
         msg
     };
-    if let Err(e) = fsx::set_link_meta(dir, &lnk, c.st.st_uid, c.st.st_gid, fsx::atime_ns(&c.st), fsx::mtime_ns(&c.st)) {
-        return Err(bail(SwapErr::Error(format!("set owner and times of the link for {q}: {e}"))));
+    if let Err(e) = fsx::set_link_meta(
+        dir,
+        &lnk,
+        c.st.st_uid,
+        c.st.st_gid,
+        fsx::atime_ns(&c.st),
+        fsx::mtime_ns(&c.st),
+    ) {
+        return Err(bail(SwapErr::Error(format!(
+            "set owner and times of the link: {e}"
+        ))));
     }
     // Pre-check: the name still holds the inode we copied, unchanged, with our lease intact.
     match fsx::stat_at(dir, fname) {
-        Ok(s) if same_content_identity(&s, &c.st) && fsx::ctime_ns(&s) == fsx::ctime_ns(&c.st) || (c.names.len() > 1 && same_content_identity(&s, &c.st)) => {}
+        Ok(s)
+            if same_content_identity(&s, &c.st) && fsx::ctime_ns(&s) == fsx::ctime_ns(&c.st)
+                || (c.names.len() > 1 && same_content_identity(&s, &c.st)) => {}
         Ok(_) => return Err(bail(SwapErr::Changed("changed before the swap".into()))),
-        Err(e) => return Err(bail(SwapErr::Changed(format!("vanished before the swap ({e})")))),
+        Err(e) => {
+            return Err(bail(SwapErr::Changed(format!(
+                "vanished before the swap ({e})"
+            ))))
+        }
     }
-    if !c.src.intact() {
-        return Err(bail(SwapErr::Changed("opened for writing before the swap".into())));
+    // A break already signalled is cheap to see; the lease itself is asked after the exchange.
+    if c.src.broken.load(Ordering::SeqCst) {
+        return Err(bail(SwapErr::Changed(
+            "opened for writing before the swap".into(),
+        )));
     }
     match fsx::rename_exchange(dir, &lnk, dir, fname) {
         Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+            ) =>
+        {
             ctx.no_exchange_seen.store(true, Ordering::Relaxed);
-            return swap_attic(ctx, c, n, &lnk, fname).map_err(bail);
+            return swap_attic(ctx, c, n, &lnk, fname)
+                .map(|()| true)
+                .map_err(bail);
         }
-        Err(e) => return Err(bail(SwapErr::Error(format!("swap {q} for its link: {e}")))),
+        Err(e) => {
+            return Err(bail(SwapErr::Error(format!(
+                "swap the file for its link: {e}"
+            ))))
+        }
     }
     // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
-    let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st)) && c.src.intact();
+    let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st))
+        && c.src.intact();
     if !ok {
         undo_exchange(ctx, c, n, &lnk, fname);
-        return Err(SwapErr::Changed("written to while being swapped; put back".into()));
+        return Err(SwapErr::Changed(
+            "written to while being swapped; put back".into(),
+        ));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the link.
-fn swap_attic(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) -> std::result::Result<(), SwapErr> {
-    let q = crate::escape::quoted(&n.rec.path);
+fn swap_attic(
+    ctx: &Ctx,
+    c: &Copied,
+    n: &Name,
+    lnk: &[u8],
+    fname: &[u8],
+) -> std::result::Result<(), SwapErr> {
     let dir = n.src_dir.as_fd();
     let attic = ctx.tmp_name(n.rec.id, "attic");
     let _ = fsx::unlink_if_exists(dir, &attic);
-    fsx::link_at(dir, fname, dir, &attic).map_err(|e| SwapErr::Error(format!("keep {q} in the attic: {e}")))?;
+    fsx::link_at(dir, fname, dir, &attic)
+        .map_err(|e| SwapErr::Error(format!("keep the original in the attic: {e}")))?;
     match fsx::stat_at(dir, &attic) {
         Ok(s) if same_content_identity(&s, &c.st) => {}
         _ => {
@@ -549,12 +621,17 @@ fn swap_attic(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) -> std:
     }
     if let Err(e) = fsx::rename_replace(dir, lnk, dir, fname) {
         let _ = fsx::unlink_if_exists(dir, &attic);
-        return Err(SwapErr::Error(format!("replace {q} with its link: {e}")));
+        return Err(SwapErr::Error(format!(
+            "replace the file with its link: {e}"
+        )));
     }
-    let ok = matches!(fsx::stat_at(dir, &attic), Ok(s) if same_content_identity(&s, &c.st)) && c.src.intact();
+    let ok = matches!(fsx::stat_at(dir, &attic), Ok(s) if same_content_identity(&s, &c.st))
+        && c.src.intact();
     if !ok {
         let _ = fsx::rename_replace(dir, &attic, dir, fname);
-        return Err(SwapErr::Changed("written to while being swapped; put back".into()));
+        return Err(SwapErr::Changed(
+            "written to while being swapped; put back".into(),
+        ));
     }
     Ok(())
 }
@@ -568,28 +645,31 @@ fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
 }
 
 /// Put one swapped name back as it was (the original at its name, no link).
+pub fn unswap(ctx: &Ctx, c: &Copied, n: &Name) {
+    unswap_one(ctx, c, n)
+}
+
 fn unswap_one(ctx: &Ctx, c: &Copied, n: &Name) {
     let (_, fname) = fsx::split_parent(&n.rec.path);
     let dir = n.src_dir.as_fd();
-    let lnk = ctx.tmp_name(n.rec.id, "lnk");
-    let attic = ctx.tmp_name(n.rec.id, "attic");
-    if fsx::stat_at(dir, &attic).is_ok() {
-        let _ = fsx::rename_replace(dir, &attic, dir, fname);
+    if c.attic {
+        let _ = fsx::rename_replace(dir, &ctx.tmp_name(n.rec.id, "attic"), dir, fname);
     } else {
-        undo_exchange(ctx, c, n, &lnk, fname);
+        undo_exchange(ctx, c, n, &ctx.tmp_name(n.rec.id, "lnk"), fname);
     }
 }
 
 /// If someone wrote to the copy through the link in the instant before a swap was undone,
 /// their bytes are only at DEST: keep that copy in the trash rather than lose it on retry.
 fn note_writes_through_link(ctx: &Ctx, c: &Copied, n: &Name) {
-    let Ok(now) = fsx::fstat(c.dst.as_fd()) else { return };
+    let Ok(now) = fsx::fstat(c.dst.as_fd()) else {
+        return;
+    };
     if fsx::mtime_ns(&now) == fsx::mtime_ns(&c.dst_st) && now.st_size == c.dst_st.st_size {
         return;
     }
     let (_, fname) = fsx::split_parent(&n.rec.path);
-    let day = crate::report::today();
-    if let Ok(tdir) = fsx::ensure_dir(ctx.dst_root.as_fd(), format!(".evac-trash/{day}").as_bytes()) {
+    if let Ok(tdir) = trash_dir(ctx) {
         let tname = format!("{}.written-through-link", n.rec.id).into_bytes();
         let _ = fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir.as_fd(), &tname);
     }
@@ -600,17 +680,17 @@ fn note_writes_through_link(ctx: &Ctx, c: &Copied, n: &Name) {
 pub fn finish(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
     for n in &c.names {
         let dir = n.src_dir.as_fd();
-        let lnk = ctx.tmp_name(n.rec.id, "lnk");
-        let attic = ctx.tmp_name(n.rec.id, "attic");
-        let held_at = if fsx::stat_at(dir, &attic).is_ok() { attic } else { lnk };
-        let unchanged = matches!(fsx::stat_at(dir, &held_at), Ok(s) if same_content_identity(&s, &c.st));
+        let held_at = ctx.tmp_name(n.rec.id, if c.attic { "attic" } else { "lnk" });
+        let unchanged =
+            matches!(fsx::stat_at(dir, &held_at), Ok(s) if same_content_identity(&s, &c.st));
         if !unchanged || !c.src.intact() {
             for m in &c.names {
                 unswap_one(ctx, c, m);
             }
             return Err("written to just after the swap; put back".into());
         }
-        fsx::unlink_at(dir, &held_at).map_err(|e| format!("remove the original of {}: {e}", crate::escape::quoted(&n.rec.path)))?;
+        fsx::unlink_at(dir, &held_at)
+            .map_err(|e| format!("remove the swapped-out original: {e}"))?;
     }
     Ok(())
 }
@@ -638,19 +718,27 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
         return Ok(RecoverResult::Unknown);
     };
     let (pdir, fname) = fsx::split_parent(path);
-    let mut result = if state == "relocated" { RecoverResult::Relocated } else { RecoverResult::Pending };
+    let mut result = if state == "relocated" {
+        RecoverResult::Relocated
+    } else {
+        RecoverResult::Pending
+    };
     if let Ok(dir) = fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
         let dir = dir.as_fd();
         let lnk = ctx.tmp_name(id, "lnk");
         let attic = ctx.tmp_name(id, "attic");
         for (held, is_attic) in [(lnk, false), (attic, true)] {
-            let Ok(s) = fsx::stat_at(dir, &held) else { continue };
+            let Ok(s) = fsx::stat_at(dir, &held) else {
+                continue;
+            };
             match fsx::file_type(&s) {
                 rustix::fs::FileType::Symlink => {
                     fsx::unlink_if_exists(dir, &held).ctx("remove leftover link for", path)?;
                 }
                 rustix::fs::FileType::RegularFile => {
-                    result = restore_original(ctx, j, id, path, dir, &held, fname, &s, &state, is_attic)?;
+                    result = restore_original(
+                        ctx, j, id, path, dir, &held, fname, &s, &state, is_attic,
+                    )?;
                 }
                 _ => {}
             }
@@ -661,7 +749,8 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
         let tmp = ctx.tmp_name(id, "tmp");
         if let Ok(s) = fsx::stat_at(ddir.as_fd(), &tmp) {
             if fsx::file_type(&s) == rustix::fs::FileType::RegularFile {
-                fsx::unlink_if_exists(ddir.as_fd(), &tmp).ctx("remove leftover DEST temporary for", path)?;
+                fsx::unlink_if_exists(ddir.as_fd(), &tmp)
+                    .ctx("remove leftover DEST temporary for", path)?;
             }
         }
     }
@@ -690,14 +779,25 @@ fn restore_original(
     is_attic: bool,
 ) -> Result<RecoverResult> {
     let at_name = fsx::stat_at(dir, fname).ok();
-    let name_is_our_link = at_name.as_ref().is_some_and(|n| fsx::file_type(n) == rustix::fs::FileType::Symlink)
+    let name_is_our_link = at_name
+        .as_ref()
+        .is_some_and(|n| fsx::file_type(n) == rustix::fs::FileType::Symlink)
         && fsx::readlink_at(dir, fname).ok().as_deref() == Some(ctx.link_target(path).as_slice());
     if state == "relocated" && name_is_our_link {
-        // The swap was checked and recorded; only the unlink was lost. Remove it if unchanged.
-        let unchanged = j.relocated_batch(id - 1, 1)?.first().is_some_and(|r| {
+        // The swap was checked and recorded; only the unlink was lost. Remove the original if
+        // it is unchanged and its copy stands under its final name at DEST (after a power
+        // loss the final rename may not have survived).
+        let rec = j.relocated_batch(id - 1, 1)?;
+        let unchanged = rec.first().is_some_and(|r| {
             r.id == id && r.size == s.st_size as u64 && r.mtime_ns == fsx::mtime_ns(s)
         });
-        if unchanged {
+        let dest_ok = rec.first().is_some_and(|r| {
+            let (pd, n) = fsx::split_parent(path);
+            fsx::resolve_dir(ctx.dst_root.as_fd(), pd)
+                .and_then(|d| fsx::stat_at(d.as_fd(), n))
+                .is_ok_and(|st| Some(st.st_ino) == r.dest_ino && st.st_size as u64 == r.size)
+        });
+        if unchanged && dest_ok {
             fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
             return Ok(RecoverResult::Relocated);
         }
@@ -712,7 +812,9 @@ fn restore_original(
             Ok(()) => {
                 fsx::unlink_if_exists(dir, held).ctx("remove leftover link for", path)?;
             }
-            Err(_) => fsx::rename_replace(dir, held, dir, fname).ctx("put back the original of", path)?,
+            Err(_) => {
+                fsx::rename_replace(dir, held, dir, fname).ctx("put back the original of", path)?
+            }
         }
         return Ok(RecoverResult::Pending);
     }

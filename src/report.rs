@@ -56,7 +56,15 @@ fn need_plan(j: &Journal) -> Result<Plan> {
     })
 }
 
-const STATES: [&str; 7] = ["pending", "relocated", "deferred", "failed", "staged_out", "skipped", "gone"];
+const STATES: [&str; 7] = [
+    "pending",
+    "relocated",
+    "deferred",
+    "failed",
+    "staged_out",
+    "skipped",
+    "gone",
+];
 
 /// Map internal states onto the ones operators see.
 fn public_state(s: &str) -> &str {
@@ -73,7 +81,10 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let mut out = std::io::stdout().lock();
     if let Some(state) = list {
         if !STATES.contains(&state) {
-            return Err(Error::Setup(format!("--list {state}: not a state; one of {}", STATES.join(", "))));
+            return Err(Error::Setup(format!(
+                "--list {state}: not a state; one of {}",
+                STATES.join(", ")
+            )));
         }
         let states: Vec<&str> = match state {
             "pending" => vec!["pending", "copying", "placed"],
@@ -109,14 +120,31 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         _ => 0.0,
     };
     let remaining = (counts.bytes_total - counts.bytes_relocated).max(0) as f64;
-    let eta = if running && rate > 0.0 { Some(remaining / rate) } else { None };
-    let throttle = last.as_ref().map(|r| r.throttle.clone()).unwrap_or_else(|| "none".into());
+    let eta = if running && rate > 0.0 {
+        Some(remaining / rate)
+    } else {
+        None
+    };
+    let throttle = last
+        .as_ref()
+        .map(|r| r.throttle.clone())
+        .unwrap_or_else(|| "none".into());
     let reasons = j.top_reasons(10)?;
     if json {
-        let files = by.iter().map(|(k, v)| format!("{}:{v}", json_str(k))).collect::<Vec<_>>().join(",");
+        let files = by
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_str(k)))
+            .collect::<Vec<_>>()
+            .join(",");
         let reasons_j = reasons
             .iter()
-            .map(|(s, r, n)| format!("{{\"state\":{},\"reason\":{},\"count\":{n}}}", json_str(s), json_str(r)))
+            .map(|(s, r, n)| {
+                format!(
+                    "{{\"state\":{},\"reason\":{},\"count\":{n}}}",
+                    json_str(s),
+                    json_str(r)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let last_j = match &last {
@@ -149,10 +177,30 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         .map_err(|e| Error::Setup(format!("write output: {e}")))?;
         return Ok(0);
     }
-    let w = |out: &mut std::io::StdoutLock, s: String| writeln!(out, "{s}").map_err(|e| Error::Setup(format!("write output: {e}")));
-    w(&mut out, format!("SOURCE  {}", quoted(plan.source.as_os_str().as_encoded_bytes())))?;
-    w(&mut out, format!("DEST    {}", quoted(plan.dest.as_os_str().as_encoded_bytes())))?;
-    w(&mut out, format!("links   {}/…", quoted(plan.link_prefix.as_os_str().as_encoded_bytes())))?;
+    let w = |out: &mut std::io::StdoutLock, s: String| {
+        writeln!(out, "{s}").map_err(|e| Error::Setup(format!("write output: {e}")))
+    };
+    w(
+        &mut out,
+        format!(
+            "SOURCE  {}",
+            quoted(plan.source.as_os_str().as_encoded_bytes())
+        ),
+    )?;
+    w(
+        &mut out,
+        format!(
+            "DEST    {}",
+            quoted(plan.dest.as_os_str().as_encoded_bytes())
+        ),
+    )?;
+    w(
+        &mut out,
+        format!(
+            "links   {}/…",
+            quoted(plan.link_prefix.as_os_str().as_encoded_bytes())
+        ),
+    )?;
     w(
         &mut out,
         match (&running_pid, &last) {
@@ -160,7 +208,9 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             (None, Some(r)) => format!(
                 "run     not running; last run {} ended with exit {}",
                 r.id,
-                r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none (interrupted: the next run recovers)".into())
+                r.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "none (interrupted: the next run recovers)".into())
             ),
             (None, None) => "run     never started".into(),
         },
@@ -169,10 +219,17 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         &mut out,
         format!(
             "files   {}",
-            by.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+            by.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )?;
-    let pct = if counts.bytes_total > 0 { 100.0 * counts.bytes_relocated as f64 / counts.bytes_total as f64 } else { 100.0 };
+    let pct = if counts.bytes_total > 0 {
+        100.0 * counts.bytes_relocated as f64 / counts.bytes_total as f64
+    } else {
+        100.0
+    };
     w(
         &mut out,
         format!(
@@ -190,7 +247,10 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         for (s, r, n) in reasons {
             w(&mut out, format!("  {n:>8}  {s:<10} {r}"))?;
         }
-        w(&mut out, "list them with: evac status --journal J --list STATE".into())?;
+        w(
+            &mut out,
+            "list them with: evac status --journal J --list STATE".into(),
+        )?;
     }
     Ok(0)
 }
@@ -203,8 +263,10 @@ struct Problem {
 pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32> {
     let j = Journal::open_read(journal)?;
     let plan = need_plan(&j)?;
-    let src_root = fsx::open_root(&plan.source).ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
-    let dst_root = fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
+    let src_root = fsx::open_root(&plan.source)
+        .ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
+    let dst_root =
+        fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
     let prefix = journal::path_bytes(&plan.link_prefix);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers.unwrap_or(0))
@@ -233,10 +295,20 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
     let res = if json {
         let ps = problems
             .iter()
-            .map(|p| format!("{{\"path\":{},\"problem\":{}}}", json_str(&escape(&p.path)), json_str(&p.what)))
+            .map(|p| {
+                format!(
+                    "{{\"path\":{},\"problem\":{}}}",
+                    json_str(&escape(&p.path)),
+                    json_str(&p.what)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
-        writeln!(out, "{{\"checked\":{checked},\"ok\":{},\"problems\":[{ps}]}}", problems.is_empty())
+        writeln!(
+            out,
+            "{{\"checked\":{checked},\"ok\":{},\"problems\":[{ps}]}}",
+            problems.is_empty()
+        )
     } else {
         let mut r = Ok(());
         for p in &problems {
@@ -260,7 +332,12 @@ fn check_one(
     buf: &mut [u8],
 ) -> Vec<Problem> {
     let mut v = Vec::new();
-    let mut bad = |what: String| v.push(Problem { path: r.path.clone(), what });
+    let mut bad = |what: String| {
+        v.push(Problem {
+            path: r.path.clone(),
+            what,
+        })
+    };
     let (pd, name) = fsx::split_parent(&r.path);
     // SOURCE: the path must still be our link.
     let mut target = prefix.to_vec();
@@ -270,11 +347,17 @@ fn check_one(
     target.extend_from_slice(&r.path);
     match fsx::resolve_dir(src_root.as_fd(), pd).and_then(|d| fsx::readlink_at(d.as_fd(), name)) {
         Ok(t) if t == target => {}
-        Ok(t) => bad(format!("SOURCE link points to {} instead of {}", quoted(&t), quoted(&target))),
+        Ok(t) => bad(format!(
+            "SOURCE link points to {} instead of {}",
+            quoted(&t),
+            quoted(&target)
+        )),
         Err(e) => bad(format!("SOURCE path is not our link: {e}")),
     }
     // DEST: content and metadata as recorded.
-    let fd = match fsx::resolve_dir(dst_root.as_fd(), pd).and_then(|d| fsx::open_read(d.as_fd(), name)) {
+    let fd = match fsx::resolve_dir(dst_root.as_fd(), pd)
+        .and_then(|d| fsx::open_read(d.as_fd(), name))
+    {
         Ok(fd) => fd,
         Err(e) => {
             bad(format!("DEST copy cannot be opened: {e}"));
@@ -289,13 +372,23 @@ fn check_one(
         }
     };
     if st.st_size as u64 != r.size {
-        bad(format!("DEST size {} differs from the journal's {}", st.st_size, r.size));
+        bad(format!(
+            "DEST size {} differs from the journal's {}",
+            st.st_size, r.size
+        ));
     }
     if st.st_mode & 0o7777 != r.mode & 0o7777 {
-        bad(format!("DEST mode {:o} differs from the journal's {:o}", st.st_mode & 0o7777, r.mode & 0o7777));
+        bad(format!(
+            "DEST mode {:o} differs from the journal's {:o}",
+            st.st_mode & 0o7777,
+            r.mode & 0o7777
+        ));
     }
     if rustix::process::geteuid().is_root() && (st.st_uid != r.uid || st.st_gid != r.gid) {
-        bad(format!("DEST owner {}:{} differs from the journal's {}:{}", st.st_uid, st.st_gid, r.uid, r.gid));
+        bad(format!(
+            "DEST owner {}:{} differs from the journal's {}:{}",
+            st.st_uid, st.st_gid, r.uid, r.gid
+        ));
     }
     if fsx::mtime_ns(&st) != r.mtime_ns {
         bad("DEST mtime differs from the journal's".into());

@@ -12,7 +12,8 @@ use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
 use crate::signals::{self, Leases};
 use crate::walk::{self, WalkMsg, WalkOpts};
 use crossbeam_channel::{Receiver, Sender};
-use rustix::fd::{AsFd, OwnedFd};
+use rayon::prelude::*;
+use rustix::fd::AsFd;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +51,8 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    let cwd = std::env::current_dir().map_err(|e| Error::Setup(format!("current directory: {e}")))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| Error::Setup(format!("current directory: {e}")))?;
     Ok(cwd.join(p))
 }
 
@@ -94,7 +96,11 @@ fn settle_plan(o: &RunOpts, existing: Option<Plan>) -> Result<(Plan, bool)> {
     let given = match (&o.source, &o.dest) {
         (Some(s), Some(d)) => Some((s.clone(), d.clone())),
         (None, None) => None,
-        _ => return Err(Error::Setup("give both SOURCE and DEST, or neither to resume from the journal".into())),
+        _ => {
+            return Err(Error::Setup(
+                "give both SOURCE and DEST, or neither to resume from the journal".into(),
+            ))
+        }
     };
     if let Some(p) = existing {
         if let Some((s, d)) = given {
@@ -145,7 +151,12 @@ fn settle_plan(o: &RunOpts, existing: Option<Plan>) -> Result<(Plan, bool)> {
     }
     let link_prefix = match &o.link_prefix {
         Some(lp) if lp.is_absolute() => lp.clone(),
-        Some(lp) => return Err(Error::Setup(format!("--link-prefix {} must be an absolute path", q(lp)))),
+        Some(lp) => {
+            return Err(Error::Setup(format!(
+                "--link-prefix {} must be an absolute path",
+                q(lp)
+            )))
+        }
         None => d.clone(),
     };
     let (sdev, sino) = stat_path(&s)?;
@@ -231,16 +242,31 @@ struct Runner {
     max_in_flight: usize,
     inflight_ids: HashSet<i64>,
     batch: Vec<Box<Copied>>,
+    /// Swapped and recorded; originals removed after the next syncfs.
+    unfinished: Vec<Box<Copied>>,
     batch_started: Instant,
     /// Outcomes not yet recorded: (ids, state, reason).
     outcomes: Vec<(Vec<i64>, &'static str, Option<String>)>,
     reserved_seen: Vec<(i64, Vec<u8>)>,
-    trash: Option<OwnedFd>,
     walk_errors: u64,
     failures_printed: u64,
     rate: RateMeter,
     last_heartbeat: Instant,
     notes_logged: (bool, bool),
+    prof: Prof,
+}
+
+/// Where the coordinator's time goes (printed at the end with EVAC_PROFILE=1).
+#[derive(Default, Debug)]
+struct Prof {
+    batches: u64,
+    observe: Duration,
+    sync1: Duration,
+    placed_tx: Duration,
+    place: Duration,
+    swap: Duration,
+    reloc_tx: Duration,
+    finish: Duration,
 }
 
 struct RateMeter {
@@ -254,7 +280,11 @@ impl RateMeter {
         let dt = self.last.elapsed().as_secs_f64();
         if dt >= 1.0 {
             let inst = (bytes - self.last_bytes) as f64 / dt;
-            self.rate = if self.rate == 0.0 { inst } else { 0.7 * self.rate + 0.3 * inst };
+            self.rate = if self.rate == 0.0 {
+                inst
+            } else {
+                0.7 * self.rate + 0.3 * inst
+            };
             self.last = Instant::now();
             self.last_bytes = bytes;
         }
@@ -264,14 +294,19 @@ impl RateMeter {
 
 impl Runner {
     fn new(o: RunOpts, plan: Plan, j: Journal) -> Result<Runner> {
-        let src_root = fsx::open_root(&plan.source).ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
-        let dst_root = fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
-        let src_dev = fsx::fstat(src_root.as_fd()).ctx("stat SOURCE", plan.source.as_os_str().as_encoded_bytes())?.st_dev;
+        let src_root = fsx::open_root(&plan.source)
+            .ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
+        let dst_root = fsx::open_root(&plan.dest)
+            .ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
+        let src_dev = fsx::fstat(src_root.as_fd())
+            .ctx("stat SOURCE", plan.source.as_os_str().as_encoded_bytes())?
+            .st_dev;
         let stop = Arc::new(AtomicBool::new(false));
         let leases = Arc::new(Leases::default());
         // Before any other thread exists: the signal mask is inherited.
-        signals::start(leases.clone(), stop.clone()).map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
-        fsx::raise_nofile();
+        signals::start(leases.clone(), stop.clone())
+            .map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
+        let nofile = fsx::raise_nofile();
         let ctx = Arc::new(Ctx {
             src_root,
             dst_root,
@@ -287,10 +322,20 @@ impl Runner {
         });
         let run_id = j.start_run(std::process::id(), &o.args_text)?;
         let stats = Arc::new(Stats::default());
-        let ui = Ui::start(stats.clone(), o.quiet, Duration::from_secs(o.progress_interval.max(1)));
+        let ui = Ui::start(
+            stats.clone(),
+            o.quiet,
+            Duration::from_secs(o.progress_interval.max(1)),
+        );
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
         let (res_tx, res_rx) = crossbeam_channel::unbounded();
         let workers = o.workers.unwrap_or_else(default_workers).max(1);
+        // Each copy waiting in a batch holds about 6 fds (file, copy, and both directories of
+        // each name); keep well inside the limit.
+        let mut o = o;
+        o.batch_files = o
+            .batch_files
+            .min(((nofile.saturating_sub(256)) / 24).max(1) as usize);
         let max_in_flight = o.batch_files + 2 * workers;
         Ok(Runner {
             o,
@@ -309,15 +354,20 @@ impl Runner {
             max_in_flight,
             inflight_ids: HashSet::new(),
             batch: Vec::new(),
+            unfinished: Vec::new(),
             batch_started: Instant::now(),
             outcomes: Vec::new(),
             reserved_seen: Vec::new(),
-            trash: None,
             walk_errors: 0,
             failures_printed: 0,
-            rate: RateMeter { last: Instant::now(), last_bytes: 0, rate: 0.0 },
+            rate: RateMeter {
+                last: Instant::now(),
+                last_bytes: 0,
+                rate: 0.0,
+            },
             last_heartbeat: Instant::now(),
             notes_logged: (false, false),
+            prof: Prof::default(),
         })
     }
 
@@ -362,7 +412,14 @@ impl Runner {
             }
         };
         let counts = self.j.counts()?;
-        let get = |s: &str| counts.by_state.iter().find(|(k, _)| k == s).map(|(_, n)| *n).unwrap_or(0);
+        let get = |s: &str| {
+            counts
+                .by_state
+                .iter()
+                .find(|(k, _)| k == s)
+                .map(|(_, n)| *n)
+                .unwrap_or(0)
+        };
         let totals = format!(
             "{{\"relocated\":{},\"deferred\":{},\"failed\":{},\"skipped\":{},\"pending\":{},\"gone\":{},\"bytes_relocated_this_run\":{},\"files_relocated_this_run\":{},\"seconds\":{:.3}}}",
             get("relocated"),
@@ -402,6 +459,9 @@ impl Runner {
         if let Some(ui) = self.ui.take() {
             ui.finish();
         }
+        if std::env::var_os("EVAC_PROFILE").is_some() {
+            eprintln!("evac profile: {:?}", self.prof);
+        }
         Ok(code)
     }
 
@@ -409,7 +469,9 @@ impl Runner {
         self.recover_in_flight()?;
         self.ctx.mapped.refresh(self.ctx.src_dev);
         let done = Arc::new(AtomicBool::new(false));
-        self.ctx.mapped.spawn_refresher(self.ctx.src_dev, Duration::from_secs(2), done.clone());
+        self.ctx
+            .mapped
+            .spawn_refresher(self.ctx.src_dev, Duration::from_secs(2), done.clone());
 
         // Workers.
         let mut handles = Vec::new();
@@ -473,7 +535,11 @@ impl Runner {
         if complete && !self.stopping() {
             let gone = self.j.mark_unseen_gone(self.run_id)?;
             if gone > 0 {
-                self.j.log(Some(self.run_id), "info", &format!("{gone} waiting files are no longer in SOURCE"))?;
+                self.j.log(
+                    Some(self.run_id),
+                    "info",
+                    &format!("{gone} waiting files are no longer in SOURCE"),
+                )?;
             }
             self.adopt_unhashed()?;
             self.apply_dir_meta()?;
@@ -488,7 +554,12 @@ impl Runner {
         let left: i64 = c
             .by_state
             .iter()
-            .filter(|(s, _)| matches!(s.as_str(), "deferred" | "failed" | "pending" | "copying" | "placed" | "staged_out"))
+            .filter(|(s, _)| {
+                matches!(
+                    s.as_str(),
+                    "deferred" | "failed" | "pending" | "copying" | "placed" | "staged_out"
+                )
+            })
             .map(|(_, n)| *n)
             .sum();
         if !complete || self.walk_errors > 0 || left > 0 {
@@ -533,7 +604,11 @@ impl Runner {
             }
         }
         if n > 0 {
-            self.j.log(Some(self.run_id), "info", &format!("recovered {n} files left in flight by an earlier run"))?;
+            self.j.log(
+                Some(self.run_id),
+                "info",
+                &format!("recovered {n} files left in flight by an earlier run"),
+            )?;
         }
         Ok(())
     }
@@ -569,7 +644,9 @@ impl Runner {
             }
         }
         self.j.commit()?;
-        let Some(tx) = &self.job_tx else { return Ok(()) };
+        let Some(tx) = &self.job_tx else {
+            return Ok(());
+        };
         for job in jobs {
             for r in &job.names {
                 self.inflight_ids.insert(r.id);
@@ -596,6 +673,7 @@ impl Runner {
                 }
                 if !msgs.is_empty() {
                     progressed = true;
+                    let t0 = Instant::now();
                     self.j.begin()?;
                     let mut jobs = Vec::new();
                     for m in msgs {
@@ -613,7 +691,11 @@ impl Runner {
                                     Stats::add(&self.stats.bytes_seen, s.size);
                                 }
                                 let target = self.ctx.link_target(&s.path);
-                                let target = if s.kind == Kind::Symlink { target } else { link_prefix.clone() };
+                                let target = if s.kind == Kind::Symlink {
+                                    target
+                                } else {
+                                    link_prefix.clone()
+                                };
                                 match self.j.observe(&s, self.run_id, &target)? {
                                     Next::Relocate(rec) => jobs.push(Job { names: vec![rec] }),
                                     Next::HardLinkLater | Next::Nothing => {}
@@ -636,6 +718,7 @@ impl Runner {
                     if self.j.in_transaction() {
                         self.j.commit()?;
                     }
+                    self.prof.observe += t0.elapsed();
                     self.handle_reserved()?;
                 }
             }
@@ -647,7 +730,8 @@ impl Runner {
                     }
                 }
             }
-            progressed |= self.pump(!progressed && (!walking || self.in_flight >= self.max_in_flight))?;
+            progressed |=
+                self.pump(!progressed && (!walking || self.in_flight >= self.max_in_flight))?;
             if !progressed && walking {
                 // Nothing to do: wait for the walker or a worker.
                 crossbeam_channel::select! {
@@ -666,7 +750,9 @@ impl Runner {
             if self.inflight_ids.contains(&id) {
                 continue;
             }
-            let Some(rec_path) = self.j.file_state(id)?.and(self.path_of(id)?) else { continue };
+            let Some(rec_path) = self.j.file_state(id)?.and(self.path_of(id)?) else {
+                continue;
+            };
             // The temporary must sit in the directory of the file it belongs to.
             if fsx::split_parent(&rec_path).0 != fsx::split_parent(&path).0 {
                 continue;
@@ -679,7 +765,7 @@ impl Runner {
     }
 
     fn path_of(&self, id: i64) -> Result<Option<Vec<u8>>> {
-        Ok(self.j.files_in_state_any(id)?)
+        self.j.files_in_state_any(id)
     }
 
     fn take(&mut self, (ids, out): (Vec<i64>, Outcome)) {
@@ -704,7 +790,11 @@ impl Runner {
             }
             Outcome::Gone(_) => {
                 self.forget(&ids);
-                self.outcomes.push((ids, "gone", Some("vanished from SOURCE before its copy".into())));
+                self.outcomes.push((
+                    ids,
+                    "gone",
+                    Some("vanished from SOURCE before its copy".into()),
+                ));
             }
             Outcome::Aborted(_) => {
                 self.forget(&ids);
@@ -719,10 +809,10 @@ impl Runner {
         }
     }
 
-    fn report_failure(&mut self, _path: &[u8], why: &str) {
+    fn report_failure(&mut self, path: &[u8], why: &str) {
         self.failures_printed += 1;
         if self.failures_printed <= 100 {
-            self.say(format!("evac: {why}"));
+            self.say(format!("evac: {}: {why}", quoted(path)));
         } else if self.failures_printed == 101 {
             self.say("evac: more failures; see `evac status --list failed`".into());
         }
@@ -742,7 +832,8 @@ impl Runner {
             progressed = true;
         }
         let full = self.batch.len() >= self.o.batch_files;
-        let idle = self.in_flight == 0 || (self.in_flight < self.max_in_flight && self.job_rx.is_empty());
+        let idle =
+            self.in_flight == 0 || (self.in_flight < self.max_in_flight && self.job_rx.is_empty());
         let old = self.batch_started.elapsed() > Duration::from_secs(2);
         if !self.batch.is_empty() && (full || idle || old || self.stopping()) {
             self.commit_batch()?;
@@ -759,7 +850,8 @@ impl Runner {
             for id in ids {
                 self.j.set_state(id, state, why.as_deref())?;
                 if state == "deferred" || state == "failed" {
-                    self.j.event(id, Some(self.run_id), state, why.as_deref().unwrap_or(""))?;
+                    self.j
+                        .event(id, Some(self.run_id), state, why.as_deref().unwrap_or(""))?;
                 }
             }
         }
@@ -778,27 +870,84 @@ impl Runner {
     fn heartbeat(&mut self) -> Result<()> {
         let bytes = self.stats.bytes_done.load(Ordering::Relaxed);
         let rate = self.rate.update(bytes);
-        self.j.heartbeat(self.run_id, self.stats.files_done.load(Ordering::Relaxed), bytes, rate, "none")?;
+        self.j.heartbeat(
+            self.run_id,
+            self.stats.files_done.load(Ordering::Relaxed),
+            bytes,
+            rate,
+            "none",
+        )?;
         self.last_heartbeat = Instant::now();
         Ok(())
     }
 
+    fn fail_all(&mut self, items: Vec<Box<Copied>>, why: &str) {
+        for c in items {
+            relocate::discard(&c, false);
+            let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+            Stats::add(&self.stats.failed, ids.len() as u64);
+            self.forget(&ids);
+            self.outcomes.push((ids, "failed", Some(why.to_string())));
+        }
+    }
+
+    /// Remove the originals of swapped files whose DEST names a syncfs has since made durable.
+    fn finish_unfinished(&mut self) {
+        let ctx = self.ctx.clone();
+        let items = std::mem::take(&mut self.unfinished);
+        let results: Vec<(Box<Copied>, std::result::Result<(), String>)> = items
+            .into_par_iter()
+            .map(|c| {
+                let r = relocate::finish(&ctx, &c);
+                (c, r)
+            })
+            .collect();
+        for (c, r) in results {
+            let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+            match r {
+                Ok(()) => {
+                    Stats::add(&self.stats.files_done, ids.len() as u64);
+                    Stats::add(&self.stats.bytes_done, c.bytes);
+                }
+                Err(why) => {
+                    relocate::discard(&c, false);
+                    Stats::add(&self.stats.deferred, ids.len() as u64);
+                    self.outcomes.push((ids.clone(), "deferred", Some(why)));
+                }
+            }
+            self.forget(&ids);
+        }
+    }
+
     /// Durability, placement and swap for a batch of copies (DESIGN.md per-file protocol 4–6).
+    /// One syncfs per batch: it makes this batch's data durable and, with it, the previous
+    /// batch's DEST names, so the previous batch's originals are removed right after it.
     fn commit_batch(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.batch);
         let ctx = self.ctx.clone();
-        // 1. The copies' data and temporary names reach the disk before anything depends on them.
+        self.prof.batches += 1;
+        let mut t = Instant::now();
+        // 1. Data and temporary names of this batch, DEST names of the last one, on disk.
         if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
             let why = format!("make DEST durable (syncfs): {e}");
             self.say(format!("evac: {why}"));
-            for c in batch {
-                relocate::discard(&c, false);
+            let unfinished = std::mem::take(&mut self.unfinished);
+            for c in unfinished {
+                for n in &c.names {
+                    relocate::unswap(&ctx, &c, n);
+                }
                 let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
                 self.forget(&ids);
-                self.outcomes.push((ids, "failed", Some(why.clone())));
+                self.outcomes.push((ids, "deferred", Some(why.clone())));
             }
+            self.fail_all(batch, &why);
             return self.flush_outcomes();
         }
+        self.prof.sync1 += t.elapsed();
+        t = Instant::now();
+        self.finish_unfinished();
+        self.prof.finish += t.elapsed();
+        t = Instant::now();
         // 2. Record each copy's DEST inode before its final name exists, so recovery knows it.
         self.j.begin()?;
         self.record_outcomes()?;
@@ -808,12 +957,20 @@ impl Runner {
             }
         }
         self.j.commit()?;
-        // 3. Final names at DEST, then make those names durable too.
-        let mut placed = Vec::with_capacity(batch.len());
-        let mut trash = self.trash.take();
-        for c in batch {
-            match relocate::place(&ctx, &c, &mut trash) {
-                Ok(()) => placed.push(c),
+        self.prof.placed_tx += t.elapsed();
+        t = Instant::now();
+        // 3. Final names at DEST.
+        let placed: Vec<(Box<Copied>, std::result::Result<(), String>)> = batch
+            .into_par_iter()
+            .map(|c| {
+                let r = relocate::place(&ctx, &c);
+                (c, r)
+            })
+            .collect();
+        let mut ok = Vec::with_capacity(placed.len());
+        for (c, r) in placed {
+            match r {
+                Ok(()) => ok.push(c),
                 Err(why) => {
                     let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
                     Stats::add(&self.stats.failed, ids.len() as u64);
@@ -823,19 +980,10 @@ impl Runner {
                 }
             }
         }
-        self.trash = trash;
-        if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
-            let why = format!("make DEST durable (syncfs): {e}");
-            for c in placed {
-                relocate::discard(&c, false);
-                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                self.forget(&ids);
-                self.outcomes.push((ids, "failed", Some(why.clone())));
-            }
-            return self.flush_outcomes();
-        }
+        self.prof.place += t.elapsed();
+        t = Instant::now();
         // 4. Swap. Without leases, one /proc scan for the whole batch finds writers.
-        let writers = if placed.iter().any(|c| !c.src.leased) {
+        let writers = if ok.iter().any(|c| !c.src.leased) {
             if !self.notes_logged.0 {
                 self.notes_logged.0 = true;
                 self.j.log(Some(self.run_id), "warn", "leases unavailable for some files: scanning /proc for writers before each batch's swap")?;
@@ -844,9 +992,13 @@ impl Runner {
         } else {
             None
         };
-        let mut swapped = Vec::with_capacity(placed.len());
-        for c in placed {
-            match relocate::swap(&ctx, c, writers.as_ref()) {
+        let swaps: Vec<Swap> = ok
+            .into_par_iter()
+            .map(|c| relocate::swap(&ctx, c, writers.as_ref()))
+            .collect();
+        let mut swapped = Vec::with_capacity(swaps.len());
+        for s in swaps {
+            match s {
                 Swap::Swapped(c) => swapped.push(c),
                 Swap::Deferred(c, why) => {
                     relocate::discard(&c, false);
@@ -869,35 +1021,44 @@ impl Runner {
             self.notes_logged.1 = true;
             self.j.log(Some(self.run_id), "warn", "RENAME_EXCHANGE unsupported on SOURCE: swapping by rename with the original kept in an attic until checked")?;
         }
-        // 5. Record the relocations, then remove the originals.
+        self.prof.swap += t.elapsed();
+        t = Instant::now();
+        // 5. Record the relocations; the originals go after the next syncfs.
         self.j.begin()?;
         self.record_outcomes()?;
         for c in &swapped {
             for n in &c.names {
-                self.j.mark_relocated(n.rec.id, self.run_id, &c.hash, c.dst_st.st_ino, &c.st)?;
+                self.j
+                    .mark_relocated(n.rec.id, self.run_id, &c.hash, c.dst_st.st_ino, &c.st)?;
             }
         }
         self.heartbeat()?;
         self.j.commit()?;
-        for c in swapped {
-            let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-            match relocate::finish(&ctx, &c) {
-                Ok(()) => {
-                    Stats::add(&self.stats.files_done, ids.len() as u64);
-                    Stats::add(&self.stats.bytes_done, c.bytes);
-                }
-                Err(why) => {
-                    relocate::discard(&c, false);
-                    Stats::add(&self.stats.deferred, ids.len() as u64);
-                    self.outcomes.push((ids.clone(), "deferred", Some(why)));
-                }
-            }
-            self.forget(&ids);
-        }
-        if !self.outcomes.is_empty() {
-            self.flush_outcomes()?;
-        }
+        self.prof.reloc_tx += t.elapsed();
+        self.unfinished = swapped;
         Ok(())
+    }
+
+    /// Make the last batch's DEST names durable and remove its originals.
+    fn settle_unfinished(&mut self) -> Result<()> {
+        if self.unfinished.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = fsx::syncfs(self.ctx.dst_root.as_fd()) {
+            let why = format!("make DEST durable (syncfs): {e}");
+            let ctx = self.ctx.clone();
+            for c in std::mem::take(&mut self.unfinished) {
+                for n in &c.names {
+                    relocate::unswap(&ctx, &c, n);
+                }
+                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+                self.forget(&ids);
+                self.outcomes.push((ids, "deferred", Some(why.clone())));
+            }
+        } else {
+            self.finish_unfinished();
+        }
+        self.flush_outcomes()
     }
 
     /// Wait until nothing is in flight and every copy is committed.
@@ -905,7 +1066,7 @@ impl Runner {
         while self.in_flight > 0 || !self.batch.is_empty() {
             self.pump(true)?;
         }
-        Ok(())
+        self.settle_unfinished()
     }
 
     /// Dispatch jobs produced by `next` (pages of journal rows), keeping the pipeline full.
@@ -921,7 +1082,11 @@ impl Runner {
             let recs = self.j.files_in_state("pending", after, 256)?;
             let Some(last) = recs.last() else { break };
             after = last.id;
-            let jobs = recs.into_iter().filter(|r| r.nlink <= 1).map(|r| Job { names: vec![r] }).collect();
+            let jobs = recs
+                .into_iter()
+                .filter(|r| r.nlink <= 1)
+                .map(|r| Job { names: vec![r] })
+                .collect();
             self.dispatch(jobs)?;
             self.pump(false)?;
         }
@@ -949,8 +1114,14 @@ impl Runner {
             let split = if exhausted {
                 carry.len()
             } else {
-                let (d, i) = (carry.last().map(|r| r.dev).unwrap_or(0), carry.last().map(|r| r.ino).unwrap_or(0));
-                carry.iter().position(|r| r.dev == d && r.ino == i).unwrap_or(carry.len())
+                let (d, i) = (
+                    carry.last().map(|r| r.dev).unwrap_or(0),
+                    carry.last().map(|r| r.ino).unwrap_or(0),
+                );
+                carry
+                    .iter()
+                    .position(|r| r.dev == d && r.ino == i)
+                    .unwrap_or(carry.len())
             };
             let rest = carry.split_off(split);
             let mut jobs = Vec::new();
@@ -1005,7 +1176,11 @@ impl Runner {
         if n == 0 {
             return Ok(false);
         }
-        self.j.log(Some(self.run_id), "info", &format!("retrying {n} deferred files"))?;
+        self.j.log(
+            Some(self.run_id),
+            "info",
+            &format!("retrying {n} deferred files"),
+        )?;
         let until = Instant::now() + Duration::from_secs_f64(self.o.retry_delay.max(0.0));
         while Instant::now() < until && !self.stopping() {
             std::thread::sleep(Duration::from_millis(20));
@@ -1025,9 +1200,12 @@ impl Runner {
             self.j.begin()?;
             for (id, path) in rows {
                 let (pd, name) = fsx::split_parent(&path);
-                let fd = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| fsx::open_read(d.as_fd(), name));
+                let fd = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd)
+                    .and_then(|d| fsx::open_read(d.as_fd(), name));
                 let Ok(fd) = fd else { continue };
-                let Ok(st) = fsx::fstat(fd.as_fd()) else { continue };
+                let Ok(st) = fsx::fstat(fd.as_fd()) else {
+                    continue;
+                };
                 if fsx::file_type(&st) != rustix::fs::FileType::RegularFile {
                     continue;
                 }
@@ -1063,7 +1241,8 @@ impl Runner {
             Ok(fd) => fd,
             Err(_) => return Ok(()),
         };
-        let dst = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path).ctx("create DEST directory", &dr.path)?;
+        let dst = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path)
+            .ctx("create DEST directory", &dr.path)?;
         let xattrs = fsx::read_xattrs(src.as_fd()).ctx("read xattrs of directory", &dr.path)?;
         let mut st = fsx::fstat(src.as_fd()).ctx("stat directory", &dr.path)?;
         st.st_mode = dr.mode;
@@ -1073,14 +1252,19 @@ impl Runner {
         st.st_atime_nsec = dr.atime_ns.rem_euclid(1_000_000_000) as _;
         st.st_mtime = dr.mtime_ns.div_euclid(1_000_000_000) as _;
         st.st_mtime_nsec = dr.mtime_ns.rem_euclid(1_000_000_000) as _;
-        fsx::apply_meta(dst.as_fd(), &st, &xattrs).ctx("set metadata of DEST directory", &dr.path)?;
+        fsx::apply_meta(dst.as_fd(), &st, &xattrs)
+            .ctx("set metadata of DEST directory", &dr.path)?;
         Ok(())
     }
 }
 
 /// `--dry-run`: walk and classify exactly as a run would, touching nothing and writing no journal.
 fn dry_run(o: &RunOpts) -> Result<i32> {
-    let plan = if o.journal.exists() { Journal::open_read(&o.journal)?.plan()? } else { None };
+    let plan = if o.journal.exists() {
+        Journal::open_read(&o.journal)?.plan()?
+    } else {
+        None
+    };
     let (source, link_prefix, dest) = match (&o.source, &o.dest, plan) {
         (Some(s), Some(d), _) => {
             let s = canonical_dir(s, "SOURCE")?;
@@ -1090,7 +1274,11 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
             (s, lp, Some(dabs))
         }
         (None, None, Some(p)) => (p.source, p.link_prefix, Some(p.dest)),
-        _ => return Err(Error::Setup("--dry-run needs SOURCE and DEST (or a journal with a plan)".into())),
+        _ => {
+            return Err(Error::Setup(
+                "--dry-run needs SOURCE and DEST (or a journal with a plan)".into(),
+            ))
+        }
     };
     let root = fsx::open_root(&source).ctx("open SOURCE", source.as_os_str().as_encoded_bytes())?;
     let root_dev = fsx::fstat(root.as_fd()).ctx("stat SOURCE", b".")?.st_dev;
@@ -1108,7 +1296,11 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
     let lp = journal::path_bytes(&link_prefix);
     let (tx, rx) = crossbeam_channel::bounded(8192);
     let stop = AtomicBool::new(false);
-    let opts = WalkOpts { root_dev, prune, reserved_prefix: b"\0".to_vec() };
+    let opts = WalkOpts {
+        root_dev,
+        prune,
+        reserved_prefix: b"\0".to_vec(),
+    };
     let mut files = 0u64;
     let mut bytes = 0u64;
     let mut linked = 0u64;

@@ -12,9 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub enum WalkMsg {
     Entry(Seen),
     /// A directory that could not be read; the walk goes on without it.
-    Error { path: Vec<u8>, op: &'static str, err: std::io::Error },
+    Error {
+        path: Vec<u8>,
+        op: &'static str,
+        err: std::io::Error,
+    },
     /// The walk ended; `complete` is false if it was stopped or a directory was unreadable.
-    Done { complete: bool },
+    Done {
+        complete: bool,
+    },
 }
 
 pub struct WalkOpts {
@@ -63,7 +69,11 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
     match fsx::resolve_dir(root.as_fd(), b"").and_then(|fd| Dir::new(fd).map_err(Into::into)) {
         Ok(d) => stack.push((d, Vec::new())),
         Err(err) => {
-            let _ = tx.send(WalkMsg::Error { path: b".".to_vec(), op: "read directory", err });
+            let _ = tx.send(WalkMsg::Error {
+                path: b".".to_vec(),
+                op: "read directory",
+                err,
+            });
             let _ = tx.send(WalkMsg::Done { complete: false });
             return;
         }
@@ -99,7 +109,11 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
         let dfd = match dir.fd() {
             Ok(fd) => fd,
             Err(e) => {
-                let _ = tx.send(WalkMsg::Error { path, op: "read directory", err: e.into() });
+                let _ = tx.send(WalkMsg::Error {
+                    path,
+                    op: "read directory",
+                    err: e.into(),
+                });
                 complete = false;
                 continue;
             }
@@ -109,7 +123,11 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
             // Deleted between readdir and stat: nothing to record.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(err) => {
-                let _ = tx.send(WalkMsg::Error { path, op: "stat", err });
+                let _ = tx.send(WalkMsg::Error {
+                    path,
+                    op: "stat",
+                    err,
+                });
                 complete = false;
                 continue;
             }
@@ -124,31 +142,54 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
                     continue;
                 }
                 if st.st_dev != opts.root_dev {
-                    let _ = tx.send(WalkMsg::Entry(seen_from_stat(path, &st, Kind::MountPoint, None)));
+                    let _ = tx.send(WalkMsg::Entry(seen_from_stat(
+                        path,
+                        &st,
+                        Kind::MountPoint,
+                        None,
+                    )));
                     continue;
                 }
                 match fsx::open_dir_at(dfd, &name).and_then(|fd| Dir::new(fd).map_err(Into::into)) {
                     Ok(sub) => {
-                        if tx.send(WalkMsg::Entry(seen_from_stat(path.clone(), &st, Kind::Dir, None))).is_err() {
+                        if tx
+                            .send(WalkMsg::Entry(seen_from_stat(
+                                path.clone(),
+                                &st,
+                                Kind::Dir,
+                                None,
+                            )))
+                            .is_err()
+                        {
                             return;
                         }
                         stack.push((sub, path));
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(err) => {
-                        let _ = tx.send(WalkMsg::Error { path, op: "open directory", err });
+                        let _ = tx.send(WalkMsg::Error {
+                            path,
+                            op: "open directory",
+                            err,
+                        });
                         complete = false;
                     }
                 }
             }
             Kind::Symlink => {
                 let target = fsx::readlink_at(dfd, &name).ok();
-                if tx.send(WalkMsg::Entry(seen_from_stat(path, &st, kind, target))).is_err() {
+                if tx
+                    .send(WalkMsg::Entry(seen_from_stat(path, &st, kind, target)))
+                    .is_err()
+                {
                     return;
                 }
             }
             _ => {
-                if tx.send(WalkMsg::Entry(seen_from_stat(path, &st, kind, None))).is_err() {
+                if tx
+                    .send(WalkMsg::Entry(seen_from_stat(path, &st, kind, None)))
+                    .is_err()
+                {
                     return;
                 }
             }
