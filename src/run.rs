@@ -1,6 +1,10 @@
 //! `evac run`: set up (or resume) the plan, recover what a previous run left in flight, then walk,
 //! copy in parallel and commit in durable batches, with one thread owning the journal.
 
+// Copies stay boxed: they move between worker threads, the batch and rayon, and a box moves as a
+// pointer where the struct (stat buffers, fds, names) would be copied.
+#![allow(clippy::vec_box)]
+
 use crate::busy::{self, Mapped};
 use crate::error::{Error, IoContext, Result};
 use crate::escape::quoted;
