@@ -715,6 +715,18 @@ impl Runner {
                                 walking = false;
                                 complete = c;
                                 self.stats.walk_done.store(true, Ordering::Relaxed);
+                                // Tests compare this line's time with the first relocation's
+                                // to show copying starts before the walk ends.
+                                self.j.log(
+                                    Some(self.run_id),
+                                    "info",
+                                    &format!(
+                                        "inventory {}: {} regular files seen, {} relocated so far",
+                                        if c { "complete" } else { "incomplete" },
+                                        self.stats.files_seen.load(Ordering::Relaxed),
+                                        self.stats.files_done.load(Ordering::Relaxed)
+                                    ),
+                                )?;
                             }
                         }
                     }
