@@ -243,6 +243,8 @@ struct Runner {
     res_tx: Sender<(Vec<i64>, Outcome)>,
     job_rx: Receiver<Job>,
     in_flight: usize,
+    /// Jobs sent to workers this run.
+    dispatched: u64,
     max_in_flight: usize,
     inflight_ids: HashSet<i64>,
     batch: Vec<Box<Copied>>,
@@ -355,6 +357,7 @@ impl Runner {
             res_tx,
             job_rx,
             in_flight: 0,
+            dispatched: 0,
             max_in_flight,
             inflight_ids: HashSet::new(),
             batch: Vec::new(),
@@ -656,6 +659,7 @@ impl Runner {
                 self.inflight_ids.insert(r.id);
             }
             self.in_flight += 1;
+            self.dispatched += 1;
             let _ = tx.send(job);
         }
         Ok(())
@@ -721,9 +725,10 @@ impl Runner {
                                     Some(self.run_id),
                                     "info",
                                     &format!(
-                                        "inventory {}: {} regular files seen, {} relocated so far",
+                                        "inventory {}: {} regular files seen, {} already sent to copy workers, {} relocated so far",
                                         if c { "complete" } else { "incomplete" },
                                         self.stats.files_seen.load(Ordering::Relaxed),
+                                        self.dispatched,
                                         self.stats.files_done.load(Ordering::Relaxed)
                                     ),
                                 )?;
