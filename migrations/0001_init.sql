@@ -51,7 +51,8 @@ CREATE TABLE files (
     mtime_ns    INTEGER,
     ctime_ns    INTEGER,
     blake3      BLOB,
-    dest_ino    INTEGER,
+    dest_ino    INTEGER,                    -- the DEST inode of evac's latest copy
+    linked_ino  INTEGER,                    -- the DEST inode a source link last pointed to
     version     INTEGER NOT NULL DEFAULT 1,
     attempts    INTEGER NOT NULL DEFAULT 0,
     seen_run    INTEGER,

@@ -91,8 +91,10 @@ pub struct FileRec {
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     pub version: i64,
-    /// The DEST inode of a previous version that evac wrote (so it may move it aside).
+    /// The DEST inode of evac's latest copy of this path (it may replace it).
     pub dest_ino: Option<u64>,
+    /// The DEST inode the source link last pointed to (kept in the trash, never overwritten).
+    pub linked_ino: Option<u64>,
 }
 
 /// What the coordinator should do after recording an observation.
@@ -414,9 +416,12 @@ impl Journal {
                 .map_err(self.e("record directory"))?;
             return Ok(Next::Nothing);
         }
-        let prior: Option<(i64, String, String, i64, Option<i64>)> = self
+        type Prior = (i64, String, i64, Option<i64>, Option<i64>);
+        let prior: Option<Prior> = self
             .conn
-            .prepare_cached("SELECT id, state, kind, version, dest_ino FROM files WHERE path = ?1")
+            .prepare_cached(
+                "SELECT id, state, version, dest_ino, linked_ino FROM files WHERE path = ?1",
+            )
             .and_then(|mut st| {
                 st.query_row([&s.path], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -472,9 +477,9 @@ impl Journal {
                     })
                     .map_err(self.e("record file"))?;
                 let id = self.conn.last_insert_rowid();
-                Ok(self.next_for(s, id, 1, None, state))
+                Ok(self.next_for(s, id, 1, (None, None), state))
             }
-            Some((id, pstate, _pkind, version, dest_ino)) => {
+            Some((id, pstate, version, dest_ino, linked_ino)) => {
                 if already_linked && matches!(pstate.as_str(), "relocated" | "swapped") {
                     self.conn
                         .prepare_cached("UPDATE files SET seen_run = ?2 WHERE id = ?1")
@@ -511,7 +516,13 @@ impl Journal {
                         "a regular file replaced the link; relocating it as a new version",
                     )?;
                 }
-                Ok(self.next_for(s, id, version, dest_ino.map(|d| d as u64), state))
+                Ok(self.next_for(
+                    s,
+                    id,
+                    version,
+                    (dest_ino.map(|d| d as u64), linked_ino.map(|d| d as u64)),
+                    state,
+                ))
             }
         }
     }
@@ -521,7 +532,7 @@ impl Journal {
         s: &Seen,
         id: i64,
         version: i64,
-        dest_ino: Option<u64>,
+        (dest_ino, linked_ino): (Option<u64>, Option<u64>),
         state: &str,
     ) -> Next {
         if state != "pending" {
@@ -541,6 +552,7 @@ impl Journal {
             ctime_ns: s.ctime_ns,
             version,
             dest_ino,
+            linked_ino,
         })
     }
 
@@ -567,11 +579,12 @@ impl Journal {
             ctime_ns: r.get(7)?,
             version: r.get(8)?,
             dest_ino: r.get::<_, Option<i64>>(9)?.map(|d| d as u64),
+            linked_ino: r.get::<_, Option<i64>>(10)?.map(|d| d as u64),
         })
     }
 
     const REC_COLS: &'static str =
-        "id, path, dev, ino, nlink, size, mtime_ns, ctime_ns, version, dest_ino";
+        "id, path, dev, ino, nlink, size, mtime_ns, ctime_ns, version, dest_ino, linked_ino";
 
     /// Pending hard-linked files, grouped by inode (consecutive rows share dev/ino), after `after`.
     pub fn hardlink_pending(&self, after: (i64, i64), limit: i64) -> Result<Vec<FileRec>> {
@@ -823,7 +836,7 @@ impl Journal {
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
+                "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
                     mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11 WHERE id = ?1",
             )
             .and_then(|mut s| {
@@ -846,7 +859,7 @@ impl Journal {
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET blake3 = ?2, dest_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7, mtime_ns = ?8 WHERE id = ?1",
+                "UPDATE files SET blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7, mtime_ns = ?8 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![

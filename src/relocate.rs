@@ -451,9 +451,16 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], our_ino: u64) -> std::result::Re
         let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
         return Ok(());
     }
-    let ours = n.rec.dest_ino == Some(existing.st_ino)
-        && fsx::file_type(&existing) == rustix::fs::FileType::RegularFile;
-    if !ours {
+    let regular = fsx::file_type(&existing) == rustix::fs::FileType::RegularFile;
+    if regular
+        && n.rec.dest_ino == Some(existing.st_ino)
+        && n.rec.linked_ino != Some(existing.st_ino)
+    {
+        // Our own copy from an interrupted or undone attempt that no link ever pointed to.
+        return fsx::rename_replace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname)
+            .map_err(|e| format!("place the copy at DEST: {e}"));
+    }
+    if !(regular && n.rec.linked_ino == Some(existing.st_ino)) {
         return Err(
             "DEST already has a file at this path that evac did not write; left both as they are (conflict)".into(),
         );

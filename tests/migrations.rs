@@ -19,14 +19,18 @@ fn all_migrations_apply_to_an_empty_database() {
 
 #[test]
 fn migration_files_are_numbered_in_order() {
-    let mut names: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".sql"))
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
     names.sort();
     let embedded: Vec<String> = MIGRATIONS.iter().map(|(n, _)| format!("{n}.sql")).collect();
-    assert_eq!(names, embedded, "every migrations/*.sql is embedded, in order");
+    assert_eq!(
+        names, embedded,
+        "every migrations/*.sql is embedded, in order"
+    );
 }
 
 #[test]
@@ -37,6 +41,8 @@ fn a_journal_from_a_newer_evac_is_refused() {
     let c = rusqlite::Connection::open(&p).unwrap();
     c.execute_batch("PRAGMA user_version = 999").unwrap();
     drop(c);
-    let e = Journal::open(&p, false).err().expect("newer schema must be refused");
+    let e = Journal::open(&p, false)
+        .err()
+        .expect("newer schema must be refused");
     assert!(e.to_string().contains("newer"), "{e}");
 }
