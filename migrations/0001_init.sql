@@ -70,7 +70,10 @@ CREATE TABLE dirs (
     gid      INTEGER NOT NULL,
     atime_ns INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
-    seen_run INTEGER
+    seen_run INTEGER,
+    -- 1 once this journal has put something under it at DEST: only such directories (and
+    -- ones it creates) get their metadata applied, so a DEST evac did not fill is left alone.
+    touched  INTEGER NOT NULL DEFAULT 0
 );
 
 -- Per-file history: relocations (with hash), deferrals, failures, trash moves.

@@ -139,6 +139,7 @@ pub struct Relocated {
 }
 
 pub struct DirRec {
+    pub touched: bool,
     pub path: Vec<u8>,
     pub mode: u32,
     pub uid: u32,
@@ -188,7 +189,8 @@ impl Journal {
         Ok(j)
     }
 
-    /// Open an existing journal for reading while a run may be writing it.
+    /// Open an existing journal for reading while a run may be writing it. It changes nothing:
+    /// no migration, no journal-mode switch (either would race a run that is creating it).
     pub fn open_read(path: &Path) -> Result<Journal> {
         if !path.exists() {
             return Err(Error::Setup(format!(
@@ -196,10 +198,36 @@ impl Journal {
                 crate::escape::quoted(path.as_os_str().as_encoded_bytes())
             )));
         }
-        let j = Journal::open(path, false)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(jerr(path, "open"))?;
+        let j = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
+        j.conn
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(jerr(path, "configure"))?;
         j.conn
             .execute_batch("PRAGMA query_only=ON;")
             .map_err(jerr(path, "configure"))?;
+        let v = j.schema_version()?;
+        if v as usize != MIGRATIONS.len() {
+            return Err(Error::Setup(format!(
+                "journal {}: schema version {v}, this evac uses {} ({})",
+                crate::escape::quoted(path.as_os_str().as_encoded_bytes()),
+                MIGRATIONS.len(),
+                if v == 0 {
+                    "it is being created, or is not an evac journal"
+                } else if (v as usize) < MIGRATIONS.len() {
+                    "the next run upgrades it"
+                } else {
+                    "use a newer evac"
+                }
+            )));
+        }
         Ok(j)
     }
 
@@ -700,6 +728,15 @@ impl Journal {
 
     // ---- directories ---------------------------------------------------------------------
 
+    /// Mark a directory (relative path) as holding something this journal relocated.
+    pub fn touch_dir(&self, path: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE dirs SET touched = 1 WHERE path = ?1 AND touched = 0")
+            .and_then(|mut st| st.execute([path]))
+            .map_err(self.e("record directory"))?;
+        Ok(())
+    }
+
     pub fn dirs_deepest_first(
         &self,
         after: Option<(i64, Vec<u8>)>,
@@ -709,7 +746,7 @@ impl Journal {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT depth, path, mode, uid, gid, atime_ns, mtime_ns FROM dirs
+                "SELECT depth, path, mode, uid, gid, atime_ns, mtime_ns, touched FROM dirs
                  WHERE (depth < ?1) OR (depth = ?1 AND path > ?2)
                  ORDER BY depth DESC, path LIMIT ?3",
             )
@@ -725,6 +762,7 @@ impl Journal {
                         gid: r.get(4)?,
                         atime_ns: r.get(5)?,
                         mtime_ns: r.get(6)?,
+                        touched: r.get::<_, i64>(7)? != 0,
                     },
                 ))
             })

@@ -1,11 +1,19 @@
 //! The `evac` binary: parse the command line, call the library, turn errors into exit codes.
 
-use clap::Parser;
+use clap::Parser as _;
 use evac::cli::{Cli, Command};
 use evac::run::RunOpts;
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error (DESIGN.md exit codes), not clap's 2.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
     let args_text = std::env::args_os()
         .skip(1)
         .map(|a| evac::escape::escape(a.as_encoded_bytes()))

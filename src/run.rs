@@ -200,6 +200,11 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
     if o.dry_run {
         return dry_run(&o);
     }
+    if o.source.is_some() != o.dest.is_some() {
+        return Err(Error::Setup(
+            "give both SOURCE and DEST, or neither to resume from the journal".into(),
+        ));
+    }
     if o.source.is_none() && !o.journal.exists() {
         return Err(Error::Setup(format!(
             "journal {} does not exist: give SOURCE and DEST to start a run",
@@ -1053,6 +1058,18 @@ impl Runner {
                     .mark_relocated(n.rec.id, self.run_id, &c.hash, c.dst_st.st_ino, &c.st)?;
             }
         }
+        let mut dirs: HashSet<&[u8]> = HashSet::new();
+        for c in &swapped {
+            for n in &c.names {
+                let mut p = fsx::split_parent(&n.rec.path).0;
+                while !p.is_empty() && dirs.insert(p) {
+                    p = fsx::split_parent(p).0;
+                }
+            }
+        }
+        for d in dirs {
+            self.j.touch_dir(d)?;
+        }
         self.heartbeat()?;
         self.j.commit()?;
         self.prof.reloc_tx += t.elapsed();
@@ -1243,12 +1260,14 @@ impl Runner {
     /// after their contents (creating them, so empty directories are mirrored too).
     fn apply_dir_meta(&mut self) -> Result<()> {
         let mut after = None;
+        // Directories this pass created (with their ancestors): ours to set, touched or not.
+        let mut created: HashSet<Vec<u8>> = HashSet::new();
         loop {
             let rows = self.j.dirs_deepest_first(after.clone(), 512)?;
             let Some((d, last)) = rows.last() else { break };
             after = Some((*d, last.path.clone()));
             for (_, dr) in rows {
-                if let Err(e) = self.apply_one_dir(&dr) {
+                if let Err(e) = self.apply_one_dir(&dr, &mut created) {
                     self.say(format!("evac: {e}"));
                     self.j.log(Some(self.run_id), "error", &e.to_string())?;
                 }
@@ -1257,13 +1276,26 @@ impl Runner {
         Ok(())
     }
 
-    fn apply_one_dir(&self, dr: &journal::DirRec) -> Result<()> {
+    fn apply_one_dir(&self, dr: &journal::DirRec, created: &mut HashSet<Vec<u8>>) -> Result<()> {
         let src = match fsx::resolve_dir(self.ctx.src_root.as_fd(), &dr.path) {
             Ok(fd) => fd,
             Err(_) => return Ok(()),
         };
-        let dst = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path)
-            .ctx("create DEST directory", &dr.path)?;
+        let dst = match fsx::resolve_dir(self.ctx.dst_root.as_fd(), &dr.path) {
+            // A DEST directory this journal put nothing into is not ours to change.
+            Ok(_) if !dr.touched && !created.contains(&dr.path) => return Ok(()),
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let fd = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path)
+                    .ctx("create DEST directory", &dr.path)?;
+                let mut p: &[u8] = &dr.path;
+                while !p.is_empty() && created.insert(p.to_vec()) {
+                    p = fsx::split_parent(p).0;
+                }
+                fd
+            }
+            Err(e) => return Err(Error::io("open DEST directory", &dr.path, e)),
+        };
         let xattrs = fsx::read_xattrs(src.as_fd()).ctx("read xattrs of directory", &dr.path)?;
         let mut st = fsx::fstat(src.as_fd()).ctx("stat directory", &dr.path)?;
         st.st_mode = dr.mode;
@@ -1273,10 +1305,23 @@ impl Runner {
         st.st_atime_nsec = dr.atime_ns.rem_euclid(1_000_000_000) as _;
         st.st_mtime = dr.mtime_ns.div_euclid(1_000_000_000) as _;
         st.st_mtime_nsec = dr.mtime_ns.rem_euclid(1_000_000_000) as _;
-        fsx::apply_meta(dst.as_fd(), &st, &xattrs)
-            .ctx("set metadata of DEST directory", &dr.path)?;
+        // Already right (a rerun): leave it, so not even its ctime changes.
+        let now = fsx::fstat(dst.as_fd()).ctx("stat DEST directory", &dr.path)?;
+        let same = now.st_mode & 0o7777 == dr.mode & 0o7777
+            && (!fsx::is_root() || (now.st_uid == dr.uid && now.st_gid == dr.gid))
+            && fsx::mtime_ns(&now) == dr.mtime_ns
+            && fsx::read_xattrs(dst.as_fd()).ok().map(sorted) == Some(sorted(xattrs.clone()));
+        if !same {
+            fsx::apply_meta(dst.as_fd(), &st, &xattrs)
+                .ctx("set metadata of DEST directory", &dr.path)?;
+        }
         Ok(())
     }
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
 }
 
 /// `--dry-run`: walk and classify exactly as a run would, touching nothing and writing no journal.
