@@ -692,15 +692,16 @@ impl Journal {
         Ok(())
     }
 
-    pub fn file_state(&self, id: i64) -> Result<Option<(String, Option<u64>, u64)>> {
+    /// (state, dest_ino, linked_ino) of a file.
+    pub fn file_state(&self, id: i64) -> Result<Option<(String, Option<u64>, Option<u64>)>> {
         self.conn
-            .prepare_cached("SELECT state, dest_ino, ino FROM files WHERE id = ?1")
+            .prepare_cached("SELECT state, dest_ino, linked_ino FROM files WHERE id = ?1")
             .and_then(|mut st| {
                 st.query_row([id], |r| {
                     Ok((
                         r.get(0)?,
                         r.get::<_, Option<i64>>(1)?.map(|d| d as u64),
-                        r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                        r.get::<_, Option<i64>>(2)?.map(|d| d as u64),
                     ))
                 })
                 .optional()

@@ -210,6 +210,11 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let fd = match fsx::open_read(src_dir.as_fd(), name) {
         Ok(fd) => fd,
         Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        // O_NONBLOCK open refused because another program holds a write lease (a file server's
+        // oplock, say): it is in use, not broken.
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+            return Ok(Step::Defer("leased for writing by another program".into()))
+        }
         Err(e) => return Err(Error::io("open", &first.path, e)),
     };
     let fst = fsx::fstat(fd.as_fd()).ctx("stat", &first.path)?;
@@ -721,7 +726,7 @@ pub fn discard(c: &Copied, keep_placed: bool) {
 /// put a displaced original back, or remove it when the journal shows it was relocated and it
 /// is unchanged since; remove our temporaries. Returns the state the file should now have.
 pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverResult> {
-    let Some((state, _dest_ino, _ino)) = j.file_state(id)? else {
+    let Some((state, dest_ino, linked_ino)) = j.file_state(id)? else {
         return Ok(RecoverResult::Unknown);
     };
     let (pdir, fname) = fsx::split_parent(path);
@@ -751,13 +756,37 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
             }
         }
     }
-    let (dpdir, _) = fsx::split_parent(path);
+    let (dpdir, dname) = fsx::split_parent(path);
     if let Ok(ddir) = fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
         let tmp = ctx.tmp_name(id, "tmp");
         if let Ok(s) = fsx::stat_at(ddir.as_fd(), &tmp) {
             if fsx::file_type(&s) == rustix::fs::FileType::RegularFile {
                 fsx::unlink_if_exists(ddir.as_fd(), &tmp)
                     .ctx("remove leftover DEST temporary for", path)?;
+            }
+        }
+        // An interrupted placement: our copy under its final name that no link points to. It
+        // goes, so that later attempts never meet a copy the journal no longer names (the next
+        // placement records a new inode before it renames).
+        let in_flight = matches!(state.as_str(), "copying" | "placed");
+        if in_flight
+            && matches!(result, RecoverResult::Pending)
+            && dest_ino.is_some()
+            && dest_ino != linked_ino
+        {
+            let (spdir, sname) = fsx::split_parent(path);
+            let linked_now = fsx::resolve_dir(ctx.src_root.as_fd(), spdir)
+                .and_then(|d| fsx::readlink_at(d.as_fd(), sname))
+                .is_ok_and(|t| t == ctx.link_target(path));
+            if !linked_now {
+                if let Ok(s) = fsx::stat_at(ddir.as_fd(), dname) {
+                    if Some(s.st_ino) == dest_ino
+                        && fsx::file_type(&s) == rustix::fs::FileType::RegularFile
+                    {
+                        fsx::unlink_at(ddir.as_fd(), dname)
+                            .ctx("remove an unlinked copy at DEST of", path)?;
+                    }
+                }
             }
         }
     }
