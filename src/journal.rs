@@ -151,6 +151,9 @@ pub struct DirRec {
 /// Receives (path, reason) rows for listings.
 pub type PathSink<'a> = &'a mut dyn FnMut(&[u8], Option<&str>) -> std::io::Result<()>;
 
+/// (state, dest_ino, linked_ino): what recovery needs to know about a file.
+pub type FileState = (String, Option<u64>, Option<u64>);
+
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
@@ -693,7 +696,7 @@ impl Journal {
     }
 
     /// (state, dest_ino, linked_ino) of a file.
-    pub fn file_state(&self, id: i64) -> Result<Option<(String, Option<u64>, Option<u64>)>> {
+    pub fn file_state(&self, id: i64) -> Result<Option<FileState>> {
         self.conn
             .prepare_cached("SELECT state, dest_ino, linked_ino FROM files WHERE id = ?1")
             .and_then(|mut st| {
