@@ -1131,10 +1131,11 @@ impl Runner {
         self.drain_all()
     }
 
-    /// Hard-linked files, once the walk has found all their names: one job per inode.
+    /// Hard-linked files, once the walk has found all their names: one job per inode. Pages end
+    /// on an inode boundary (a partial last group is fetched again with the next page).
     fn phase_hardlinks(&mut self) -> Result<()> {
         let mut after = (i64::MIN, i64::MIN);
-        let mut carry: Vec<FileRec> = Vec::new();
+        let mut limit = 1024i64;
         loop {
             if self.stopping() {
                 break;
@@ -1142,34 +1143,34 @@ impl Runner {
             while self.in_flight >= self.max_in_flight {
                 self.pump(true)?;
             }
-            let recs = self.j.hardlink_pending(after, 1024)?;
-            let exhausted = recs.len() < 1024;
+            let mut recs = self.j.hardlink_pending(after, limit)?;
+            let Some(last) = recs.last() else { break };
+            let last_key = (last.dev, last.ino);
+            let full_page = recs.len() as i64 == limit;
+            if full_page {
+                let split = recs
+                    .iter()
+                    .position(|r| (r.dev, r.ino) == last_key)
+                    .unwrap_or(0);
+                if split == 0 {
+                    // One inode has more names than a page holds.
+                    limit *= 2;
+                    continue;
+                }
+                recs.truncate(split);
+            }
             if let Some(l) = recs.last() {
                 after = (l.dev as i64, l.ino as i64);
             }
-            carry.extend(recs);
-            // Every name of an inode comes in one page except the last inode of a full page.
-            let split = if exhausted {
-                carry.len()
-            } else {
-                let (d, i) = (
-                    carry.last().map(|r| r.dev).unwrap_or(0),
-                    carry.last().map(|r| r.ino).unwrap_or(0),
-                );
-                carry
-                    .iter()
-                    .position(|r| r.dev == d && r.ino == i)
-                    .unwrap_or(carry.len())
-            };
-            let rest = carry.split_off(split);
             let mut jobs = Vec::new();
             let mut group: Vec<FileRec> = Vec::new();
             self.j.begin()?;
-            for r in carry.drain(..) {
-                if let Some(g) = group.first() {
-                    if g.dev != r.dev || g.ino != r.ino {
-                        self.hardlink_group(std::mem::take(&mut group), &mut jobs)?;
-                    }
+            for r in recs {
+                if group
+                    .first()
+                    .is_some_and(|g| (g.dev, g.ino) != (r.dev, r.ino))
+                {
+                    self.hardlink_group(std::mem::take(&mut group), &mut jobs)?;
                 }
                 group.push(r);
             }
@@ -1180,12 +1181,8 @@ impl Runner {
             if self.j.in_transaction() {
                 self.j.commit()?;
             }
-            carry = rest;
-            if exhausted && carry.is_empty() {
+            if !full_page {
                 break;
-            }
-            if exhausted {
-                after = (i64::MAX, i64::MAX);
             }
             self.pump(false)?;
         }
