@@ -528,6 +528,8 @@ impl Runner {
         let complete = self.phase_walk(&wrx)?;
         let _ = walker.join();
         if complete && !self.stopping() {
+            // Files that became pending behind the dispatch cursor (seen again by this walk).
+            self.phase_pending()?;
             self.phase_hardlinks()?;
             for _ in 0..self.o.retry_rounds {
                 if self.stopping() || !self.requeue_deferred()? {
@@ -670,15 +672,18 @@ impl Runner {
         Ok(())
     }
 
+    /// The walk is recorded as fast as it comes (so `status` knows the whole tree early), while
+    /// pending files are sent to the workers from the journal in id order, as fast as they copy.
     fn phase_walk(&mut self, wrx: &Receiver<WalkMsg>) -> Result<bool> {
         let link_prefix = self.ctx.link_prefix.clone();
         let mut walking = true;
         let mut complete = false;
-        while walking || self.in_flight > 0 || !self.batch.is_empty() {
+        let mut cursor = 0i64;
+        loop {
             let mut progressed = false;
-            if walking && self.in_flight < self.max_in_flight {
+            if walking {
                 let mut msgs = Vec::new();
-                while msgs.len() < 512 {
+                while msgs.len() < 2048 {
                     match wrx.try_recv() {
                         Ok(m) => msgs.push(m),
                         Err(_) => break,
@@ -688,7 +693,6 @@ impl Runner {
                     progressed = true;
                     let t0 = Instant::now();
                     self.j.begin()?;
-                    let mut jobs = Vec::new();
                     for m in msgs {
                         match m {
                             WalkMsg::Entry(s) => {
@@ -703,16 +707,13 @@ impl Runner {
                                     Stats::add(&self.stats.files_seen, 1);
                                     Stats::add(&self.stats.bytes_seen, s.size);
                                 }
-                                let target = self.ctx.link_target(&s.path);
                                 let target = if s.kind == Kind::Symlink {
-                                    target
+                                    self.ctx.link_target(&s.path)
                                 } else {
                                     link_prefix.clone()
                                 };
-                                match self.j.observe(&s, self.run_id, &target)? {
-                                    Next::Relocate(rec) => jobs.push(Job { names: vec![rec] }),
-                                    Next::HardLinkLater | Next::Nothing => {}
-                                }
+                                // What to copy is read back from the journal below.
+                                let _: Next = self.j.observe(&s, self.run_id, &target)?;
                             }
                             WalkMsg::Error { path, op, err } => {
                                 self.walk_errors += 1;
@@ -724,8 +725,8 @@ impl Runner {
                                 walking = false;
                                 complete = c;
                                 self.stats.walk_done.store(true, Ordering::Relaxed);
-                                // Tests compare this line's time with the first relocation's
-                                // to show copying starts before the walk ends.
+                                // Tests read this line to show copying starts before the walk
+                                // ends.
                                 self.j.log(
                                     Some(self.run_id),
                                     "info",
@@ -740,13 +741,28 @@ impl Runner {
                             }
                         }
                     }
-                    self.dispatch(jobs)?;
-                    if self.j.in_transaction() {
-                        self.j.commit()?;
-                    }
+                    self.j.commit()?;
                     self.prof.observe += t0.elapsed();
                     self.handle_reserved()?;
                 }
+            }
+            let mut drained = true;
+            if self.in_flight < self.max_in_flight && !self.stopping() {
+                let want = (self.max_in_flight - self.in_flight).min(512) as i64;
+                let recs = self.j.files_in_state("pending", cursor, want)?;
+                if let Some(l) = recs.last() {
+                    cursor = l.id;
+                    drained = false;
+                    progressed = true;
+                }
+                let jobs = recs
+                    .into_iter()
+                    .filter(|r| r.nlink <= 1)
+                    .map(|r| Job { names: vec![r] })
+                    .collect();
+                self.dispatch(jobs)?;
+            } else if !self.stopping() {
+                drained = false;
             }
             if self.stopping() && walking {
                 // The walker stops on its own; keep draining so it can finish sending.
@@ -756,8 +772,10 @@ impl Runner {
                     }
                 }
             }
-            progressed |=
-                self.pump(!progressed && (!walking || self.in_flight >= self.max_in_flight))?;
+            if !walking && drained && self.in_flight == 0 && self.batch.is_empty() {
+                break;
+            }
+            progressed |= self.pump(!progressed)?;
             if !progressed && walking {
                 // Nothing to do: wait for the walker or a worker.
                 crossbeam_channel::select! {
