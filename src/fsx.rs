@@ -208,6 +208,15 @@ pub fn link_at(od: BorrowedFd<'_>, on: &[u8], nd: BorrowedFd<'_>, nn: &[u8]) -> 
     rfs::linkat(od, on, nd, nn, AtFlags::empty()).map_err(err)
 }
 
+/// Give an open file a new name (fails with EEXIST if the name is taken), through its
+/// /proc/self/fd link so that what gets the name is the inode we hold, whatever the directory's
+/// other names have become. ENOENT means /proc is not mounted.
+pub fn link_fd_at(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rfs::linkat(rfs::CWD, proc.as_str(), dir, name, AtFlags::SYMLINK_FOLLOW).map_err(err)
+}
+
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     rfs::symlinkat(target, dir, name).map_err(err)
 }

@@ -267,6 +267,26 @@ impl Journal {
         Ok(())
     }
 
+    /// Refuse a damaged journal before acting on it: a run trusts it to say what is in flight.
+    pub fn check_integrity(&self) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(self.e("check integrity"))?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .and_then(|r| r.collect())
+            .map_err(self.e("check integrity"))?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            return Ok(());
+        }
+        Err(Error::Setup(format!(
+            "journal {} is damaged ({}); refusing to use it: restore a copy, or start a new journal (links already made are recognised as relocated)",
+            crate::escape::quoted(self.path.as_os_str().as_encoded_bytes()),
+            rows.join("; ")
+        )))
+    }
+
     pub fn schema_version(&self) -> Result<i64> {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -447,15 +467,23 @@ impl Journal {
                 .map_err(self.e("record directory"))?;
             return Ok(Next::Nothing);
         }
-        type Prior = (i64, String, i64, Option<i64>, Option<i64>);
+        type Prior = (
+            i64,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
         let prior: Option<Prior> = self
             .conn
             .prepare_cached(
-                "SELECT id, state, version, dest_ino, linked_ino FROM files WHERE path = ?1",
+                "SELECT id, state, version, dest_ino, linked_ino, ino, ctime_ns FROM files WHERE path = ?1",
             )
             .and_then(|mut st| {
                 st.query_row([&s.path], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })
                 .optional()
             })
@@ -510,8 +538,19 @@ impl Journal {
                 let id = self.conn.last_insert_rowid();
                 Ok(self.next_for(s, id, 1, (None, None), state))
             }
-            Some((id, pstate, version, dest_ino, linked_ino)) => {
-                if already_linked && matches!(pstate.as_str(), "relocated" | "swapped") {
+            Some((id, pstate, version, dest_ino, linked_ino, pino, pctime)) => {
+                // The walk's stat may be older than what the copy workers did since: a file in
+                // flight is theirs to settle, and a regular file that is the very inode evac
+                // relocated (unchanged since) is that stale stat, not a new file.
+                let stale = s.kind == Kind::File
+                    && pstate == "relocated"
+                    && pino == Some(s.ino as i64)
+                    && pctime.is_some_and(|c| s.ctime_ns <= c);
+                let in_flight = matches!(pstate.as_str(), "copying" | "placed");
+                if stale
+                    || in_flight
+                    || (already_linked && matches!(pstate.as_str(), "relocated" | "swapped"))
+                {
                     self.conn
                         .prepare_cached("UPDATE files SET seen_run = ?2 WHERE id = ?1")
                         .and_then(|mut st| st.execute(params![id, run]))
@@ -879,12 +918,13 @@ impl Journal {
         self.conn
             .prepare_cached(
                 "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
-                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11 WHERE id = ?1",
+                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
-                    crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now()
+                    crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
+                    crate::fsx::ctime_ns(st)
                 ])
             })
             .map_err(self.e("record state"))?;

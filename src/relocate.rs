@@ -367,10 +367,10 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
     }
     let dst_dir =
         fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;
+    // Placement links each name straight from the copy's fd, so further names need no
+    // temporary of their own; the name is kept only for recovery's cleanup.
+    let _ = first;
     let tmp = ctx.tmp_name(rec.id, "tmp");
-    let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
-    fsx::link_at(first.dst_dir.as_fd(), &first.dst_tmp, dst_dir.as_fd(), &tmp)
-        .ctx("hard-link the copy for", &rec.path)?;
     Ok(Some(Name {
         rec: rec.clone(),
         src_dir,
@@ -432,7 +432,7 @@ pub enum Swap {
 pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
     for (i, n) in c.names.iter().enumerate() {
         let (_, fname) = fsx::split_parent(&n.rec.path);
-        match place_one(ctx, n, fname, c.dst_st.st_ino) {
+        match place_one(ctx, n, fname, c) {
             Ok(()) => {}
             Err(msg) => {
                 // Undo this inode's names placed so far: they are ours and their sources stay.
@@ -454,40 +454,77 @@ pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], our_ino: u64) -> std::result::Result<(), String> {
-    match fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname) {
-        Ok(()) => return Ok(()),
+fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Result<(), String> {
+    let our_ino = c.dst_st.st_ino;
+    let dir = n.dst_dir.as_fd();
+    // The final name is made from the fd we wrote, never from the temporary's name: a user who
+    // can write the DEST directory could have put something else under that name.
+    let place = || match fsx::link_fd_at(c.dst.as_fd(), dir, fname) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            // No /proc: fall back to the temporary's name, checked to still be our inode.
+            match fsx::stat_at(dir, &n.dst_tmp) {
+                Ok(s) if s.st_ino == our_ino => fsx::rename_noreplace(dir, &n.dst_tmp, dir, fname),
+                _ => Err(e),
+            }
+        }
+        r => r,
+    };
+    // The temporary's name is in this journal's reserved namespace: our copy, or a symlink a
+    // user planted there (removing a symlink never touches what it points to), goes.
+    let cleanup = || {
+        if fsx::stat_at(dir, &n.dst_tmp).is_ok_and(|s| {
+            s.st_ino == our_ino || fsx::file_type(&s) == rustix::fs::FileType::Symlink
+        }) {
+            let _ = fsx::unlink_if_exists(dir, &n.dst_tmp);
+        }
+    };
+    match place() {
+        Ok(()) => {
+            cleanup();
+            return Ok(());
+        }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(format!("place the copy at DEST: {e}")),
     }
-    let existing = fsx::stat_at(n.dst_dir.as_fd(), fname)
-        .map_err(|e| format!("stat the file in the way at DEST: {e}"))?;
+    let existing =
+        fsx::stat_at(dir, fname).map_err(|e| format!("stat the file in the way at DEST: {e}"))?;
     if existing.st_ino == our_ino {
         // Our own copy from an interrupted attempt already carries this name.
-        let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
+        cleanup();
         return Ok(());
     }
     let regular = fsx::file_type(&existing) == rustix::fs::FileType::RegularFile;
-    if regular
+    let ours_unlinked = regular
         && n.rec.dest_ino == Some(existing.st_ino)
-        && n.rec.linked_ino != Some(existing.st_ino)
-    {
+        && n.rec.linked_ino != Some(existing.st_ino);
+    let ours_linked = regular && n.rec.linked_ino == Some(existing.st_ino);
+    if ours_unlinked {
         // Our own copy from an interrupted or undone attempt that no link ever pointed to.
-        return fsx::rename_replace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname)
-            .map_err(|e| format!("place the copy at DEST: {e}"));
-    }
-    if !(regular && n.rec.linked_ino == Some(existing.st_ino)) {
+        fsx::unlink_at(dir, fname).map_err(|e| format!("remove an earlier attempt's copy: {e}"))?;
+    } else if ours_linked {
+        // Our earlier version of this path: keep it in the trash rather than overwrite it.
+        let tdir = trash_dir(ctx).map_err(|e| format!("create DEST trash directory: {e}"))?;
+        let mut k = 0u32;
+        loop {
+            let tname = if k == 0 {
+                format!("{}.v{}", n.rec.id, n.rec.version - 1)
+            } else {
+                format!("{}.v{}.{k}", n.rec.id, n.rec.version - 1)
+            };
+            match fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname.as_bytes()) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && k < 1000 => k += 1,
+                Err(e) => return Err(format!("move the previous copy to the trash: {e}")),
+            }
+        }
+    } else {
         return Err(
             "DEST already has a file at this path that evac did not write; left both as they are (conflict)".into(),
         );
     }
-    // Our earlier version of this path: keep it in the trash rather than overwrite it.
-    let tdir = trash_dir(ctx).map_err(|e| format!("create DEST trash directory: {e}"))?;
-    let tname = format!("{}.v{}", n.rec.id, n.rec.version - 1).into_bytes();
-    fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir.as_fd(), &tname)
-        .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
-    fsx::rename_noreplace(n.dst_dir.as_fd(), &n.dst_tmp, n.dst_dir.as_fd(), fname)
-        .map_err(|e| format!("place the copy at DEST: {e}"))
+    place().map_err(|e| format!("place the copy at DEST: {e}"))?;
+    cleanup();
+    Ok(())
 }
 
 /// DEST/.evac-trash/YYYY-MM-DD: where evac keeps copies it will not overwrite or destroy.
@@ -610,9 +647,12 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapEr
             ))))
         }
     }
-    // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
+    // Post-check: what we swapped out is the inode we copied, nobody opened it for writing, and
+    // what now carries the name is our link (a user who can write the directory could have
+    // replaced our temporary link before the exchange).
     let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st))
-        && c.src.intact();
+        && c.src.intact()
+        && fsx::readlink_at(dir, fname).is_ok_and(|t| t == target);
     if !ok {
         undo_exchange(ctx, c, n, &lnk, fname);
         return Err(SwapErr::Changed(
@@ -830,10 +870,13 @@ fn restore_original(
         .as_ref()
         .is_some_and(|n| fsx::file_type(n) == rustix::fs::FileType::Symlink)
         && fsx::readlink_at(dir, fname).ok().as_deref() == Some(ctx.link_target(path).as_slice());
-    if state == "relocated" && name_is_our_link {
-        // The swap was checked and recorded; only the unlink was lost. Remove the original if
-        // it is unchanged and its copy stands under its final name at DEST (after a power
-        // loss the final rename may not have survived).
+    if state == "relocated" && !(is_attic && at_name.as_ref().is_some_and(|n| n.st_ino == s.st_ino))
+    {
+        // The swap was checked and recorded; only the unlink was lost. The original goes if it
+        // is unchanged and its copy stands under its final name at DEST (after a power loss the
+        // final link may not have survived) -- whatever the path holds now: users may since
+        // have written through the link, deleted it, or put a new file there, and none of that
+        // may be undone by bringing back the old original.
         let rec = j.relocated_batch(id - 1, 1)?;
         let unchanged = rec.first().is_some_and(|r| {
             r.id == id && r.size == s.st_size as u64 && r.mtime_ns == fsx::mtime_ns(s)
@@ -842,7 +885,7 @@ fn restore_original(
             let (pd, n) = fsx::split_parent(path);
             fsx::resolve_dir(ctx.dst_root.as_fd(), pd)
                 .and_then(|d| fsx::stat_at(d.as_fd(), n))
-                .is_ok_and(|st| Some(st.st_ino) == r.dest_ino && st.st_size as u64 == r.size)
+                .is_ok_and(|st| Some(st.st_ino) == r.dest_ino)
         });
         if unchanged && dest_ok {
             fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;

@@ -218,6 +218,7 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
     }
     let lock = JournalLock::acquire(&o.journal)?;
     let j = Journal::open(&o.journal, true)?;
+    j.check_integrity()?;
     let (plan, fresh) = settle_plan(&o, j.plan()?)?;
     refuse_journal_in_source(&o.journal, &plan.source)?;
     if fresh {
@@ -925,13 +926,31 @@ impl Runner {
         Ok(())
     }
 
-    fn fail_all(&mut self, items: Vec<Box<Copied>>, why: &str) {
-        for c in items {
-            relocate::discard(&c, false);
-            let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-            Stats::add(&self.stats.failed, ids.len() as u64);
-            self.forget(&ids);
-            self.outcomes.push((ids, "failed", Some(why.to_string())));
+    /// A copy that will not be relocated this time: remove what it left at DEST, count it, and
+    /// queue its state (with the reason) for the next journal commit.
+    fn give_up(&mut self, c: &Copied, state: &'static str, why: String) {
+        relocate::discard(c, false);
+        let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+        match state {
+            "failed" => {
+                Stats::add(&self.stats.failed, ids.len() as u64);
+                self.report_failure(&c.names[0].rec.path, &why);
+            }
+            "deferred" => Stats::add(&self.stats.deferred, ids.len() as u64),
+            _ => {}
+        }
+        self.forget(&ids);
+        self.outcomes.push((ids, state, Some(why)));
+    }
+
+    /// DEST could not be made durable: put the unfinished batch's originals back.
+    fn unswap_unfinished(&mut self, why: &str) {
+        let ctx = self.ctx.clone();
+        for c in std::mem::take(&mut self.unfinished) {
+            for n in &c.names {
+                relocate::unswap(&ctx, &c, n);
+            }
+            self.give_up(&c, "deferred", why.to_string());
         }
     }
 
@@ -953,11 +972,7 @@ impl Runner {
                     Stats::add(&self.stats.files_done, ids.len() as u64);
                     Stats::add(&self.stats.bytes_done, c.bytes);
                 }
-                Err(why) => {
-                    relocate::discard(&c, false);
-                    Stats::add(&self.stats.deferred, ids.len() as u64);
-                    self.outcomes.push((ids.clone(), "deferred", Some(why)));
-                }
+                Err(why) => self.give_up(&c, "deferred", why),
             }
             self.forget(&ids);
         }
@@ -975,16 +990,10 @@ impl Runner {
         if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
             let why = format!("make DEST durable (syncfs): {e}");
             self.say(format!("evac: {why}"));
-            let unfinished = std::mem::take(&mut self.unfinished);
-            for c in unfinished {
-                for n in &c.names {
-                    relocate::unswap(&ctx, &c, n);
-                }
-                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                self.forget(&ids);
-                self.outcomes.push((ids, "deferred", Some(why.clone())));
+            self.unswap_unfinished(&why);
+            for c in batch {
+                self.give_up(&c, "failed", why.clone());
             }
-            self.fail_all(batch, &why);
             return self.flush_outcomes();
         }
         self.prof.sync1 += t.elapsed();
@@ -1015,13 +1024,8 @@ impl Runner {
         for (c, r) in placed {
             match r {
                 Ok(()) => ok.push(c),
-                Err(why) => {
-                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                    Stats::add(&self.stats.failed, ids.len() as u64);
-                    self.report_failure(&c.names[0].rec.path, &why);
-                    self.forget(&ids);
-                    self.outcomes.push((ids, "failed", Some(why)));
-                }
+                // place() already removed what it had put at DEST.
+                Err(why) => self.give_up(&c, "failed", why),
             }
         }
         self.prof.place += t.elapsed();
@@ -1044,21 +1048,8 @@ impl Runner {
         for s in swaps {
             match s {
                 Swap::Swapped(c) => swapped.push(c),
-                Swap::Deferred(c, why) => {
-                    relocate::discard(&c, false);
-                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                    Stats::add(&self.stats.deferred, ids.len() as u64);
-                    self.forget(&ids);
-                    self.outcomes.push((ids, "deferred", Some(why)));
-                }
-                Swap::Failed(c, why) => {
-                    relocate::discard(&c, false);
-                    let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                    Stats::add(&self.stats.failed, ids.len() as u64);
-                    self.report_failure(&c.names[0].rec.path, &why);
-                    self.forget(&ids);
-                    self.outcomes.push((ids, "failed", Some(why)));
-                }
+                Swap::Deferred(c, why) => self.give_up(&c, "deferred", why),
+                Swap::Failed(c, why) => self.give_up(&c, "failed", why),
             }
         }
         if ctx.no_exchange_seen.load(Ordering::Relaxed) && !self.notes_logged.1 {
@@ -1101,16 +1092,7 @@ impl Runner {
             return Ok(());
         }
         if let Err(e) = fsx::syncfs(self.ctx.dst_root.as_fd()) {
-            let why = format!("make DEST durable (syncfs): {e}");
-            let ctx = self.ctx.clone();
-            for c in std::mem::take(&mut self.unfinished) {
-                for n in &c.names {
-                    relocate::unswap(&ctx, &c, n);
-                }
-                let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-                self.forget(&ids);
-                self.outcomes.push((ids, "deferred", Some(why.clone())));
-            }
+            self.unswap_unfinished(&format!("make DEST durable (syncfs): {e}"));
         } else {
             self.finish_unfinished();
         }
