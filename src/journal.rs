@@ -630,8 +630,11 @@ impl Journal {
     pub fn mark_unseen_gone(&self, run: i64) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET state = 'gone', reason = 'no longer in SOURCE', updated_at = ?2
-                 WHERE (seen_run IS NULL OR seen_run != ?1) AND state IN ('pending', 'deferred', 'failed', 'skipped')",
+                "UPDATE files SET state = 'gone', updated_at = ?2,
+                    reason = CASE state WHEN 'relocated' THEN 'its link was removed from SOURCE; the copy stays at DEST'
+                                        ELSE 'no longer in SOURCE' END
+                 WHERE (seen_run IS NULL OR seen_run != ?1)
+                   AND state IN ('pending', 'deferred', 'failed', 'skipped', 'relocated')",
                 params![run, now()],
             )
             .map_err(self.e("mark vanished files"))
@@ -714,12 +717,30 @@ impl Journal {
     }
 
     /// The DEST copy is in place under its final name: from now on that name is ours.
-    pub fn mark_placed(&self, id: i64, blake3: &[u8], dest_ino: u64) -> Result<()> {
+    /// Also records the source as copied (size, mtime, inode), which recovery compares with an
+    /// original it finds swapped out.
+    pub fn mark_placed(
+        &self,
+        id: i64,
+        blake3: &[u8],
+        dest_ino: u64,
+        src: &crate::fsx::Stat,
+    ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'placed', blake3 = ?2, dest_ino = ?3, updated_at = ?4 WHERE id = ?1",
+                "UPDATE files SET state = 'placed', blake3 = ?2, dest_ino = ?3, updated_at = ?4, size = ?5, mtime_ns = ?6, ino = ?7 WHERE id = ?1",
             )
-            .and_then(|mut st| st.execute(params![id, blake3, dest_ino as i64, now()]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    blake3,
+                    dest_ino as i64,
+                    now(),
+                    src.st_size,
+                    crate::fsx::mtime_ns(src),
+                    src.st_ino as i64
+                ])
+            })
             .map_err(self.e("record state"))?;
         Ok(())
     }
@@ -749,6 +770,36 @@ impl Journal {
                 .optional()
             })
             .map_err(self.e("read state"))
+    }
+
+    /// Recovery found a recorded or placed copy linked and its original gone: relocated.
+    pub fn mark_recovered_relocated(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET state = 'relocated', reason = NULL, linked_ino = dest_ino, updated_at = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    /// (size, mtime_ns) the journal holds for a file: as copied, once placed.
+    pub fn copied_as(&self, id: i64) -> Result<Option<(u64, i64)>> {
+        self.conn
+            .prepare_cached("SELECT size, mtime_ns FROM files WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id], |r| {
+                    Ok(
+                        match (r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?) {
+                            (Some(s), Some(m)) => Some((s as u64, m)),
+                            _ => None,
+                        },
+                    )
+                })
+                .optional()
+            })
+            .map(Option::flatten)
+            .map_err(self.e("read file"))
     }
 
     /// The path of a file by id.

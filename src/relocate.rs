@@ -647,12 +647,11 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapEr
             ))))
         }
     }
-    // Post-check: what we swapped out is the inode we copied, nobody opened it for writing, and
-    // what now carries the name is our link (a user who can write the directory could have
-    // replaced our temporary link before the exchange).
+    // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
+    // (What carries the name afterwards is not checked: only a user of the directory can have
+    // changed it, and the original's bytes are safe in the durable copy either way.)
     let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st))
-        && c.src.intact()
-        && fsx::readlink_at(dir, fname).is_ok_and(|t| t == target);
+        && c.src.intact();
     if !ok {
         undo_exchange(ctx, c, n, &lnk, fname);
         return Err(SwapErr::Changed(
@@ -701,10 +700,21 @@ fn swap_attic(
 
 fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
     let dir = n.src_dir.as_fd();
-    if fsx::rename_exchange(dir, lnk, dir, fname).is_ok() {
+    if name_holds_our_link(ctx, dir, fname, &n.rec.path) {
+        if fsx::rename_exchange(dir, lnk, dir, fname).is_ok() {
+            let _ = fsx::unlink_if_exists(dir, lnk);
+        }
+    } else {
+        // The user deleted or replaced the file in the instant after the swap: that is their
+        // last word on it (as if evac had not been there, a write still going to the old inode
+        // goes with it). Never swap back over whatever they put there.
         let _ = fsx::unlink_if_exists(dir, lnk);
     }
     note_writes_through_link(ctx, c, n);
+}
+
+fn name_holds_our_link(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], path: &[u8]) -> bool {
+    fsx::readlink_at(dir, fname).is_ok_and(|t| t == ctx.link_target(path))
 }
 
 /// Put one swapped name back as it was (the original at its name, no link).
@@ -716,7 +726,13 @@ fn unswap_one(ctx: &Ctx, c: &Copied, n: &Name) {
     let (_, fname) = fsx::split_parent(&n.rec.path);
     let dir = n.src_dir.as_fd();
     if c.attic {
-        let _ = fsx::rename_replace(dir, &ctx.tmp_name(n.rec.id, "attic"), dir, fname);
+        let attic = ctx.tmp_name(n.rec.id, "attic");
+        if name_holds_our_link(ctx, dir, fname, &n.rec.path) {
+            let _ = fsx::rename_replace(dir, &attic, dir, fname);
+        } else {
+            // Deleted or replaced by its user since the swap (see undo_exchange).
+            let _ = fsx::unlink_if_exists(dir, &attic);
+        }
     } else {
         undo_exchange(ctx, c, n, &ctx.tmp_name(n.rec.id, "lnk"), fname);
     }
@@ -844,11 +860,15 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
     Ok(result)
 }
 
+fn dest_inos(j: &Journal, id: i64) -> Result<(Option<u64>, Option<u64>)> {
+    Ok(j.file_state(id)?
+        .map(|(_, d, l)| (d, l))
+        .unwrap_or((None, None)))
+}
+
 pub enum RecoverResult {
     Pending,
     Relocated,
-    /// The original could not be put back; it is kept at the temporary name.
-    Stuck(String),
     Unknown,
 }
 
@@ -897,6 +917,40 @@ fn restore_original(
         fsx::unlink_at(dir, held).ctx("remove attic link of", path)?;
         return Ok(RecoverResult::Pending);
     }
+    if name_is_our_link && state == "placed" {
+        // The swap happened but was not recorded. Users may already have written through the
+        // link: if the original is unchanged since its copy and the copy stands at DEST, the
+        // relocation is completed rather than undone, so such writes stay where they went.
+        let unchanged = j
+            .copied_as(id)?
+            .is_some_and(|(size, mtime)| size == s.st_size as u64 && mtime == fsx::mtime_ns(s));
+        let (dest_ino, _) = dest_inos(j, id)?;
+        let (pd, n) = fsx::split_parent(path);
+        let ddir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok();
+        let dest_st = ddir.as_ref().and_then(|d| fsx::stat_at(d.as_fd(), n).ok());
+        let dest_ok = dest_st
+            .as_ref()
+            .is_some_and(|st| Some(st.st_ino) == dest_ino);
+        if unchanged && dest_ok {
+            fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
+            return Ok(RecoverResult::Relocated);
+        }
+        // Written on both sides (a late write to the original, and through the link to the
+        // copy): the original goes back, the copy is kept in the trash, nothing is destroyed.
+        let copy_written = dest_ok
+            && dest_st.as_ref().is_some_and(|st| {
+                j.copied_as(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, m)| m != fsx::mtime_ns(st))
+            });
+        if copy_written {
+            if let (Some(d), Ok(t)) = (ddir.as_ref(), trash_dir(ctx)) {
+                let tname = format!("{id}.written-through-link");
+                let _ = fsx::rename_noreplace(d.as_fd(), n, t.as_fd(), tname.as_bytes());
+            }
+        }
+    }
     if name_is_our_link {
         match fsx::rename_exchange(dir, held, dir, fname) {
             Ok(()) => {
@@ -908,12 +962,8 @@ fn restore_original(
         }
         return Ok(RecoverResult::Pending);
     }
-    if at_name.is_none() {
-        fsx::rename_noreplace(dir, held, dir, fname).ctx("put back the original of", path)?;
-        return Ok(RecoverResult::Pending);
-    }
-    Ok(RecoverResult::Stuck(format!(
-        "original kept at {} because its path now holds something else",
-        crate::escape::quoted(held)
-    )))
+    // The path no longer holds our link: a user deleted or replaced the file after the swap.
+    // Bringing the old original back would undo what they did; it goes.
+    fsx::unlink_at(dir, held).ctx("remove the superseded original of", path)?;
+    Ok(RecoverResult::Pending)
 }

@@ -628,13 +628,23 @@ impl Runner {
         Ok(())
     }
 
+    /// Mark every directory above `path` as one this journal put something under at DEST
+    /// (`seen` skips those already marked in this batch).
+    fn touch_ancestors<'p>(&self, path: &'p [u8], seen: &mut HashSet<&'p [u8]>) -> Result<()> {
+        let mut p = fsx::split_parent(path).0;
+        while !p.is_empty() && seen.insert(p) {
+            self.j.touch_dir(p)?;
+            p = fsx::split_parent(p).0;
+        }
+        Ok(())
+    }
+
     fn recover_one(&mut self, id: i64, path: &[u8]) -> Result<()> {
         match relocate::recover(&self.ctx, &self.j, id, path) {
             Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
-            Ok(RecoverResult::Relocated) => self.j.set_state(id, "relocated", None),
-            Ok(RecoverResult::Stuck(why)) => {
-                self.say(format!("evac: {}: {why}", quoted(path)));
-                self.j.set_state(id, "failed", Some(&why))
+            Ok(RecoverResult::Relocated) => {
+                self.touch_ancestors(path, &mut HashSet::new())?;
+                self.j.mark_recovered_relocated(id)
             }
             Ok(RecoverResult::Unknown) => Ok(()),
             Err(e) => {
@@ -1006,7 +1016,8 @@ impl Runner {
         self.record_outcomes()?;
         for c in &batch {
             for n in &c.names {
-                self.j.mark_placed(n.rec.id, &c.hash, c.dst_st.st_ino)?;
+                self.j
+                    .mark_placed(n.rec.id, &c.hash, c.dst_st.st_ino, &c.st)?;
             }
         }
         self.j.commit()?;
@@ -1070,14 +1081,8 @@ impl Runner {
         let mut dirs: HashSet<&[u8]> = HashSet::new();
         for c in &swapped {
             for n in &c.names {
-                let mut p = fsx::split_parent(&n.rec.path).0;
-                while !p.is_empty() && dirs.insert(p) {
-                    p = fsx::split_parent(p).0;
-                }
+                self.touch_ancestors(&n.rec.path, &mut dirs)?;
             }
-        }
-        for d in dirs {
-            self.j.touch_dir(d)?;
         }
         self.heartbeat()?;
         self.j.commit()?;
