@@ -845,15 +845,17 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
             let linked_now = fsx::resolve_dir(ctx.src_root.as_fd(), spdir)
                 .and_then(|d| fsx::readlink_at(d.as_fd(), sname))
                 .is_ok_and(|t| t == ctx.link_target(path));
-            if !linked_now {
-                if let Ok(s) = fsx::stat_at(ddir.as_fd(), dname) {
-                    if Some(s.st_ino) == dest_ino
-                        && fsx::file_type(&s) == rustix::fs::FileType::RegularFile
-                    {
-                        fsx::unlink_at(ddir.as_fd(), dname)
-                            .ctx("remove an unlinked copy at DEST of", path)?;
-                    }
-                }
+            let ours_at_dest = fsx::stat_at(ddir.as_fd(), dname).is_ok_and(|s| {
+                Some(s.st_ino) == dest_ino
+                    && fsx::file_type(&s) == rustix::fs::FileType::RegularFile
+            });
+            if linked_now && ours_at_dest && state == "placed" {
+                // Swapped and the original already removed (an earlier recovery completed it
+                // but was stopped before recording that): it is relocated.
+                result = RecoverResult::Relocated;
+            } else if !linked_now && ours_at_dest {
+                fsx::unlink_at(ddir.as_fd(), dname)
+                    .ctx("remove an unlinked copy at DEST of", path)?;
             }
         }
     }
