@@ -221,6 +221,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     if fst.st_ino != st.st_ino || fst.st_dev != st.st_dev {
         return Ok(Step::Retry("replaced while being opened".into()));
     }
+    if st.st_size as u64 >= 1 << 20 {
+        // Large files are read once, front to back: ask for aggressive readahead.
+        let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
+    }
     let src = take_lease(ctx, fd, &first.path)?;
     let src = match src {
         Some(h) => h,

@@ -497,7 +497,7 @@ impl Runner {
             let h = std::thread::Builder::new()
                 .name(format!("evac-copy-{i}"))
                 .spawn(move || {
-                    let mut buf = vec![0u8; 1 << 20];
+                    let mut buf = vec![0u8; 4 << 20];
                     while let Ok(job) = rx.recv() {
                         Stats::add(&stats.busy_workers, 1);
                         let ids = job.names.iter().map(|r| r.id).collect();
