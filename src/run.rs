@@ -968,13 +968,7 @@ impl Runner {
     fn finish_unfinished(&mut self) {
         let ctx = self.ctx.clone();
         let items = std::mem::take(&mut self.unfinished);
-        let results: Vec<(Box<Copied>, std::result::Result<(), String>)> = items
-            .into_par_iter()
-            .map(|c| {
-                let r = relocate::finish(&ctx, &c);
-                (c, r)
-            })
-            .collect();
+        let results = each_in_parallel(items, |c| relocate::finish(&ctx, c));
         for (c, r) in results {
             let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
             match r {
@@ -1024,13 +1018,7 @@ impl Runner {
         self.prof.placed_tx += t.elapsed();
         t = Instant::now();
         // 3. Final names at DEST.
-        let placed: Vec<(Box<Copied>, std::result::Result<(), String>)> = batch
-            .into_par_iter()
-            .map(|c| {
-                let r = relocate::place(&ctx, &c);
-                (c, r)
-            })
-            .collect();
+        let placed = each_in_parallel(batch, |c| relocate::place(&ctx, c));
         let mut ok = Vec::with_capacity(placed.len());
         for (c, r) in placed {
             match r {
@@ -1319,6 +1307,24 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Run one step of the protocol on every copy of a batch at once (each is independent), keeping
+/// each copy with its result.
+fn each_in_parallel<F>(
+    items: Vec<Box<Copied>>,
+    f: F,
+) -> Vec<(Box<Copied>, std::result::Result<(), String>)>
+where
+    F: Fn(&Copied) -> std::result::Result<(), String> + Sync,
+{
+    items
+        .into_par_iter()
+        .map(|c| {
+            let r = f(&c);
+            (c, r)
+        })
+        .collect()
 }
 
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
