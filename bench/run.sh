@@ -480,6 +480,7 @@ else
 fi
 
 EVAC=$EVAC_ORIG
+export REPO_ROOT
 export RUNS_TSV RESULTS CMDLINE SMALL_FILES SMALL_FILES_2 LARGE_FILES LARGE_MB REPS SEED EVAC EVAC_ARGS \
     EVAC_VERSION GIT_REV FS_SETUP BENCH_FS BENCH_DIR EVAC_BUILT EVAC_SHA LOAD_START LOAD_END
 export ELAPSED=$((T_END - T_START))
@@ -538,7 +539,10 @@ w(f"- Command: `{E['CMDLINE']}`")
 w(f"- Sizes: small tree {E['SMALL_FILES']} files, second small tree {E['SMALL_FILES_2']} files "
   f"(1-16 KiB each), large tree {E['LARGE_FILES']} x {E['LARGE_MB']} MiB; {E['REPS']} run(s) per contender, "
   f"median reported; seed {E['SEED']}")
-w(f"- evac: `{E['EVAC']}`{' with `' + E['EVAC_ARGS'] + '`' if E['EVAC_ARGS'] else ''} "
+# The binary's path relative to the repository when it lies inside it: the report should not
+# depend on where the checkout happens to be.
+evac_shown = os.path.relpath(E['EVAC'], E['REPO_ROOT']) if E['EVAC'].startswith(E['REPO_ROOT'] + '/') else E['EVAC']
+w(f"- evac: `{evac_shown}`{' with `' + E['EVAC_ARGS'] + '`' if E['EVAC_ARGS'] else ''} "
   f"({E['EVAC_VERSION'] or 'no --version output'}; binary built {E['EVAC_BUILT']}, sha256 {E['EVAC_SHA']}...; "
   f"repository at {E['GIT_REV']} when the benchmark started)")
 w(f"- Kernel: {E['KERNEL']}; CPUs: {E['NCPU']} ({E['CPU_MODEL']}); memory: {E['MEM_MIB']} MiB")
