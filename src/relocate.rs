@@ -896,65 +896,48 @@ fn restore_original(
         .as_ref()
         .is_some_and(|n| fsx::file_type(n) == rustix::fs::FileType::Symlink)
         && fsx::readlink_at(dir, fname).ok().as_deref() == Some(ctx.link_target(path).as_slice());
-    if state == "relocated" && !(is_attic && at_name.as_ref().is_some_and(|n| n.st_ino == s.st_ino))
-    {
-        // The swap was checked and recorded; only the unlink was lost. The original goes if it
-        // is unchanged and its copy stands under its final name at DEST (after a power loss the
-        // final link may not have survived) -- whatever the path holds now: users may since
-        // have written through the link, deleted it, or put a new file there, and none of that
-        // may be undone by bringing back the old original.
-        let rec = j.relocated_batch(id - 1, 1)?;
-        let unchanged = rec.first().is_some_and(|r| {
-            r.id == id && r.size == s.st_size as u64 && r.mtime_ns == fsx::mtime_ns(s)
-        });
-        let dest_ok = rec.first().is_some_and(|r| {
-            let (pd, n) = fsx::split_parent(path);
-            fsx::resolve_dir(ctx.dst_root.as_fd(), pd)
-                .and_then(|d| fsx::stat_at(d.as_fd(), n))
-                .is_ok_and(|st| Some(st.st_ino) == r.dest_ino)
-        });
-        if unchanged && dest_ok {
-            fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
-            return Ok(RecoverResult::Relocated);
-        }
+    let attic_only = is_attic && at_name.as_ref().is_some_and(|n| n.st_ino == s.st_ino);
+    // What the journal says the file was when copied, against the original we hold; and whether
+    // the copy stands under its final name at DEST (after a power loss that link may be gone).
+    let copied_as = j.copied_as(id)?;
+    let unchanged = copied_as
+        .is_some_and(|(size, mtime)| size == s.st_size as u64 && mtime == fsx::mtime_ns(s));
+    let (dest_ino, _) = dest_inos(j, id)?;
+    let (pd, n) = fsx::split_parent(path);
+    let ddir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok();
+    let dest_st = ddir.as_ref().and_then(|d| fsx::stat_at(d.as_fd(), n).ok());
+    let dest_ok = dest_st
+        .as_ref()
+        .is_some_and(|st| Some(st.st_ino) == dest_ino);
+    // Relocated (checked and recorded; only the unlink was lost), or placed and swapped but not
+    // recorded: the relocation is completed rather than undone when the original is unchanged
+    // and its copy stands, whatever the path holds now -- users may since have written through
+    // the link, deleted it, or put a new file there, and none of that may be undone by bringing
+    // back the old original.
+    let completable =
+        (state == "relocated" && !attic_only) || (state == "placed" && name_is_our_link);
+    if completable && unchanged && dest_ok {
+        fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
+        return Ok(RecoverResult::Relocated);
     }
-    if at_name.as_ref().is_some_and(|n| n.st_ino == s.st_ino) && is_attic {
+    if attic_only {
         // The attic link was made but the name was never replaced.
         fsx::unlink_at(dir, held).ctx("remove attic link of", path)?;
         return Ok(RecoverResult::Pending);
     }
-    if name_is_our_link && state == "placed" {
-        // The swap happened but was not recorded. Users may already have written through the
-        // link: if the original is unchanged since its copy and the copy stands at DEST, the
-        // relocation is completed rather than undone, so such writes stay where they went.
-        let unchanged = j
-            .copied_as(id)?
-            .is_some_and(|(size, mtime)| size == s.st_size as u64 && mtime == fsx::mtime_ns(s));
-        let (dest_ino, _) = dest_inos(j, id)?;
-        let (pd, n) = fsx::split_parent(path);
-        let ddir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok();
-        let dest_st = ddir.as_ref().and_then(|d| fsx::stat_at(d.as_fd(), n).ok());
-        let dest_ok = dest_st
+    // Written on both sides (a late write to the original, and through the link to the copy):
+    // the original goes back, the copy is kept in the trash, nothing is destroyed.
+    let copy_written = state == "placed"
+        && name_is_our_link
+        && dest_ok
+        && dest_st
             .as_ref()
-            .is_some_and(|st| Some(st.st_ino) == dest_ino);
-        if unchanged && dest_ok {
-            fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
-            return Ok(RecoverResult::Relocated);
-        }
-        // Written on both sides (a late write to the original, and through the link to the
-        // copy): the original goes back, the copy is kept in the trash, nothing is destroyed.
-        let copy_written = dest_ok
-            && dest_st.as_ref().is_some_and(|st| {
-                j.copied_as(id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|(_, m)| m != fsx::mtime_ns(st))
-            });
-        if copy_written {
-            if let (Some(d), Ok(t)) = (ddir.as_ref(), trash_dir(ctx)) {
-                let tname = format!("{id}.written-through-link");
-                let _ = fsx::rename_noreplace(d.as_fd(), n, t.as_fd(), tname.as_bytes());
-            }
+            .zip(copied_as)
+            .is_some_and(|(st, (_, m))| m != fsx::mtime_ns(st));
+    if copy_written {
+        if let (Some(d), Ok(t)) = (ddir.as_ref(), trash_dir(ctx)) {
+            let tname = format!("{id}.written-through-link");
+            let _ = fsx::rename_noreplace(d.as_fd(), n, t.as_fd(), tname.as_bytes());
         }
     }
     if name_is_our_link {
