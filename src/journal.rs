@@ -783,6 +783,15 @@ impl Journal {
         Ok(())
     }
 
+    /// The link count the walk saw (more than one: relocated with its other names, as a group).
+    pub fn nlink_of(&self, id: i64) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT coalesce(nlink, 1) FROM files WHERE id = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get::<_, i64>(0)).optional())
+            .map(|n| n.unwrap_or(1) as u64)
+            .map_err(self.e("read file"))
+    }
+
     /// (size, mtime_ns) the journal holds for a file: as copied, once placed.
     pub fn copied_as(&self, id: i64) -> Result<Option<(u64, i64)>> {
         self.conn

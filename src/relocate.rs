@@ -910,12 +910,14 @@ fn restore_original(
         .as_ref()
         .is_some_and(|st| Some(st.st_ino) == dest_ino);
     // Relocated (checked and recorded; only the unlink was lost), or placed and swapped but not
-    // recorded: the relocation is completed rather than undone when the original is unchanged
+    // recorded (single-name files): the relocation is completed rather than undone when the original is unchanged
     // and its copy stands, whatever the path holds now -- users may since have written through
     // the link, deleted it, or put a new file there, and none of that may be undone by bringing
     // back the old original.
-    let completable =
-        (state == "relocated" && !attic_only) || (state == "placed" && name_is_our_link);
+    // A hard-linked file's names are swapped together and recorded together; an unrecorded
+    // swap of one of them is undone, not completed, or its group would be split at DEST.
+    let completable = (state == "relocated" && !attic_only)
+        || (state == "placed" && name_is_our_link && j.nlink_of(id)? <= 1);
     if completable && unchanged && dest_ok {
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Relocated);
