@@ -9,9 +9,9 @@
 #[macro_use]
 mod common;
 
+use common::mounts::*;
 use common::*;
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -274,36 +274,6 @@ fn immutable_journal_is_refused() {
     assert_refused("run SOURCE DEST with an immutable journal", &out, j, &trees);
 }
 
-struct Unmount(PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let ok = Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount(args: &[&std::ffi::OsStr]) -> Result<(), String> {
-    let o = Command::new("mount")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
-    }
-}
-
 #[test]
 fn journal_on_read_only_mount_is_refused() {
     skip_unless_root!(
@@ -323,7 +293,7 @@ fn journal_on_read_only_mount_is_refused() {
             "bind mount failed: {m}"
         );
     }
-    let _guard = Unmount(jd.clone());
+    let _guard = Mounted(jd.clone());
     if let Err(m) = mount(&["-o".as_ref(), "remount,bind,ro".as_ref(), jd.as_os_str()]) {
         skip!(
             "journal_on_read_only_mount_is_refused",
@@ -351,38 +321,10 @@ fn journal_on_read_only_mount_is_refused() {
 // Full filesystem.
 // ---------------------------------------------------------------------------
 
-/// Fill the filesystem holding `dir` until writes fail with ENOSPC.
-fn fill(dir: &Path) -> u64 {
-    let mut total = 0u64;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    for chunk in [1 << 16, 4096, 512, 1] {
-        let buf = vec![0x5au8; chunk];
-        loop {
-            match f.write(&buf) {
-                Ok(0) => break,
-                Ok(n) => total += n as u64,
-                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                Err(e) => panic!("filling {}: {e}", dir.display()),
-            }
-        }
-    }
-    let _ = f.sync_all();
-    // A few more tiny files eat any inode-table slack.
-    total
-}
-
-fn tiny_tmpfs(test: &str, e: &Env, size: &str) -> Option<(PathBuf, Unmount)> {
+fn tiny_tmpfs(test: &str, e: &Env, size: &str) -> Option<(PathBuf, Mounted)> {
     let mp = e.tmp.path().join("fullfs");
-    std::fs::create_dir(&mp).unwrap();
-    match mount(&[
-        "-t".as_ref(),
-        "tmpfs".as_ref(),
-        "-o".as_ref(),
-        format!("size={size},mode=0700").as_ref(),
-        "tmpfs".as_ref(),
-        mp.as_os_str(),
-    ]) {
-        Ok(()) => Some((mp.clone(), Unmount(mp))),
+    match tmpfs(&mp, size) {
+        Ok(g) => Some((mp, g)),
         Err(m) => {
             eprintln!("SKIP {test}: cannot mount a tmpfs: {m}");
             None
@@ -402,7 +344,7 @@ fn journal_on_full_filesystem_is_refused() {
     };
     let j = mp.join("journal.db");
     std::fs::copy(&p.e.journal, &j).unwrap();
-    let filled = fill(&mp);
+    let filled = fill(&mp, "filler");
     eprintln!("journal copied to a 2 MiB tmpfs, then {filled} bytes of filler: full");
     let trees = [
         ("SOURCE", &p.src_before, p.e.src.as_path()),
@@ -430,7 +372,7 @@ fn new_journal_on_full_filesystem_is_refused() {
     else {
         return;
     };
-    let filled = fill(&mp);
+    let filled = fill(&mp, "filler");
     let j = mp.join("journal.db");
     eprintln!("1 MiB tmpfs filled with {filled} bytes; starting a new run with its journal there");
     let out = evac_run(&e.src, &e.dst, &j, &[]);

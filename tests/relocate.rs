@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+use common::mounts::*;
 use common::*;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -771,16 +772,6 @@ fn dest_inside_source_is_not_entered() {
     }
 }
 
-struct Unmount(PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn does_not_cross_into_another_filesystem() {
     skip_unless_root!(
@@ -791,20 +782,13 @@ fn does_not_cross_into_another_filesystem() {
     build_tree(&e.src, &TreeSpec::plain(10, 117));
     let mnt = e.src.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "evac-test-tmpfs"])
-        .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        skip!(
+    let _guard = match tmpfs(&mnt, "4m") {
+        Ok(g) => g,
+        Err(m) => skip!(
             "does_not_cross_into_another_filesystem",
-            "mount -t tmpfs failed here (no CAP_SYS_ADMIN in this container?)"
-        );
-    }
-    let _guard = Unmount(mnt.clone());
+            "mount -t tmpfs failed here: {m}"
+        ),
+    };
     std::fs::write(mnt.join("inner.txt"), b"on another filesystem").unwrap();
     std::fs::create_dir(mnt.join("sub")).unwrap();
     std::fs::write(mnt.join("sub/deeper.txt"), b"also").unwrap();
