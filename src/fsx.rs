@@ -204,6 +204,10 @@ pub fn rename_replace(
     rfs::renameat(od, on, nd, nn).map_err(err)
 }
 
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)
+}
+
 pub fn link_at(od: BorrowedFd<'_>, on: &[u8], nd: BorrowedFd<'_>, nn: &[u8]) -> io::Result<()> {
     rfs::linkat(od, on, nd, nn, AtFlags::empty()).map_err(err)
 }

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
-pub const MIGRATIONS: &[(&str, &str)] =
-    &[("0001_init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../migrations/0001_init.sql")),
+    ("0002_resync", include_str!("../migrations/0002_resync.sql")),
+];
 
 pub fn now() -> f64 {
     SystemTime::now()
@@ -146,6 +148,54 @@ pub struct DirRec {
     pub gid: u32,
     pub atime_ns: i64,
     pub mtime_ns: i64,
+}
+
+/// A link seen in SOURCE that names another path under LINK_PREFIX.
+#[derive(Debug, Clone)]
+pub struct ElsewhereLink {
+    pub id: i64,
+    pub path: Vec<u8>,
+    pub link_ino: u64,
+    pub target: Vec<u8>,
+}
+
+/// What the journal knows of a copy, carried along when it changes name.
+#[derive(Debug, Clone)]
+pub struct CopyMeta {
+    pub link_ino: Option<u64>,
+    pub blake3: Option<Vec<u8>>,
+    pub size: Option<i64>,
+    pub mode: Option<i64>,
+    pub uid: Option<i64>,
+    pub gid: Option<i64>,
+    pub mtime_ns: Option<i64>,
+}
+
+/// One path's row as resync sees it.
+#[derive(Debug, Clone)]
+pub struct PathRow {
+    pub id: i64,
+    pub path: Vec<u8>,
+    pub state: String,
+    pub kind: String,
+    pub seen_run: Option<i64>,
+    pub version: i64,
+    pub dest_ino: Option<u64>,
+    pub linked_ino: Option<u64>,
+    pub copy: CopyMeta,
+}
+
+/// A copy evac moved into DEST's trash.
+#[derive(Debug, Clone)]
+pub struct TrashRow {
+    pub id: i64,
+    pub file_id: i64,
+    pub path: Vec<u8>,
+    pub trash_rel: Vec<u8>,
+    pub version: i64,
+    pub dest_ino: u64,
+    pub moved: bool,
+    pub copy: CopyMeta,
 }
 
 /// Receives (path, reason) rows for listings.
@@ -490,9 +540,23 @@ impl Journal {
             .map_err(self.e("look up file"))?;
 
         let already_linked = s.kind == Kind::Symlink && s.target.as_deref() == Some(link_target);
+        // A link into DEST: the relative path it names (its own path for a link of ours; another
+        // path for a link that was renamed, copied or made by hand).
+        let into_dest: Option<&[u8]> = (s.kind == Kind::Symlink)
+            .then(|| {
+                let prefix = &link_target[..link_target.len().saturating_sub(s.path.len())];
+                s.target.as_deref()?.strip_prefix(prefix)
+            })
+            .flatten()
+            .filter(|rel| !rel.is_empty());
         let (kind, state, reason): (&str, &str, Option<&str>) = match s.kind {
             Kind::File => ("file", "pending", None),
             Kind::Symlink if already_linked => ("file", "relocated", None),
+            Kind::Symlink if into_dest.is_some() => (
+                "symlink",
+                "skipped",
+                Some("a link into DEST under another name (resolved after the walk)"),
+            ),
             Kind::Symlink => ("symlink", "skipped", Some("symlink (left as it is)")),
             Kind::Fifo => ("fifo", "skipped", Some("FIFO (never opened)")),
             Kind::Socket => ("socket", "skipped", Some("socket (never opened)")),
@@ -525,13 +589,14 @@ impl Journal {
                 };
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at, target, link_ino)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                     )
                     .and_then(|mut st| {
                         st.execute(params![
                             s.path, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64,
-                            s.size as i64, s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t
+                            s.size as i64, s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t,
+                            into_dest, already_linked.then_some(s.ino as i64)
                         ])
                     })
                     .map_err(self.e("record file"))?;
@@ -551,9 +616,14 @@ impl Journal {
                     || in_flight
                     || (already_linked && matches!(pstate.as_str(), "relocated" | "swapped"))
                 {
+                    // Our link's inode is what a later rename of it keeps.
                     self.conn
-                        .prepare_cached("UPDATE files SET seen_run = ?2 WHERE id = ?1")
-                        .and_then(|mut st| st.execute(params![id, run]))
+                        .prepare_cached(
+                            "UPDATE files SET seen_run = ?2, link_ino = CASE WHEN ?3 THEN ?4 ELSE link_ino END WHERE id = ?1",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![id, run, already_linked, s.ino as i64])
+                        })
                         .map_err(self.e("record file"))?;
                     return Ok(Next::Nothing);
                 }
@@ -568,13 +638,14 @@ impl Journal {
                 self.conn
                     .prepare_cached(
                         "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
-                            uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16
+                            uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16,
+                            target = ?17, link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END
                          WHERE id = ?1",
                     )
                     .and_then(|mut st| {
                         st.execute(params![
                             id, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64, s.size as i64,
-                            s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t, version
+                            s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t, version, into_dest, already_linked
                         ])
                     })
                     .map_err(self.e("record file"))?;
@@ -874,6 +945,243 @@ impl Journal {
             .map_err(self.e("list directories"))
     }
 
+    // ---- namespace resync -----------------------------------------------------------------
+
+    /// Links seen this run whose target names another path under LINK_PREFIX (renamed, copied
+    /// or hand-made links), ordered by the path they name, so links naming one copy come together.
+    pub fn links_elsewhere(
+        &self,
+        run: i64,
+        after: (&[u8], i64),
+        limit: i64,
+    ) -> Result<Vec<ElsewhereLink>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path, ino, target FROM files
+                 WHERE kind = 'symlink' AND seen_run = ?1 AND target IS NOT NULL AND target != path
+                   AND (target, id) > (?2, ?3)
+                 ORDER BY target, id LIMIT ?4",
+            )
+            .map_err(self.e("list renamed links"))?;
+        let rows = st
+            .query_map(params![run, after.0, after.1, limit], |r| {
+                Ok(ElsewhereLink {
+                    id: r.get(0)?,
+                    path: r.get(1)?,
+                    link_ino: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+                    target: r.get(3)?,
+                })
+            })
+            .map_err(self.e("list renamed links"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list renamed links"))
+    }
+
+    const COPY_COLS: &'static str =
+        "id, path, state, kind, seen_run, version, dest_ino, linked_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns";
+
+    fn copy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PathRow> {
+        Ok(PathRow {
+            id: r.get(0)?,
+            path: r.get(1)?,
+            state: r.get(2)?,
+            kind: r.get(3)?,
+            seen_run: r.get(4)?,
+            version: r.get(5)?,
+            dest_ino: r.get::<_, Option<i64>>(6)?.map(|d| d as u64),
+            linked_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
+            copy: CopyMeta {
+                link_ino: r.get::<_, Option<i64>>(8)?.map(|d| d as u64),
+                blake3: r.get(9)?,
+                size: r.get(10)?,
+                mode: r.get(11)?,
+                uid: r.get(12)?,
+                gid: r.get(13)?,
+                mtime_ns: r.get(14)?,
+            },
+        })
+    }
+
+    /// Everything resync needs to know about the row of one path.
+    pub fn path_row(&self, path: &[u8]) -> Result<Option<PathRow>> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM files WHERE path = ?1",
+                Self::COPY_COLS
+            ))
+            .and_then(|mut st| st.query_row([path], Self::copy_row).optional())
+            .map_err(self.e("look up file"))
+    }
+
+    /// Copies whose link is gone this run (deleted, or replaced by a new file), in id order.
+    pub fn unlinked_copies(&self, run: i64, after: i64, limit: i64) -> Result<Vec<PathRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM files
+                 WHERE linked_ino IS NOT NULL AND id > ?2
+                   AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
+                   AND state NOT IN ('copying', 'placed', 'swapped')
+                   AND NOT EXISTS (SELECT 1 FROM files l WHERE l.target = files.path AND l.kind = 'symlink' AND l.seen_run = ?1)
+                 ORDER BY id LIMIT ?3",
+                Self::COPY_COLS
+            ))
+            .map_err(self.e("list unlinked copies"))?;
+        let rows = st
+            .query_map(params![run, after, limit], Self::copy_row)
+            .map_err(self.e("list unlinked copies"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list unlinked copies"))
+    }
+
+    /// The newest trashed copy of `path` whose link had inode `link_ino` (a renamed link's).
+    pub fn trash_for_link(&self, path: &[u8], link_ino: u64) -> Result<Option<TrashRow>> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, file_id, path, trash_rel, version, dest_ino, moved, link_ino, blake3, size, mode, uid, gid, mtime_ns
+                 FROM trash WHERE path = ?1 AND link_ino = ?2 AND restored IS NULL ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![path, link_ino as i64], |r| {
+                    Ok(TrashRow {
+                        id: r.get(0)?,
+                        file_id: r.get(1)?,
+                        path: r.get(2)?,
+                        trash_rel: r.get(3)?,
+                        version: r.get(4)?,
+                        dest_ino: r.get::<_, i64>(5)? as u64,
+                        moved: r.get::<_, i64>(6)? != 0,
+                        copy: CopyMeta {
+                            link_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
+                            blake3: r.get(8)?,
+                            size: r.get(9)?,
+                            mode: r.get(10)?,
+                            uid: r.get(11)?,
+                            gid: r.get(12)?,
+                            mtime_ns: r.get(13)?,
+                        },
+                    })
+                })
+                .optional()
+            })
+            .map_err(self.e("look up trash"))
+    }
+
+    /// Record, before the move, that the copy of `row` at DEST is going to `trash_rel`.
+    pub fn add_trash(
+        &self,
+        row: &PathRow,
+        dest_ino: u64,
+        trash_rel: &[u8],
+        reason: &str,
+    ) -> Result<i64> {
+        let c = &row.copy;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO trash (file_id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    row.id, row.path, trash_rel, row.version, dest_ino as i64,
+                    c.link_ino.map(|d| d as i64), c.blake3, c.size, c.mode, c.uid, c.gid, c.mtime_ns,
+                    reason, now()
+                ])
+            })
+            .map_err(self.e("record trash"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn trash_moved(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE trash SET moved = 1 WHERE id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(self.e("record trash"))?;
+        Ok(())
+    }
+
+    pub fn trash_restored(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE trash SET restored = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, now()]))
+            .map_err(self.e("record trash"))?;
+        Ok(())
+    }
+
+    /// The row's copy is no longer at its DEST path. A relocated row whose link is gone is
+    /// `gone` with `why`; a row with a new file to relocate keeps its state.
+    pub fn let_go(&self, id: i64, run: i64, why: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, updated_at = ?3,
+                    state = CASE WHEN state = 'relocated' AND kind = 'file' THEN 'gone' ELSE state END,
+                    reason = CASE WHEN state = 'relocated' AND kind = 'file' THEN ?2 ELSE reason END
+                 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, why, now()]))
+            .map_err(self.e("record state"))?;
+        self.event(id, Some(run), "unlinked", why)
+    }
+
+    /// A renamed link now names its own path and the copy it took over stands there at DEST.
+    pub fn take_over(
+        &self,
+        id: i64,
+        run: i64,
+        copy: &CopyMeta,
+        version: i64,
+        dest_ino: u64,
+        link_ino: u64,
+        from: &str,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET kind = 'file', state = 'relocated', reason = NULL, target = path,
+                    blake3 = ?2, size = ?3, mode = ?4, uid = ?5, gid = ?6, mtime_ns = ?7, version = ?8,
+                    dest_ino = ?9, linked_ino = ?9, link_ino = ?10, dev = NULL, ino = NULL, nlink = 1,
+                    ctime_ns = NULL, seen_run = ?11, updated_at = ?12
+                 WHERE id = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    id, copy.blake3, copy.size, copy.mode, copy.uid, copy.gid, copy.mtime_ns, version,
+                    dest_ino as i64, link_ino as i64, run, now()
+                ])
+            })
+            .map_err(self.e("record state"))?;
+        self.event(id, Some(run), "renamed", from)
+    }
+
+    /// Leave a link into DEST as it is, saying why.
+    pub fn keep_link(&self, id: i64, why: &str) -> Result<()> {
+        self.set_state(id, "skipped", Some(why))
+    }
+
+    /// Directories gone from SOURCE by this complete walk, deepest first, and whether this
+    /// journal put anything under them at DEST.
+    pub fn vanished_dirs(&self, run: i64) -> Result<Vec<(Vec<u8>, bool)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT path, touched FROM dirs WHERE seen_run IS NULL OR seen_run != ?1 ORDER BY depth DESC, path",
+            )
+            .map_err(self.e("list directories"))?;
+        let rows = st
+            .query_map([run], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))
+            .map_err(self.e("list directories"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list directories"))
+    }
+
+    pub fn forget_dir(&self, path: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM dirs WHERE path = ?1")
+            .and_then(|mut st| st.execute([path]))
+            .map_err(self.e("record directory"))?;
+        Ok(())
+    }
+
     // ---- reporting -----------------------------------------------------------------------
 
     pub fn counts(&self) -> Result<Counts> {
@@ -973,18 +1281,19 @@ impl Journal {
         run: i64,
         blake3: &[u8],
         dest_ino: u64,
+        link_ino: u64,
         st: &crate::fsx::Stat,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
-                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12 WHERE id = ?1",
+                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
                     crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
-                    crate::fsx::ctime_ns(st)
+                    crate::fsx::ctime_ns(st), link_ino as i64
                 ])
             })
             .map_err(self.e("record state"))?;

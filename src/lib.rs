@@ -12,6 +12,7 @@ pub mod lock;
 pub mod progress;
 pub mod relocate;
 pub mod report;
+pub mod resync;
 pub mod run;
 pub mod signals;
 pub mod walk;

@@ -96,6 +96,8 @@ pub struct Name {
     pub src_dir: OwnedFd,
     pub dst_dir: OwnedFd,
     pub dst_tmp: Vec<u8>,
+    /// The inode of the SOURCE link once swapped in (a later rename of the link keeps it).
+    pub link_ino: u64,
 }
 
 pub struct Copied {
@@ -325,6 +327,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         src_dir,
         dst_dir,
         dst_tmp: tmp,
+        link_ino: 0,
     }];
     // Further hard-link names: the same DEST inode under each name's own temporary.
     for rec in &job.names[1..] {
@@ -380,6 +383,7 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
         src_dir,
         dst_dir,
         dst_tmp: tmp,
+        link_ino: 0,
     }))
 }
 
@@ -507,20 +511,8 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
         fsx::unlink_at(dir, fname).map_err(|e| format!("remove an earlier attempt's copy: {e}"))?;
     } else if ours_linked {
         // Our earlier version of this path: keep it in the trash rather than overwrite it.
-        let tdir = trash_dir(ctx).map_err(|e| format!("create DEST trash directory: {e}"))?;
-        let mut k = 0u32;
-        loop {
-            let tname = if k == 0 {
-                format!("{}.v{}", n.rec.id, n.rec.version - 1)
-            } else {
-                format!("{}.v{}.{k}", n.rec.id, n.rec.version - 1)
-            };
-            match fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname.as_bytes()) {
-                Ok(()) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && k < 1000 => k += 1,
-                Err(e) => return Err(format!("move the previous copy to the trash: {e}")),
-            }
-        }
+        to_trash(ctx, dir, fname, &n.rec.path)
+            .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
     } else {
         return Err(
             "DEST already has a file at this path that evac did not write; left both as they are (conflict)".into(),
@@ -531,12 +523,13 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
     Ok(())
 }
 
-/// DEST/.evac-trash/YYYY-MM-DD: where evac keeps copies it will not overwrite or destroy.
-fn trash_dir(ctx: &Ctx) -> io::Result<OwnedFd> {
-    fsx::ensure_dir(
-        ctx.dst_root.as_fd(),
-        format!(".evac-trash/{}", crate::report::today()).as_bytes(),
-    )
+/// Move DEST `dir`/`fname` (the copy of `rel`) into DEST's dated trash, where evac keeps copies
+/// it will not overwrite or destroy.
+fn to_trash(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], rel: &[u8]) -> io::Result<()> {
+    let trel = crate::resync::trash_name(ctx, rel)?;
+    let (tpd, tname) = fsx::split_parent(&trel);
+    let tdir = fsx::resolve_dir(ctx.dst_root.as_fd(), tpd)?;
+    fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname)
 }
 
 /// Swap every name of a placed copy for a link, all or nothing.
@@ -560,9 +553,10 @@ pub fn swap(
     for i in 0..c.names.len() {
         let n = &c.names[i];
         match swap_one(ctx, &c, n) {
-            Ok(attic) => {
+            Ok((attic, link_ino)) => {
                 done.push(i);
                 c.attic |= attic;
+                c.names[i].link_ino = link_ino;
             }
             Err(why) => {
                 for &j in done.iter().rev() {
@@ -583,8 +577,8 @@ enum SwapErr {
     Error(String),
 }
 
-/// Returns whether the attic fallback was used.
-fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapErr> {
+/// Returns whether the attic fallback was used, and the link's inode.
+fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(bool, u64), SwapErr> {
     let (_, fname) = fsx::split_parent(&n.rec.path);
     let dir = n.src_dir.as_fd();
     let lnk = ctx.tmp_name(n.rec.id, "lnk");
@@ -614,6 +608,10 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapEr
             "set owner and times of the link: {e}"
         ))));
     }
+    let link_ino = match fsx::stat_at(dir, &lnk) {
+        Ok(s) => s.st_ino,
+        Err(e) => return Err(bail(SwapErr::Error(format!("stat the link: {e}")))),
+    };
     // Pre-check: the name still holds the inode we copied, unchanged, with our lease intact.
     match fsx::stat_at(dir, fname) {
         Ok(s)
@@ -642,7 +640,7 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapEr
         {
             ctx.no_exchange_seen.store(true, Ordering::Relaxed);
             return swap_attic(ctx, c, n, &lnk, fname)
-                .map(|()| true)
+                .map(|()| (true, link_ino))
                 .map_err(bail);
         }
         Err(e) => {
@@ -662,7 +660,7 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<bool, SwapEr
             "written to while being swapped; put back".into(),
         ));
     }
-    Ok(false)
+    Ok((false, link_ino))
 }
 
 /// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the link.
@@ -752,10 +750,7 @@ fn note_writes_through_link(ctx: &Ctx, c: &Copied, n: &Name) {
         return;
     }
     let (_, fname) = fsx::split_parent(&n.rec.path);
-    if let Ok(tdir) = trash_dir(ctx) {
-        let tname = format!("{}.written-through-link", n.rec.id).into_bytes();
-        let _ = fsx::rename_noreplace(n.dst_dir.as_fd(), fname, tdir.as_fd(), &tname);
-    }
+    let _ = to_trash(ctx, n.dst_dir.as_fd(), fname, &n.rec.path);
 }
 
 /// After the journal has recorded the batch as relocated: unlink the originals, checking each
@@ -937,9 +932,8 @@ fn restore_original(
             .zip(copied_as)
             .is_some_and(|(st, (_, m))| m != fsx::mtime_ns(st));
     if copy_written {
-        if let (Some(d), Ok(t)) = (ddir.as_ref(), trash_dir(ctx)) {
-            let tname = format!("{id}.written-through-link");
-            let _ = fsx::rename_noreplace(d.as_fd(), n, t.as_fd(), tname.as_bytes());
+        if let Some(d) = ddir.as_ref() {
+            let _ = to_trash(ctx, d.as_fd(), n, path);
         }
     }
     if name_is_our_link {

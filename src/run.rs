@@ -13,6 +13,7 @@ use crate::journal::{self, FileRec, Journal, Kind, Next, Plan};
 use crate::lock::JournalLock;
 use crate::progress::{human_bytes, Stats, Ui};
 use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
+use crate::resync;
 use crate::signals::{self, Leases};
 use crate::walk::{self, WalkMsg, WalkOpts};
 use crossbeam_channel::{Receiver, Sender};
@@ -529,6 +530,7 @@ impl Runner {
         let complete = self.phase_walk(&wrx)?;
         let _ = walker.join();
         if complete && !self.stopping() {
+            self.phase_resync()?;
             // Files that became pending behind the dispatch cursor (seen again by this walk).
             self.phase_pending()?;
             self.phase_hardlinks()?;
@@ -766,9 +768,11 @@ impl Runner {
                     drained = false;
                     progressed = true;
                 }
+                // A new file where a link was waits for the walk's end: the old copy at its DEST
+                // path may belong to a link renamed elsewhere (namespace resync).
                 let jobs = recs
                     .into_iter()
-                    .filter(|r| r.nlink <= 1)
+                    .filter(|r| r.nlink <= 1 && r.linked_ino.is_none())
                     .map(|r| Job { names: vec![r] })
                     .collect();
                 self.dispatch(jobs)?;
@@ -1062,8 +1066,14 @@ impl Runner {
         self.record_outcomes()?;
         for c in &swapped {
             for n in &c.names {
-                self.j
-                    .mark_relocated(n.rec.id, self.run_id, &c.hash, c.dst_st.st_ino, &c.st)?;
+                self.j.mark_relocated(
+                    n.rec.id,
+                    self.run_id,
+                    &c.hash,
+                    c.dst_st.st_ino,
+                    n.link_ino,
+                    &c.st,
+                )?;
             }
         }
         let mut dirs: HashSet<&[u8]> = HashSet::new();
@@ -1196,6 +1206,33 @@ impl Runner {
             return Ok(());
         }
         jobs.push(Job { names: group });
+        Ok(())
+    }
+
+    /// Make DEST's namespace follow what users renamed, deleted and replaced in SOURCE.
+    fn phase_resync(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        let mut notes = Vec::new();
+        let st = resync::resync(&self.ctx, &self.j, self.run_id, &mut |m| notes.push(m))?;
+        for m in notes {
+            self.say(m);
+        }
+        if st.renamed + st.trashed + st.dirs_removed + st.dirs_kept + st.problems > 0 {
+            self.j.log(
+                Some(self.run_id),
+                "info",
+                &format!(
+                    "namespace resync: {} renamed links took their copies along ({} from the trash), {} copies without a link moved to DEST/.evac-trash, {} DEST directories removed, {} kept (not empty), {} problems, in {:.1}s",
+                    st.renamed,
+                    st.restored,
+                    st.trashed,
+                    st.dirs_removed,
+                    st.dirs_kept,
+                    st.problems,
+                    t0.elapsed().as_secs_f64()
+                ),
+            )?;
+        }
         Ok(())
     }
 

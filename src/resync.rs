@@ -1,0 +1,600 @@
+//! Namespace resync, after a complete walk: DEST must mirror SOURCE's namespace at cutover, so a
+//! renamed link takes its copy along (the DEST entry is renamed and the link rewritten), a copy
+//! whose link was deleted or replaced goes to DEST's dated trash (never destroyed), and a DEST
+//! directory whose SOURCE directory is gone is removed once empty.
+//!
+//! A rename keeps a symlink's inode, so the inode of each link evac made says which copy a link
+//! belongs to, even after the copy went to the trash. The order of steps keeps every path
+//! resolving (I1): the copy gets its new DEST name (a hard link) and is made durable before the
+//! SOURCE link is rewritten to it, and the old DEST name goes only after the rewritten links are
+//! durable and recorded.
+
+use crate::error::{IoContext, Result};
+use crate::escape::quoted;
+use crate::fsx;
+use crate::journal::{CopyMeta, ElsewhereLink, Journal, PathRow};
+use crate::relocate::Ctx;
+use rustix::fd::AsFd;
+use std::collections::HashSet;
+use std::io;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Links that took their copy to their new name.
+    pub renamed: u64,
+    /// Copies moved to the trash because no link names them any more.
+    pub trashed: u64,
+    /// Copies a renamed link took back from the trash.
+    pub restored: u64,
+    /// Empty DEST directories removed because SOURCE no longer has them.
+    pub dirs_removed: u64,
+    /// DEST directories left because something is still in them.
+    pub dirs_kept: u64,
+    /// Renames that could not be mirrored (conflict, error, or the user changed the link).
+    pub problems: u64,
+}
+
+/// Where the copy a renamed link claims stands now.
+#[derive(Clone)]
+enum Origin {
+    /// At DEST under the path of the row it was relocated as.
+    Row { id: i64, path: Vec<u8> },
+    /// In the trash.
+    Trash { id: i64, rel: Vec<u8> },
+}
+
+impl Origin {
+    fn dest_rel(&self) -> &[u8] {
+        match self {
+            Origin::Row { path, .. } => path,
+            Origin::Trash { rel, .. } => rel,
+        }
+    }
+}
+
+/// A copy and where it is: what a renamed link takes over.
+#[derive(Clone)]
+struct Claimable {
+    origin: Origin,
+    dest_ino: u64,
+    copy: CopyMeta,
+    version: i64,
+}
+
+/// A rename whose new DEST name exists, waiting for the batch's syncs and link rewrite.
+struct Move {
+    link: ElsewhereLink,
+    from: Claimable,
+}
+
+/// The links naming one path, and the copy standing there that they share.
+struct Group {
+    target: Vec<u8>,
+    from: Option<Claimable>,
+    all_moved: bool,
+    any_moved: bool,
+}
+
+struct Resync<'a> {
+    ctx: &'a Ctx,
+    j: &'a Journal,
+    run: i64,
+    say: &'a mut dyn FnMut(String),
+    moves: Vec<Move>,
+    /// Old DEST names to release after the batch (a group whose links all moved).
+    release: Vec<Claimable>,
+    /// DEST paths that unflushed moves still depend on: not to be touched before a flush.
+    needed: HashSet<Vec<u8>>,
+    /// Copies one of whose links could not be rewritten: their old name stays.
+    failed: HashSet<u64>,
+    stats: Stats,
+}
+
+const BATCH: usize = 512;
+
+pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> Result<Stats> {
+    let mut r = Resync {
+        ctx,
+        j,
+        run,
+        say,
+        moves: Vec::new(),
+        release: Vec::new(),
+        needed: HashSet::new(),
+        failed: HashSet::new(),
+        stats: Stats::default(),
+    };
+    r.renamed_links()?;
+    r.flush()?;
+    r.unlinked_copies()?;
+    r.vanished_dirs()?;
+    Ok(r.stats)
+}
+
+fn trash_date_dir() -> Vec<u8> {
+    format!(".evac-trash/{}", crate::report::today()).into_bytes()
+}
+
+/// A free name in today's trash for the copy that stood at `rel` (its relative path is kept, so
+/// the operator can find it): `DEST/.evac-trash/YYYY-MM-DD/<rel>`, with `.~N~` if taken.
+pub fn trash_name(ctx: &Ctx, rel: &[u8]) -> io::Result<Vec<u8>> {
+    let base = fsx::join(&trash_date_dir(), rel);
+    let (pd, name) = fsx::split_parent(&base);
+    let dir = fsx::ensure_dir(ctx.dst_root.as_fd(), pd)?;
+    for k in 0..10_000u32 {
+        let mut n = name.to_vec();
+        if k > 0 {
+            n.extend_from_slice(format!(".~{k}~").as_bytes());
+        }
+        match fsx::stat_at(dir.as_fd(), &n) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(fsx::join(pd, &n)),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
+}
+
+/// The inode at DEST `rel`, if any.
+fn dest_ino_at(ctx: &Ctx, rel: &[u8]) -> Option<u64> {
+    let (pd, name) = fsx::split_parent(rel);
+    let dir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok()?;
+    let st = fsx::stat_at(dir.as_fd(), name).ok()?;
+    (fsx::file_type(&st) == rustix::fs::FileType::RegularFile).then_some(st.st_ino)
+}
+
+impl Resync<'_> {
+    fn note(&mut self, msg: String) -> Result<()> {
+        self.j.log(Some(self.run), "warn", &msg)?;
+        (self.say)(format!("evac: {msg}"));
+        Ok(())
+    }
+
+    /// Whether a row's copy is free to be claimed: it has one, its own link is not in place
+    /// (seen this run), and it still stands at its DEST path.
+    fn row_claimable(&self, q: &PathRow) -> Option<Claimable> {
+        let own_linked = q.kind == "file" && q.state == "relocated" && q.seen_run == Some(self.run);
+        let ino = q.linked_ino?;
+        if own_linked || dest_ino_at(self.ctx, &q.path) != Some(ino) {
+            return None;
+        }
+        Some(Claimable {
+            origin: Origin::Row {
+                id: q.id,
+                path: q.path.clone(),
+            },
+            dest_ino: ino,
+            copy: q.copy.clone(),
+            version: q.version,
+        })
+    }
+
+    fn trash_claimable(&self, target: &[u8], link_ino: u64) -> Result<Option<Claimable>> {
+        let Some(t) = self.j.trash_for_link(target, link_ino)? else {
+            return Ok(None);
+        };
+        for rel in [&t.trash_rel, &t.path] {
+            if dest_ino_at(self.ctx, rel) == Some(t.dest_ino) {
+                return Ok(Some(Claimable {
+                    origin: Origin::Trash {
+                        id: t.id,
+                        rel: rel.clone(),
+                    },
+                    dest_ino: t.dest_ino,
+                    copy: t.copy.clone(),
+                    version: t.version,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Links naming another path, a group (one named path) at a time: every link of a group
+    /// gets the group's copy (two links to one copy become two hard links to it, which is what
+    /// they shared), and the old name goes once all of them have moved.
+    fn renamed_links(&mut self) -> Result<()> {
+        let mut after: (Vec<u8>, i64) = (Vec::new(), 0);
+        let mut group: Option<Group> = None;
+        loop {
+            let links = self.j.links_elsewhere(self.run, (&after.0, after.1), 256)?;
+            let Some(last) = links.last() else { break };
+            after = (last.target.clone(), last.id);
+            for l in links {
+                if group.as_ref().is_none_or(|g| g.target != l.target) {
+                    if let Some(g) = group.take() {
+                        self.end_group(g)?;
+                    }
+                    let from = match self.j.path_row(&l.target)? {
+                        Some(q) => self.row_claimable(&q),
+                        None => None,
+                    };
+                    group = Some(Group {
+                        target: l.target.clone(),
+                        from,
+                        all_moved: true,
+                        any_moved: false,
+                    });
+                }
+                let g = group.as_ref().expect("set above");
+                // A link whose own copy went to the trash gets that one; the others share the
+                // copy that still stands at the named path.
+                let from = match self.trash_claimable(&l.target, l.link_ino)? {
+                    Some(t) => Some(t),
+                    None => g.from.clone(),
+                };
+                let Some(from) = from else {
+                    let why = if self
+                        .j
+                        .path_row(&l.target)?
+                        .is_some_and(|q| q.kind == "file" && q.state == "relocated")
+                    {
+                        "a link to another file's copy at DEST (left as it is)"
+                    } else {
+                        "a link into DEST that names no copy evac knows (left as it is)"
+                    };
+                    self.j.keep_link(l.id, why)?;
+                    continue;
+                };
+                let shared = matches!(from.origin, Origin::Row { .. });
+                let moved = self.claim(l, from)?;
+                let g = group.as_mut().expect("set above");
+                if shared {
+                    // A link left naming the old path keeps the copy there.
+                    g.all_moved &= moved;
+                    g.any_moved |= moved;
+                }
+            }
+        }
+        if let Some(g) = group.take() {
+            self.end_group(g)?;
+        }
+        Ok(())
+    }
+
+    fn end_group(&mut self, g: Group) -> Result<()> {
+        if let Some(f) = g.from {
+            if g.all_moved && g.any_moved {
+                self.release.push(f);
+            }
+        }
+        if self.moves.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Give the copy its new DEST name. Returns whether the move is under way.
+    fn claim(&mut self, l: ElsewhereLink, from: Claimable) -> Result<bool> {
+        let (pd, name) = fsx::split_parent(&l.path);
+        let dir = match fsx::ensure_dir(self.ctx.dst_root.as_fd(), pd) {
+            Ok(d) => d,
+            Err(e) => return self.problem(&l, "create DEST directory", &e.to_string()),
+        };
+        match fsx::stat_at(dir.as_fd(), name) {
+            Ok(st) if st.st_ino == from.dest_ino => {} // named already (an interrupted resync)
+            Ok(st) => {
+                // The path's own earlier copy, whose link the rename replaced: to the trash.
+                let own = self.j.path_row(&l.path)?;
+                let ours = own.as_ref().filter(|p| {
+                    p.linked_ino == Some(st.st_ino)
+                        && fsx::file_type(&st) == rustix::fs::FileType::RegularFile
+                });
+                let Some(own) = ours.cloned() else {
+                    return self.problem(
+                        &l,
+                        "rename at DEST",
+                        "DEST already has another file at the new name (conflict; left as it is)",
+                    );
+                };
+                if !self.to_trash(&own, st.st_ino, "its link was replaced by a renamed link")? {
+                    return self.problem(&l, "move the replaced copy to the trash", "failed");
+                }
+                if let Err(e) = self.link_copy(&from, &dir, name) {
+                    return self.problem(&l, "rename at DEST", &e.to_string());
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if let Err(e) = self.link_copy(&from, &dir, name) {
+                    return self.problem(&l, "rename at DEST", &e.to_string());
+                }
+            }
+            Err(e) => return self.problem(&l, "stat at DEST", &e.to_string()),
+        }
+        let mut p: &[u8] = pd;
+        while !p.is_empty() {
+            self.j.touch_dir(p)?;
+            p = fsx::split_parent(p).0;
+        }
+        self.needed.insert(from.origin.dest_rel().to_vec());
+        self.moves.push(Move { link: l, from });
+        Ok(true)
+    }
+
+    fn link_copy(
+        &self,
+        from: &Claimable,
+        dir: &rustix::fd::OwnedFd,
+        name: &[u8],
+    ) -> io::Result<()> {
+        let (fpd, fname) = fsx::split_parent(from.origin.dest_rel());
+        let fdir = fsx::resolve_dir(self.ctx.dst_root.as_fd(), fpd)?;
+        match fsx::stat_at(fdir.as_fd(), fname) {
+            Ok(st) if st.st_ino == from.dest_ino => {}
+            _ => {
+                return Err(io::Error::other(
+                    "the copy is no longer where the journal says",
+                ))
+            }
+        }
+        fsx::link_at(fdir.as_fd(), fname, dir.as_fd(), name)
+    }
+
+    fn problem(&mut self, l: &ElsewhereLink, op: &str, why: &str) -> Result<bool> {
+        self.stats.problems += 1;
+        let reason = format!("renamed link: {op}: {why}");
+        self.j.set_state(l.id, "failed", Some(&reason))?;
+        self.note(format!("{op} {}: {why}", quoted(&l.path)))?;
+        Ok(false)
+    }
+
+    /// Move the copy of `row` standing at DEST `row.path` (inode `ino`) to the trash, recorded
+    /// first so that a link renamed elsewhere can claim it back later.
+    fn to_trash(&mut self, row: &PathRow, ino: u64, why: &str) -> Result<bool> {
+        if self.needed.contains(&row.path) {
+            self.flush()?;
+        }
+        let rel = match trash_name(self.ctx, &row.path) {
+            Ok(r) => r,
+            Err(e) => {
+                self.note(format!(
+                    "choose a trash name for {}: {e}",
+                    quoted(&row.path)
+                ))?;
+                return Ok(false);
+            }
+        };
+        let own_tx = !self.j.in_transaction();
+        if own_tx {
+            self.j.begin()?;
+        }
+        let tid = self.j.add_trash(row, ino, &rel, why)?;
+        if own_tx {
+            self.j.commit()?;
+        }
+        let (pd, name) = fsx::split_parent(&row.path);
+        let (tpd, tname) = fsx::split_parent(&rel);
+        let moved = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| {
+            let t = fsx::resolve_dir(self.ctx.dst_root.as_fd(), tpd)?;
+            fsx::rename_noreplace(d.as_fd(), name, t.as_fd(), tname)
+        });
+        if let Err(e) = moved {
+            self.note(format!("move {} to the trash: {e}", quoted(&row.path)))?;
+            return Ok(false);
+        }
+        self.j.trash_moved(tid)?;
+        self.j.let_go(
+            row.id,
+            self.run,
+            &format!(
+                "{why}; its copy is kept at DEST/{}",
+                crate::escape::escape(&rel)
+            ),
+        )?;
+        self.stats.trashed += 1;
+        Ok(true)
+    }
+
+    /// Make the batch's new DEST names durable, rewrite each link to its own path, make the
+    /// links durable, record it all, then let go of the old names.
+    fn flush(&mut self) -> Result<()> {
+        if self.moves.is_empty() && self.release.is_empty() {
+            return Ok(());
+        }
+        let moves = std::mem::take(&mut self.moves);
+        let release = std::mem::take(&mut self.release);
+        self.needed.clear();
+        fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
+        let mut done = Vec::new();
+        for m in moves {
+            match self.rewrite(&m.link) {
+                Ok(link_ino) => done.push((m, link_ino)),
+                Err(why) => {
+                    self.failed.insert(m.from.dest_ino);
+                    self.undo_claim(&m);
+                    let _ = self.problem(&m.link, "rewrite the link", &why)?;
+                }
+            }
+        }
+        fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
+        self.j.begin()?;
+        for (m, link_ino) in &done {
+            let from = match &m.from.origin {
+                Origin::Row { path, .. } => format!("from {}", crate::escape::escape(path)),
+                Origin::Trash { rel, .. } => {
+                    format!("from DEST/{} (the trash)", crate::escape::escape(rel))
+                }
+            };
+            self.j.take_over(
+                m.link.id,
+                self.run,
+                &m.from.copy,
+                m.from.version,
+                m.from.dest_ino,
+                *link_ino,
+                &from,
+            )?;
+            if let Origin::Trash { id, .. } = m.from.origin {
+                self.j.trash_restored(id)?;
+                self.stats.restored += 1;
+            }
+            self.stats.renamed += 1;
+        }
+        for f in &release {
+            if self.failed.contains(&f.dest_ino) {
+                continue;
+            }
+            if let Origin::Row { id, path } = &f.origin {
+                self.j.let_go(
+                    *id,
+                    self.run,
+                    &format!(
+                        "renamed in SOURCE; its copy went along (was {})",
+                        crate::escape::escape(path)
+                    ),
+                )?;
+            }
+        }
+        self.j.commit()?;
+        // The old names: trashed copies a link took back, and the shared names of groups.
+        let mut old: Vec<&Claimable> = done
+            .iter()
+            .filter(|(m, _)| matches!(m.from.origin, Origin::Trash { .. }))
+            .map(|(m, _)| &m.from)
+            .collect();
+        old.extend(
+            release
+                .iter()
+                .filter(|f| !self.failed.contains(&f.dest_ino)),
+        );
+        for f in old {
+            let rel = f.origin.dest_rel();
+            let (pd, name) = fsx::split_parent(rel);
+            if let Ok(d) = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd) {
+                if fsx::stat_at(d.as_fd(), name).is_ok_and(|s| s.st_ino == f.dest_ino) {
+                    let _ = fsx::unlink_at(d.as_fd(), name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Point the link at its own path: exchange it with a fresh link, then check that what came
+    /// out is the very link we decided on (else put it back). Returns the new link's inode.
+    fn rewrite(&self, l: &ElsewhereLink) -> std::result::Result<u64, String> {
+        let (pd, name) = fsx::split_parent(&l.path);
+        let dir = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
+            .map_err(|e| format!("open SOURCE directory: {e}"))?;
+        let dir = dir.as_fd();
+        let old = fsx::stat_at(dir, name).map_err(|e| format!("stat: {e}"))?;
+        let was = self.ctx.link_target(&l.target);
+        if old.st_ino != l.link_ino || fsx::readlink_at(dir, name).ok() != Some(was.clone()) {
+            return Err("changed since the walk".into());
+        }
+        let tmp = self.ctx.tmp_name(l.id, "lnk");
+        let _ = fsx::unlink_if_exists(dir, &tmp);
+        fsx::symlink_at(&self.ctx.link_target(&l.path), dir, &tmp)
+            .map_err(|e| format!("create the link: {e}"))?;
+        let fresh = fsx::stat_at(dir, &tmp).map_err(|e| format!("stat the new link: {e}"));
+        let meta = fsx::set_link_meta(
+            dir,
+            &tmp,
+            old.st_uid,
+            old.st_gid,
+            fsx::atime_ns(&old),
+            fsx::mtime_ns(&old),
+        )
+        .map_err(|e| format!("set owner and times of the link: {e}"));
+        let fresh = match (fresh, meta) {
+            (Ok(f), Ok(())) => f,
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = fsx::unlink_if_exists(dir, &tmp);
+                return Err(e);
+            }
+        };
+        let swapped = match fsx::rename_exchange(dir, &tmp, dir, name) {
+            Ok(()) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+                // No exchange: the check above stands in for the one after it.
+                fsx::rename_replace(dir, &tmp, dir, name).map_err(|e| {
+                    let _ = fsx::unlink_if_exists(dir, &tmp);
+                    format!("replace the link: {e}")
+                })?;
+                false
+            }
+            Err(e) => {
+                let _ = fsx::unlink_if_exists(dir, &tmp);
+                return Err(format!("exchange the link: {e}"));
+            }
+        };
+        if swapped {
+            let out_ok = fsx::stat_at(dir, &tmp).is_ok_and(|s| s.st_ino == l.link_ino);
+            if !out_ok {
+                // The user replaced it in between: theirs goes back, ours goes.
+                let _ = fsx::rename_exchange(dir, &tmp, dir, name);
+                let _ = fsx::unlink_if_exists(dir, &tmp);
+                return Err("changed while being rewritten; put back".into());
+            }
+            let _ = fsx::unlink_if_exists(dir, &tmp);
+        }
+        Ok(fresh.st_ino)
+    }
+
+    /// A move whose link could not be rewritten: drop the new DEST name (the link still names the
+    /// old one, which stays).
+    fn undo_claim(&self, m: &Move) {
+        let (pd, name) = fsx::split_parent(&m.link.path);
+        if let Ok(d) = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd) {
+            if fsx::stat_at(d.as_fd(), name).is_ok_and(|s| s.st_ino == m.from.dest_ino) {
+                let _ = fsx::unlink_at(d.as_fd(), name);
+            }
+        }
+    }
+
+    /// Copies no link names any more (deleted, or replaced by a new file): to the trash.
+    fn unlinked_copies(&mut self) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let rows = self.j.unlinked_copies(self.run, after, 256)?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            for row in rows {
+                let Some(ino) = row.linked_ino else { continue };
+                let why = if row.seen_run == Some(self.run) {
+                    "its link was replaced by a new file"
+                } else {
+                    "its link was removed from SOURCE"
+                };
+                if dest_ino_at(self.ctx, &row.path) == Some(ino) {
+                    self.to_trash(&row, ino, why)?;
+                } else {
+                    self.j.let_go(
+                        row.id,
+                        self.run,
+                        &format!("{why}; its copy was no longer at DEST"),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// DEST directories whose SOURCE directory is gone: removed if empty, else reported.
+    fn vanished_dirs(&mut self) -> Result<()> {
+        for (path, touched) in self.j.vanished_dirs(self.run)? {
+            let (pd, name) = fsx::split_parent(&path);
+            let r = if touched {
+                fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd)
+                    .and_then(|d| fsx::rmdir_at(d.as_fd(), name))
+            } else {
+                Ok(())
+            };
+            match r {
+                Ok(()) => {
+                    if touched {
+                        self.stats.dirs_removed += 1;
+                    }
+                    self.j.forget_dir(&path)?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.j.forget_dir(&path)?,
+                Err(e) => {
+                    self.stats.dirs_kept += 1;
+                    self.note(format!(
+                        "remove DEST directory {} (gone from SOURCE): {e}",
+                        quoted(&path)
+                    ))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
