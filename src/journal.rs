@@ -1130,9 +1130,7 @@ impl Journal {
         id: i64,
         run: i64,
         copy: &CopyMeta,
-        version: i64,
-        dest_ino: u64,
-        link_ino: u64,
+        (version, dest_ino, link_ino): (i64, u64, u64),
         from: &str,
     ) -> Result<()> {
         self.conn

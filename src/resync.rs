@@ -200,7 +200,7 @@ impl Resync<'_> {
             let Some(last) = links.last() else { break };
             after = (last.target.clone(), last.id);
             for l in links {
-                if group.as_ref().is_none_or(|g| g.target != l.target) {
+                if group.as_ref().map_or(true, |g| g.target != l.target) {
                     if let Some(g) = group.take() {
                         self.end_group(g)?;
                     }
@@ -286,7 +286,7 @@ impl Resync<'_> {
                         "DEST already has another file at the new name (conflict; left as it is)",
                     );
                 };
-                if !self.to_trash(&own, st.st_ino, "its link was replaced by a renamed link")? {
+                if !self.trash_copy(&own, st.st_ino, "its link was replaced by a renamed link")? {
                     return self.problem(&l, "move the replaced copy to the trash", "failed");
                 }
                 if let Err(e) = self.link_copy(&from, &dir, name) {
@@ -339,7 +339,7 @@ impl Resync<'_> {
 
     /// Move the copy of `row` standing at DEST `row.path` (inode `ino`) to the trash, recorded
     /// first so that a link renamed elsewhere can claim it back later.
-    fn to_trash(&mut self, row: &PathRow, ino: u64, why: &str) -> Result<bool> {
+    fn trash_copy(&mut self, row: &PathRow, ino: u64, why: &str) -> Result<bool> {
         if self.needed.contains(&row.path) {
             self.flush()?;
         }
@@ -418,9 +418,7 @@ impl Resync<'_> {
                 m.link.id,
                 self.run,
                 &m.from.copy,
-                m.from.version,
-                m.from.dest_ino,
-                *link_ino,
+                (m.from.version, m.from.dest_ino, *link_ino),
                 &from,
             )?;
             if let Origin::Trash { id, .. } = m.from.origin {
@@ -555,7 +553,7 @@ impl Resync<'_> {
                     "its link was removed from SOURCE"
                 };
                 if dest_ino_at(self.ctx, &row.path) == Some(ino) {
-                    self.to_trash(&row, ino, why)?;
+                    self.trash_copy(&row, ino, why)?;
                 } else {
                     self.j.let_go(
                         row.id,
