@@ -31,3 +31,7 @@ CREATE TABLE trash (
     restored  REAL                  -- when a renamed link claimed it back
 );
 CREATE INDEX trash_path ON trash(path);
+
+-- Set when a run's walk saw all of SOURCE and its resync made DEST follow it: what "ready for
+-- cutover" is judged against.
+ALTER TABLE runs ADD COLUMN resynced_at REAL;

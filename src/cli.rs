@@ -78,7 +78,8 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
-    /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out).
+    /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out),
+    /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why.
     #[arg(long, value_name = "STATE")]
     pub list: Option<String>,
     /// With --list: NUL-separated raw paths.

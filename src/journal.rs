@@ -198,6 +198,23 @@ pub struct TrashRow {
     pub copy: CopyMeta,
 }
 
+/// How far DEST is from mirroring SOURCE.
+#[derive(Debug, Default)]
+pub struct Cutover {
+    /// (run, when) of the last run that walked all of SOURCE and resynced DEST.
+    pub as_of: Option<(i64, f64)>,
+    /// What still differs, by kind, with counts.
+    pub differences: Vec<(String, i64)>,
+    /// Entries evac leaves in SOURCE (symlinks of users, FIFOs, sockets, devices, mount points).
+    pub not_carried: Vec<(String, i64)>,
+}
+
+impl Cutover {
+    pub fn ready(&self) -> bool {
+        self.as_of.is_some() && self.differences.is_empty()
+    }
+}
+
 /// Receives (path, reason) rows for listings.
 pub type PathSink<'a> = &'a mut dyn FnMut(&[u8], Option<&str>) -> std::io::Result<()>;
 
@@ -440,6 +457,100 @@ impl Journal {
                 params![run, now(), exit_code, totals],
             )
             .map_err(self.e("record run finish"))?;
+        Ok(())
+    }
+
+    /// This run's walk was complete and its resync done.
+    pub fn mark_resynced(&self, run: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET resynced_at = ?2 WHERE id = ?1",
+                params![run, now()],
+            )
+            .map_err(self.e("record run"))?;
+        Ok(())
+    }
+
+    /// How far DEST is from mirroring SOURCE, as of the last run that walked all of SOURCE.
+    pub fn cutover(&self) -> Result<Cutover> {
+        let last: Option<(i64, f64)> = self
+            .conn
+            .query_row(
+                "SELECT id, resynced_at FROM runs WHERE resynced_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.e("read runs"))?;
+        let mut c = Cutover {
+            as_of: last,
+            ..Default::default()
+        };
+        let run = last.map(|l| l.0).unwrap_or(-1);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT what, count(*) FROM ({}) GROUP BY what ORDER BY what",
+                Self::CUTOVER_SQL
+            ))
+            .map_err(self.e("compare namespaces"))?;
+        let rows = st
+            .query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.e("compare namespaces"))?;
+        for r in rows {
+            let (what, n) = r.map_err(self.e("compare namespaces"))?;
+            if let Some(kind) = what.strip_prefix("left:") {
+                c.not_carried.push((kind.to_string(), n));
+            } else {
+                c.differences.push((what, n));
+            }
+        }
+        Ok(c)
+    }
+
+    /// What keeps DEST from mirroring SOURCE ("left:KIND" rows are entries evac does not carry
+    /// over and that block nothing); ?1 is the run judged against.
+    const CUTOVER_SQL: &'static str = "
+        SELECT path, 'files not relocated' AS what, reason FROM files
+         WHERE kind = 'file' AND state IN ('pending', 'copying', 'placed', 'swapped', 'deferred', 'failed', 'staged_out', 'skipped')
+        UNION ALL
+        SELECT path, 'renamed links not followed at DEST', reason FROM files
+         WHERE kind = 'symlink' AND target IS NOT NULL AND state = 'failed'
+        UNION ALL
+        SELECT path, 'copies at DEST whose link is gone', coalesce(reason, 'its link was not seen by the last complete walk') FROM files
+         WHERE linked_ino IS NOT NULL AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
+           AND state NOT IN ('copying', 'placed', 'swapped')
+        UNION ALL
+        SELECT path, 'DEST directories gone from SOURCE', 'not empty at DEST' FROM dirs
+         WHERE seen_run IS NULL OR seen_run != ?1
+        UNION ALL
+        SELECT path, 'left:' || kind, reason FROM files
+         WHERE state = 'skipped' AND kind != 'file' AND kind != 'reserved'";
+
+    /// Every path that keeps DEST from mirroring SOURCE, with what and why.
+    pub fn for_each_cutover_difference(&self, f: PathSink<'_>) -> Result<()> {
+        let run = self.cutover()?.as_of.map(|l| l.0).unwrap_or(-1);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT path, what, reason FROM ({}) ORDER BY path",
+                Self::CUTOVER_SQL
+            ))
+            .map_err(self.e("compare namespaces"))?;
+        let mut rows = st.query([run]).map_err(self.e("compare namespaces"))?;
+        while let Some(r) = rows.next().map_err(self.e("compare namespaces"))? {
+            let p: Vec<u8> = r.get(0).map_err(self.e("compare namespaces"))?;
+            let what: String = r.get(1).map_err(self.e("compare namespaces"))?;
+            let reason: Option<String> = r.get(2).map_err(self.e("compare namespaces"))?;
+            let what = what
+                .strip_prefix("left:")
+                .map_or(what.clone(), |k| format!("{k} not carried over"));
+            let line = match reason {
+                Some(r) => format!("{what}: {r}"),
+                None => what,
+            };
+            f(&p, Some(&line)).map_err(|e| Error::Setup(format!("write output: {e}")))?;
+        }
         Ok(())
     }
 

@@ -80,18 +80,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let plan = need_plan(&j)?;
     let mut out = std::io::stdout().lock();
     if let Some(state) = list {
-        if !STATES.contains(&state) {
-            return Err(Error::Setup(format!(
-                "--list {state}: not a state; one of {}",
-                STATES.join(", ")
-            )));
-        }
-        let states: Vec<&str> = match state {
-            "pending" => vec!["pending", "copying", "placed"],
-            "relocated" => vec!["relocated", "swapped"],
-            s => vec![s],
-        };
-        j.for_each_in_states(&states, &mut |p, reason| {
+        let sink = &mut |p: &[u8], reason: Option<&str>| {
             if null {
                 out.write_all(p)?;
                 out.write_all(b"\0")
@@ -101,7 +90,23 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
                     None => writeln!(out, "{}", escape(p)),
                 }
             }
-        })?;
+        };
+        if state == "cutover" {
+            j.for_each_cutover_difference(sink)?;
+            return Ok(0);
+        }
+        if !STATES.contains(&state) {
+            return Err(Error::Setup(format!(
+                "--list {state}: not a state; one of {}, or cutover",
+                STATES.join(", ")
+            )));
+        }
+        let states: Vec<&str> = match state {
+            "pending" => vec!["pending", "copying", "placed"],
+            "relocated" => vec!["relocated", "swapped"],
+            s => vec![s],
+        };
+        j.for_each_in_states(&states, sink)?;
         return Ok(0);
     }
     let counts = j.counts()?;
@@ -130,7 +135,22 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         .map(|r| r.throttle.clone())
         .unwrap_or_else(|| "none".into());
     let reasons = j.top_reasons(10)?;
+    let cut = j.cutover()?;
     if json {
+        let pairs = |v: &[(String, i64)]| {
+            v.iter()
+                .map(|(k, n)| format!("{}:{n}", json_str(k)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let cutover_j = format!(
+            "{{\"ready\":{},\"as_of_run\":{},\"as_of\":{},\"differences\":{{{}}},\"not_carried_over\":{{{}}}}}",
+            cut.ready(),
+            cut.as_of.map(|a| a.0.to_string()).unwrap_or("null".into()),
+            cut.as_of.map(|a| a.1.to_string()).unwrap_or("null".into()),
+            pairs(&cut.differences),
+            pairs(&cut.not_carried)
+        );
         let files = by
             .iter()
             .map(|(k, v)| format!("{}:{v}", json_str(k)))
@@ -163,7 +183,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -242,6 +262,34 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             }
         ),
     )?;
+    let listing = |v: &[(String, i64)]| {
+        v.iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    w(
+        &mut out,
+        match cut.as_of {
+            None => "cutover not ready: no run has walked all of SOURCE yet".into(),
+            Some((run, _)) if cut.ready() => {
+                format!("cutover ready: DEST mirrors SOURCE (as of run {run}'s complete walk)")
+            }
+            Some((run, _)) => format!(
+                "cutover not ready (as of run {run}): {}; list them with --list cutover",
+                listing(&cut.differences)
+            ),
+        },
+    )?;
+    if !cut.not_carried.is_empty() {
+        w(
+            &mut out,
+            format!(
+                "        left in SOURCE, not carried over to DEST: {} (recreate by hand if needed)",
+                listing(&cut.not_carried)
+            ),
+        )?;
+    }
     if !reasons.is_empty() {
         w(&mut out, "why files are left (top reasons):".into())?;
         for (s, r, n) in reasons {

@@ -135,12 +135,30 @@ pub fn trash_name(ctx: &Ctx, rel: &[u8]) -> io::Result<Vec<u8>> {
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
-/// The inode at DEST `rel`, if any.
-fn dest_ino_at(ctx: &Ctx, rel: &[u8]) -> Option<u64> {
+/// The regular file at DEST `rel`, if any.
+fn dest_stat(ctx: &Ctx, rel: &[u8]) -> Option<fsx::Stat> {
     let (pd, name) = fsx::split_parent(rel);
     let dir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok()?;
     let st = fsx::stat_at(dir.as_fd(), name).ok()?;
-    (fsx::file_type(&st) == rustix::fs::FileType::RegularFile).then_some(st.st_ino)
+    (fsx::file_type(&st) == rustix::fs::FileType::RegularFile).then_some(st)
+}
+
+fn dest_ino_at(ctx: &Ctx, rel: &[u8]) -> Option<u64> {
+    dest_stat(ctx, rel).map(|s| s.st_ino)
+}
+
+/// The journal's record of a copy with the metadata the copy itself carries: the row may since
+/// describe whatever now stands at its SOURCE path.
+fn copy_meta(known: &CopyMeta, st: &fsx::Stat) -> CopyMeta {
+    CopyMeta {
+        link_ino: known.link_ino,
+        blake3: known.blake3.clone(),
+        size: Some(st.st_size),
+        mode: Some(i64::from(st.st_mode)),
+        uid: Some(i64::from(st.st_uid)),
+        gid: Some(i64::from(st.st_gid)),
+        mtime_ns: Some(fsx::mtime_ns(st)),
+    }
 }
 
 impl Resync<'_> {
@@ -155,7 +173,8 @@ impl Resync<'_> {
     fn row_claimable(&self, q: &PathRow) -> Option<Claimable> {
         let own_linked = q.kind == "file" && q.state == "relocated" && q.seen_run == Some(self.run);
         let ino = q.linked_ino?;
-        if own_linked || dest_ino_at(self.ctx, &q.path) != Some(ino) {
+        let st = dest_stat(self.ctx, &q.path).filter(|s| s.st_ino == ino)?;
+        if own_linked {
             return None;
         }
         Some(Claimable {
@@ -164,7 +183,7 @@ impl Resync<'_> {
                 path: q.path.clone(),
             },
             dest_ino: ino,
-            copy: q.copy.clone(),
+            copy: copy_meta(&q.copy, &st),
             version: q.version,
         })
     }
@@ -174,14 +193,14 @@ impl Resync<'_> {
             return Ok(None);
         };
         for rel in [&t.trash_rel, &t.path] {
-            if dest_ino_at(self.ctx, rel) == Some(t.dest_ino) {
+            if let Some(st) = dest_stat(self.ctx, rel).filter(|s| s.st_ino == t.dest_ino) {
                 return Ok(Some(Claimable {
                     origin: Origin::Trash {
                         id: t.id,
                         rel: rel.clone(),
                     },
                     dest_ino: t.dest_ino,
-                    copy: t.copy.clone(),
+                    copy: copy_meta(&t.copy, &st),
                     version: t.version,
                 }));
             }
@@ -343,6 +362,14 @@ impl Resync<'_> {
         if self.needed.contains(&row.path) {
             self.flush()?;
         }
+        // The flush may have let go of this very name (its copy lives on under the names its
+        // links took): then there is nothing left to keep.
+        let Some(st) = dest_stat(self.ctx, &row.path).filter(|s| s.st_ino == ino) else {
+            return Ok(true);
+        };
+        let mut row = row.clone();
+        row.copy = copy_meta(&row.copy, &st);
+        let row = &row;
         let rel = match trash_name(self.ctx, &row.path) {
             Ok(r) => r,
             Err(e) => {

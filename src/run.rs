@@ -529,7 +529,8 @@ impl Runner {
 
         let complete = self.phase_walk(&wrx)?;
         let _ = walker.join();
-        if complete && !self.stopping() {
+        let resynced = complete && !self.stopping();
+        if resynced {
             self.phase_resync()?;
             // Files that became pending behind the dispatch cursor (seen again by this walk).
             self.phase_pending()?;
@@ -560,6 +561,9 @@ impl Runner {
             }
             self.adopt_unhashed()?;
             self.apply_dir_meta()?;
+            if resynced && self.walk_errors == 0 {
+                self.j.mark_resynced(self.run_id)?;
+            }
         }
         if self.ctx.no_lease_seen.load(Ordering::Relaxed) {
             self.j.log(Some(self.run_id), "warn", "some files could not be leased (filesystem or privileges); writers were detected by scanning /proc instead")?;
