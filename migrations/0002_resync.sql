@@ -35,3 +35,8 @@ CREATE INDEX trash_path ON trash(path);
 -- Set when a run's walk saw all of SOURCE and its resync made DEST follow it: what "ready for
 -- cutover" is judged against.
 ALTER TABLE runs ADD COLUMN resynced_at REAL;
+
+-- The last run whose walk saw evac's own link at this path. A copy goes to the trash only when
+-- neither this walk nor the previous complete one saw a link naming it: a link renamed while a
+-- walk is under way can be missed by that walk, and must not be left dangling.
+ALTER TABLE files ADD COLUMN link_seen_run INTEGER;

@@ -471,6 +471,17 @@ impl Journal {
         Ok(())
     }
 
+    /// The complete walk before `run`, if any.
+    pub fn prev_resynced(&self, run: i64) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT max(id) FROM runs WHERE resynced_at IS NOT NULL AND id < ?1",
+                [run],
+                |r| r.get(0),
+            )
+            .map_err(self.e("read runs"))
+    }
+
     /// How far DEST is from mirroring SOURCE, as of the last run that walked all of SOURCE.
     pub fn cutover(&self) -> Result<Cutover> {
         let last: Option<(i64, f64)> = self
@@ -700,8 +711,8 @@ impl Journal {
                 };
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at, target, link_ino)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at, target, link_ino, link_seen_run)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, CASE WHEN ?17 IS NULL THEN NULL ELSE ?14 END)",
                     )
                     .and_then(|mut st| {
                         st.execute(params![
@@ -730,7 +741,8 @@ impl Journal {
                     // Our link's inode is what a later rename of it keeps.
                     self.conn
                         .prepare_cached(
-                            "UPDATE files SET seen_run = ?2, link_ino = CASE WHEN ?3 THEN ?4 ELSE link_ino END WHERE id = ?1",
+                            "UPDATE files SET seen_run = ?2, link_ino = CASE WHEN ?3 THEN ?4 ELSE link_ino END,
+                                link_seen_run = CASE WHEN ?3 THEN ?2 ELSE link_seen_run END WHERE id = ?1",
                         )
                         .and_then(|mut st| {
                             st.execute(params![id, run, already_linked, s.ino as i64])
@@ -750,7 +762,8 @@ impl Journal {
                     .prepare_cached(
                         "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
                             uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16,
-                            target = ?17, link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END
+                            target = ?17, link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END,
+                            link_seen_run = CASE WHEN ?18 THEN ?14 ELSE link_seen_run END
                          WHERE id = ?1",
                     )
                     .and_then(|mut st| {
@@ -1126,7 +1139,15 @@ impl Journal {
     }
 
     /// Copies whose link is gone this run (deleted, or replaced by a new file), in id order.
-    pub fn unlinked_copies(&self, run: i64, after: i64, limit: i64) -> Result<Vec<PathRow>> {
+    /// `prev` is the previous complete walk: a copy whose own link it saw may still be named by
+    /// that link, renamed during this walk, and waits for the next.
+    pub fn unlinked_copies(
+        &self,
+        run: i64,
+        prev: Option<i64>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<PathRow>> {
         let mut st = self
             .conn
             .prepare_cached(&format!(
@@ -1135,12 +1156,16 @@ impl Journal {
                    AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
                    AND state NOT IN ('copying', 'placed', 'swapped')
                    AND NOT EXISTS (SELECT 1 FROM files l WHERE l.target = files.path AND l.kind = 'symlink' AND l.seen_run = ?1)
+                   AND coalesce(link_seen_run, -1) < ?4
                  ORDER BY id LIMIT ?3",
                 Self::COPY_COLS
             ))
             .map_err(self.e("list unlinked copies"))?;
         let rows = st
-            .query_map(params![run, after, limit], Self::copy_row)
+            .query_map(
+                params![run, after, limit, prev.unwrap_or(-1)],
+                Self::copy_row,
+            )
             .map_err(self.e("list unlinked copies"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("list unlinked copies"))
@@ -1249,7 +1274,7 @@ impl Journal {
                 "UPDATE files SET kind = 'file', state = 'relocated', reason = NULL, target = path,
                     blake3 = ?2, size = ?3, mode = ?4, uid = ?5, gid = ?6, mtime_ns = ?7, version = ?8,
                     dest_ino = ?9, linked_ino = ?9, link_ino = ?10, dev = NULL, ino = NULL, nlink = 1,
-                    ctime_ns = NULL, seen_run = ?11, updated_at = ?12
+                    ctime_ns = NULL, seen_run = ?11, link_seen_run = ?11, updated_at = ?12
                  WHERE id = ?1",
             )
             .and_then(|mut st| {
@@ -1260,6 +1285,17 @@ impl Journal {
             })
             .map_err(self.e("record state"))?;
         self.event(id, Some(run), "renamed", from)
+    }
+
+    /// New files whose path's old copy is still at DEST wait for the next run; say so.
+    pub fn note_waiting_new_versions(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE files SET reason = 'a new file replaced its link: relocated by the next run, once a second walk has shown that no renamed link still names the old copy'
+                 WHERE state IN ('pending', 'deferred') AND kind = 'file' AND linked_ino IS NOT NULL",
+                [],
+            )
+            .map_err(self.e("record state"))
     }
 
     /// Leave a link into DEST as it is, saying why.
@@ -1396,13 +1432,13 @@ impl Journal {
         self.conn
             .prepare_cached(
                 "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
-                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path WHERE id = ?1",
+                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path, link_seen_run = ?14 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
                     crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
-                    crate::fsx::ctime_ns(st), link_ino as i64
+                    crate::fsx::ctime_ns(st), link_ino as i64, run
                 ])
             })
             .map_err(self.e("record state"))?;

@@ -107,6 +107,7 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
     r.renamed_links()?;
     r.flush()?;
     r.unlinked_copies()?;
+    r.j.note_waiting_new_versions()?;
     r.vanished_dirs()?;
     Ok(r.stats)
 }
@@ -567,9 +568,10 @@ impl Resync<'_> {
 
     /// Copies no link names any more (deleted, or replaced by a new file): to the trash.
     fn unlinked_copies(&mut self) -> Result<()> {
+        let prev = self.j.prev_resynced(self.run)?;
         let mut after = 0;
         loop {
-            let rows = self.j.unlinked_copies(self.run, after, 256)?;
+            let rows = self.j.unlinked_copies(self.run, prev, after, 256)?;
             let Some(last) = rows.last() else { break };
             after = last.id;
             for row in rows {

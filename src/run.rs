@@ -1127,9 +1127,11 @@ impl Runner {
             let recs = self.j.files_in_state("pending", after, 256)?;
             let Some(last) = recs.last() else { break };
             after = last.id;
+            // A new file where a link was waits while the old copy is still at its DEST path
+            // (resync moves it to the trash once no walk has seen a link naming it).
             let jobs = recs
                 .into_iter()
-                .filter(|r| r.nlink <= 1)
+                .filter(|r| r.nlink <= 1 && r.linked_ino.is_none())
                 .map(|r| Job { names: vec![r] })
                 .collect();
             self.dispatch(jobs)?;
@@ -1197,6 +1199,10 @@ impl Runner {
     }
 
     fn hardlink_group(&mut self, group: Vec<FileRec>, jobs: &mut Vec<Job>) -> Result<()> {
+        if group.iter().any(|r| r.linked_ino.is_some()) {
+            // A name's old copy still stands at DEST (see phase_pending): the group waits whole.
+            return Ok(());
+        }
         let nlink = group.iter().map(|r| r.nlink).max().unwrap_or(1);
         if (group.len() as u64) < nlink {
             let why = format!(

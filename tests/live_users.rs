@@ -36,7 +36,7 @@
 //!   EVAC_LIVE_FILES=2500     files in the untouched tree
 //!   EVAC_LIVE_SECS=12        suite 1: seconds of evac runs while writers work
 //!   EVAC_LIVE_KILLS=50       suite 3: kill -9s of evac while writers work
-//!   EVAC_LIVE_RENAME=1       let the renamer rename (off by default: see renames_enabled)
+//!   EVAC_LIVE_RENAME=0       the renamer only appends (renames are on by default)
 //! Soak: EVAC_LIVE_FILES=6000 EVAC_LIVE_SECS=300 EVAC_LIVE_KILLS=1000 \
 //!   cargo test --release --test live_users -- --nocapture
 
@@ -691,12 +691,10 @@ fn role_create(w: &mut Writer) {
     }
 }
 
-/// Renames of files that evac has already relocated are off by default: DEST does not yet
-/// follow a renamed link (namespace resync, the next piece of work), and a new file created
-/// under the old name then makes the renamed link show the new file's content. That defect is
-/// real and this writer finds it within seconds; EVAC_LIVE_RENAME=1 turns the renames on.
+/// Renames of relocated files are on unless EVAC_LIVE_RENAME=0 (to tell their effects apart from
+/// the other writers' when chasing a failure).
 fn renames_enabled() -> bool {
-    std::env::var_os("EVAC_LIVE_RENAME").is_some()
+    std::env::var_os("EVAC_LIVE_RENAME").is_none_or(|v| v != "0")
 }
 
 /// Rename files within the tree (across directories too), names reused.
@@ -1524,9 +1522,13 @@ fn final_oracle(before: &Manifest, ctx: &Ctx, p: &mut Problems, fig: &mut Figure
                 if t == join_rel(&prefix, &rel) {
                     self_linked.insert(rel);
                 } else if t.starts_with(&prefix) && renamed_into.contains(rel.as_slice()) {
-                    // Known limitation: a user renamed a relocated file; DEST keeps the old name.
+                    // Namespace resync: the final run must have made the link name its own path.
                     fig.renamed_links += 1;
                     renamed_targets.insert(t[prefix.len() + 1..].to_vec());
+                    p.add(
+                        "a renamed link still names the old DEST path after the final run",
+                        format!("{} -> {}\n{}", esc(&rel), esc(&t), detail(ctx, &rel)),
+                    );
                 } else {
                     p.add(
                         "link in SOURCE points to the wrong place",
@@ -1575,8 +1577,12 @@ fn final_oracle(before: &Manifest, ctx: &Ctx, p: &mut Problems, fig: &mut Figure
             continue; // SOURCE still holds the file (reported above): an earlier copy of it
         }
         if removed.contains(rel.as_slice()) {
-            // Known limitation: DEST does not follow a user's unlink/rename of a relocated file.
+            // Namespace resync: the copy of a removed name belongs in the trash.
             fig.orphans_known += 1;
+            p.add(
+                "copy at DEST of a name users removed, not moved to the trash",
+                format!("DEST/{}\n{}", esc(rel), detail(ctx, rel)),
+            );
         } else {
             p.add(
                 "copy at DEST that no link uses and no user removed (copied twice or leaked)",
@@ -1641,18 +1647,32 @@ fn final_oracle(before: &Manifest, ctx: &Ctx, p: &mut Problems, fig: &mut Figure
             format!("{}\n{}", esc(rel), detail(ctx, rel)),
         );
     }
-    let mut stale = Vec::new();
-    for rel in relocated.difference(&self_linked) {
-        if removed.contains(rel.as_slice()) {
-            stale.push(rel.clone());
-        } else {
-            p.add(
-                "journal says relocated but SOURCE has no link for it",
-                format!("{}\n{}", esc(rel), detail(ctx, rel)),
-            );
-        }
+    let stale: Vec<Vec<u8>> = relocated.difference(&self_linked).cloned().collect();
+    for rel in &stale {
+        p.add(
+            "journal says relocated but SOURCE has no link for it",
+            format!("{}\n{}", esc(rel), detail(ctx, rel)),
+        );
     }
     fig.stale_relocated = stale.len();
+    // After a final exit 0 with nobody writing, DEST mirrors SOURCE.
+    let ready = st
+        .get("cutover")
+        .and_then(|c| c.get("ready"))
+        .map(|r| matches!(r, json::Json::Bool(true)));
+    if ready != Some(true) {
+        let diff = evac([
+            OsStr::new("status"),
+            OsStr::new("--journal"),
+            ctx.journal.as_os_str(),
+            OsStr::new("--list"),
+            OsStr::new("cutover"),
+        ]);
+        p.add(
+            "status does not say 'ready for cutover' after the final exit 0",
+            format!("{:?}\n{}", st.get("cutover"), diff.stdout_str()),
+        );
+    }
 
     // verify.
     let v = evac([
@@ -1719,9 +1739,7 @@ fn setup(name: &str) -> Setup {
         ROLES
     );
     if !renames_enabled() {
-        eprintln!(
-            "{name}: NOTE the renamer only appends: renaming relocated files is off until DEST follows renames (namespace resync); EVAC_LIVE_RENAME=1 turns it on"
-        );
+        eprintln!("{name}: NOTE EVAC_LIVE_RENAME=0: the renamer only appends");
     }
     Setup {
         e,
@@ -1778,7 +1796,7 @@ fn converge(ctx: &Ctx, p: &mut Problems) -> usize {
 fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &str) {
     eprintln!(
         "{name} FIGURES: writes performed {}, writes lost {}, writer open()s {} (max {:.1} ms, {} over 100 ms), writer live read-backs {}, {extra}; \
-         renamed links left pointing at the old DEST name (known limitation) {}, DEST copies of names users removed (known limitation) {}, \
+         renamed links left pointing at the old DEST name {}, DEST copies of removed names outside the trash {}, \
          journal entries still 'relocated' for names users removed {}, files in .evac-trash {}",
         fig.writes,
         fig.lost,

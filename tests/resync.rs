@@ -1,0 +1,364 @@
+//! Namespace resync: users rename, delete, copy and replace relocated entries between runs, and
+//! the next run makes DEST mirror SOURCE again without losing or clobbering anything: renamed
+//! links and directories take their copies along, deleted links' copies go to the dated trash,
+//! and `status` says when DEST is ready for cutover.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Problems with DEST as a mirror of SOURCE: every symlink into DEST names its own path and its
+/// copy holds `want[path]`; every regular file at DEST outside the trash is named by such a link;
+/// no regular file is left in SOURCE.
+fn mirror_problems(src: &Path, dst: &Path, want: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<String> {
+    let prefix = bytes_of(dst);
+    let mut p = Vec::new();
+    let sm = Manifest::scan(src);
+    let mut linked = std::collections::BTreeSet::new();
+    for (rel, e) in &sm.entries {
+        match e.kind {
+            Kind::File => p.push(format!("regular file left in SOURCE: {}", esc(rel))),
+            Kind::Symlink => {
+                let t = e.target.clone().unwrap_or_default();
+                if !t.starts_with(&prefix) {
+                    continue;
+                }
+                if t != join_rel(&prefix, rel) {
+                    p.push(format!("{} -> {} (not its own path)", esc(rel), esc(&t)));
+                    continue;
+                }
+                linked.insert(rel.clone());
+                match (read_rel(dst, rel), want.get(rel)) {
+                    (Ok(got), Some(w)) if &got == w => {}
+                    (got, w) => p.push(format!(
+                        "{}: DEST holds {:?}, want {:?}",
+                        esc(rel),
+                        got.map(|g| String::from_utf8_lossy(&g).into_owned()),
+                        w.map(|w| String::from_utf8_lossy(w).into_owned())
+                    )),
+                }
+            }
+            _ => {}
+        }
+    }
+    for rel in want.keys() {
+        if !linked.contains(rel) {
+            p.push(format!("{} is not a link to its own DEST path", esc(rel)));
+        }
+    }
+    for (rel, e) in &Manifest::scan(dst).entries {
+        if rel.starts_with(b".evac-trash") {
+            continue;
+        }
+        match e.kind {
+            Kind::File if !linked.contains(rel) => {
+                p.push(format!("DEST/{} is named by no link", esc(rel)))
+            }
+            Kind::Dir => {
+                let in_src =
+                    lstat_rel(src, rel).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+                if !in_src {
+                    p.push(format!("DEST directory {} is gone from SOURCE", esc(rel)));
+                }
+            }
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Every regular file under DEST's trash, by content.
+fn trash_contents(dst: &Path) -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
+    let t = dst.join(".evac-trash");
+    let mut out: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    if !t.exists() {
+        return out;
+    }
+    for (rel, e) in Manifest::scan(&t).entries {
+        if e.kind == Kind::File {
+            out.entry(read_rel(&t, &rel).unwrap())
+                .or_default()
+                .push(rel);
+        }
+    }
+    out
+}
+
+fn cutover(journal: &Path) -> (bool, String) {
+    let st = status(journal);
+    let ready = st
+        .get("cutover")
+        .and_then(|c| c.get("ready"))
+        .and_then(|r| r.as_bool());
+    let list = evac([
+        OsStr::new("status"),
+        OsStr::new("--journal"),
+        journal.as_os_str(),
+        OsStr::new("--list"),
+        OsStr::new("cutover"),
+    ]);
+    (ready == Some(true), list.stdout_str())
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn mv(root: &Path, a: &str, b: &str) {
+    std::fs::rename(root.join(a), root.join(b)).unwrap();
+}
+
+/// Contents by path, as users expect to read them.
+fn expect(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(p, c)| (p.as_bytes().to_vec(), c.as_bytes().to_vec()))
+        .collect()
+}
+
+#[test]
+fn renames_deletes_replacements_and_swaps_are_mirrored_at_dest() {
+    let e = env();
+    for (p, c) in [
+        ("a/f1", "a1"),
+        ("a/f2", "a2"),
+        ("a/f3", "a3"),
+        ("a/b/g1", "b1"),
+        ("a/b/deep/g2", "b2"),
+        ("c/h1", "c1"),
+        ("c/h2", "c2"),
+        ("c/h3", "c3"),
+        ("c/new\nline \u{fffd}", "weird"),
+    ] {
+        write(&e.src, p, c.as_bytes());
+    }
+    std::fs::set_permissions(
+        e.src.join("c/h2"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
+    let (ready, diff) = cutover(&e.journal);
+    assert!(ready, "a fresh relocation is ready for cutover:\n{diff}");
+
+    // Users at work: a rename across directories with a new file at the old name, a deleted
+    // link, a renamed directory tree, two names swapped, a rename onto another link, and a link
+    // moved twice.
+    mv(&e.src, "a/f1", "c/f1-renamed");
+    write(&e.src, "a/f1", b"NEW");
+    std::fs::remove_file(e.src.join("c/h1")).unwrap();
+    mv(&e.src, "a/b", "a/bb");
+    mv(&e.src, "c/h2", "c/tmp");
+    mv(&e.src, "c/h3", "c/h2");
+    mv(&e.src, "c/tmp", "c/h3");
+    mv(&e.src, "a/f3", "a/f2"); // over f2's link: f2's copy has no link any more
+    mv(&e.src, "c/new\nline \u{fffd}", "a/x");
+    mv(&e.src, "a/x", "c/weird again\n");
+    let (ready, _) = cutover(&e.journal);
+    assert!(ready, "status judges the last complete walk, not a guess");
+
+    evac_run(&e.src, &e.dst, &e.journal, &[])
+        .expect(0, "run after users renamed, deleted and replaced links");
+    // A copy whose link is gone stays one more walk (a link renamed during a walk can be missed
+    // by it): status says what is still to do.
+    let (ready, diff) = cutover(&e.journal);
+    assert!(
+        !ready && diff.contains("c/h1\tcopies at DEST whose link is gone"),
+        "{diff}"
+    );
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "the next run");
+    let want = expect(&[
+        ("a/f1", "NEW"),
+        ("a/f2", "a3"),
+        ("a/bb/g1", "b1"),
+        ("a/bb/deep/g2", "b2"),
+        ("c/f1-renamed", "a1"),
+        ("c/h2", "c3"),
+        ("c/h3", "c2"),
+        ("c/weird again\n", "weird"),
+    ]);
+    assert_no_problems(
+        "DEST does not mirror SOURCE",
+        &mirror_problems(&e.src, &e.dst, &want),
+    );
+    // Metadata travels with the copy (h3 now holds h2's 0600 file).
+    let m = std::fs::metadata(e.dst.join("c/h3")).unwrap();
+    assert_eq!(
+        m.mode() & 0o7777,
+        0o600,
+        "c/h3 at DEST keeps its copy's mode"
+    );
+    // Copies no link names are kept, by path, in today's trash: h1 (deleted), f2 (replaced).
+    let trash = trash_contents(&e.dst);
+    let day = evac::report::today();
+    for (content, rel) in [("c1", "c/h1"), ("a2", "a/f2")] {
+        let names = trash.get(content.as_bytes()).cloned().unwrap_or_default();
+        assert!(
+            names.iter().any(|n| n == format!("{day}/{rel}").as_bytes()),
+            "{rel} ({content}) not kept at DEST/.evac-trash/{day}/{rel}: trash {trash:?}"
+        );
+    }
+    assert_eq!(trash.len(), 2, "nothing else went to the trash: {trash:?}");
+    let (ready, diff) = cutover(&e.journal);
+    assert!(ready, "DEST mirrors SOURCE but status says:\n{diff}");
+    evac([
+        OsStr::new("verify"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ])
+    .expect(0, "verify after resync");
+    // A third run has nothing to do.
+    let d1 = Manifest::scan(&e.dst);
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "third run");
+    assert_no_problems(
+        "a run with nothing to resync changed DEST",
+        &diff_manifests(&d1, &Manifest::scan(&e.dst), DiffOpts::everything()),
+    );
+}
+
+#[test]
+fn status_lists_what_keeps_dest_from_mirroring_source() {
+    let e = env();
+    write(&e.src, "d/one", b"1");
+    write(&e.src, "d/two", b"2");
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
+    // A rename onto a path where DEST already holds a file evac did not write: a conflict.
+    write(&e.dst, "d/three", b"not evac's");
+    mv(&e.src, "d/one", "d/three");
+    // A user's own symlink, and a copy of a link whose file is still linked.
+    std::os::unix::fs::symlink("two", e.src.join("d/mine")).unwrap();
+    let two_target = std::fs::read_link(e.src.join("d/two")).unwrap();
+    std::os::unix::fs::symlink(&two_target, e.src.join("d/two-copy")).unwrap();
+    let out = evac_run(&e.src, &e.dst, &e.journal, &[]);
+    out.expect(3, "a rename that conflicts at DEST is left, and said");
+    assert_eq!(
+        std::fs::read(e.dst.join("d/three")).unwrap(),
+        b"not evac's",
+        "DEST's own file was not touched (I7)"
+    );
+    assert_eq!(
+        std::fs::read(e.src.join("d/three")).unwrap(),
+        b"1",
+        "the renamed link still resolves to its copy"
+    );
+    let (ready, diff) = cutover(&e.journal);
+    assert!(!ready, "status calls a conflicting rename ready:\n{diff}");
+    assert!(
+        diff.lines().any(
+            |l| l.starts_with("d/three\trenamed links not followed at DEST")
+                && l.contains("conflict")
+        ),
+        "the conflict is listed with its reason:\n{diff}"
+    );
+    for (p, what) in [
+        ("d/mine", "symlink not carried over"),
+        ("d/two-copy", "symlink not carried over"),
+    ] {
+        assert!(
+            diff.lines().any(|l| l.starts_with(&format!("{p}\t{what}"))),
+            "{p} listed as {what}:\n{diff}"
+        );
+    }
+    let text = evac([
+        OsStr::new("status"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ]);
+    assert!(
+        text.stdout_str().contains("cutover not ready"),
+        "{}",
+        text.stdout_str()
+    );
+    // The operator resolves the conflict; the next run follows the rename.
+    std::fs::remove_file(e.dst.join("d/three")).unwrap();
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "run after the conflict is resolved");
+    let (ready, diff) = cutover(&e.journal);
+    assert!(ready, "{diff}");
+    assert_eq!(std::fs::read(e.dst.join("d/three")).unwrap(), b"1");
+    assert!(!e.dst.join("d/one").exists());
+}
+
+#[test]
+fn a_renamed_link_takes_its_copy_back_from_the_trash() {
+    // A link renamed while the walk could not see it (here: parked outside SOURCE, which keeps
+    // its inode) looks deleted, and its copy goes to the trash while a new file takes the old
+    // name. When the link shows up again under a new name, the link's inode says which copy it
+    // is: the one in the trash, not the new file now at the old DEST path.
+    let e = env();
+    write(&e.src, "p/q", b"version one");
+    write(&e.src, "p/other", b"o");
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
+    let parked = e.tmp.path().join("parked-link");
+    std::fs::rename(e.src.join("p/q"), &parked).unwrap();
+    write(&e.src, "p/q", b"version two");
+    // The new file waits one walk for its path's old copy to be shown unlinked; then it goes.
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(3, "run while the link is away");
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "next run, the link still away");
+    assert_eq!(std::fs::read(e.dst.join("p/q")).unwrap(), b"version two");
+    assert!(
+        trash_contents(&e.dst).contains_key(b"version one".as_slice()),
+        "the first version's copy is kept in the trash"
+    );
+    std::fs::rename(&parked, e.src.join("p/back")).unwrap();
+    assert_eq!(
+        std::fs::read(e.src.join("p/back")).unwrap(),
+        b"version two",
+        "(the test's premise: by its target text alone the link now shows the wrong file)"
+    );
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "run after the link came back");
+    let want = expect(&[
+        ("p/q", "version two"),
+        ("p/back", "version one"),
+        ("p/other", "o"),
+    ]);
+    assert_no_problems(
+        "DEST does not mirror SOURCE",
+        &mirror_problems(&e.src, &e.dst, &want),
+    );
+    assert!(
+        !trash_contents(&e.dst).contains_key(b"version one".as_slice()),
+        "the copy left the trash for its link"
+    );
+    evac([
+        OsStr::new("verify"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ])
+    .expect(0, "verify");
+}
+
+#[test]
+fn a_renamed_name_of_a_hard_link_group_keeps_the_group_at_dest() {
+    let e = env();
+    write(&e.src, "h/a", b"shared");
+    std::fs::hard_link(e.src.join("h/a"), e.src.join("h/b")).unwrap();
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
+    mv(&e.src, "h/a", "h/renamed");
+    // Two links naming one copy whose own link is gone: both keep it, as hard links.
+    mv(&e.src, "h/b", "h/b1");
+    let t = std::fs::read_link(e.src.join("h/b1")).unwrap();
+    std::os::unix::fs::symlink(&t, e.src.join("h/b2")).unwrap();
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "run after renames");
+    let want = expect(&[
+        ("h/renamed", "shared"),
+        ("h/b1", "shared"),
+        ("h/b2", "shared"),
+    ]);
+    assert_no_problems(
+        "DEST does not mirror SOURCE",
+        &mirror_problems(&e.src, &e.dst, &want),
+    );
+    let ino = |p: &str| std::fs::metadata(e.dst.join(p)).unwrap().ino();
+    assert_eq!(ino("h/renamed"), ino("h/b1"), "the group stays one inode");
+    assert_eq!(ino("h/b1"), ino("h/b2"), "two links to one copy share it");
+    assert_eq!(std::fs::metadata(e.dst.join("h/b2")).unwrap().nlink(), 3);
+    assert!(
+        trash_contents(&e.dst).is_empty(),
+        "nothing went to the trash"
+    );
+}
