@@ -694,7 +694,7 @@ fn role_create(w: &mut Writer) {
 /// Renames of relocated files are on unless EVAC_LIVE_RENAME=0 (to tell their effects apart from
 /// the other writers' when chasing a failure).
 fn renames_enabled() -> bool {
-    std::env::var_os("EVAC_LIVE_RENAME").is_none_or(|v| v != "0")
+    std::env::var_os("EVAC_LIVE_RENAME").map_or(true, |v| v != "0")
 }
 
 /// Rename files within the tree (across directories too), names reused.
