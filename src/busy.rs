@@ -1,7 +1,9 @@
-//! Who is using a file: the set of files mapped or executed by any process (refreshed in the
-//! background), and a /proc scan for files open for writing where leases are not available.
+//! Who is using a file, as the engine needs to know: the set of files mapped or executed by any
+//! process (refreshed in the background), and a scan for files open for writing where leases
+//! are not available. The reading of /proc itself is shared with `evac holders`, in `holders`.
 
-use std::collections::HashSet;
+use crate::holders::{self, Access, Proc};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -11,6 +13,9 @@ use std::time::Duration;
 pub struct Mapped {
     set: RwLock<HashSet<(u64, u64)>>,
 }
+
+/// (dev, ino) → the processes that have it open, each with whether it can write to it.
+type OpenFiles = HashMap<(u64, u64), Vec<(Proc, bool)>>;
 
 impl Mapped {
     pub fn contains(&self, dev: u64, ino: u64) -> bool {
@@ -45,57 +50,53 @@ impl Mapped {
     }
 }
 
-fn pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
     let mut out = HashSet::new();
-    let me = std::process::id();
-    for pid in pids() {
-        if pid == me {
-            continue;
-        }
-        if let Ok(st) = rustix::fs::stat(format!("/proc/{pid}/exe")) {
+    for p in holders::other_processes().unwrap_or_default() {
+        if let Ok(st) = p.stat_of("exe") {
             if st.st_dev == dev {
                 out.insert((st.st_dev, st.st_ino));
             }
         }
-        let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+        let Ok(maps) = p.maps() else {
             continue;
         };
-        for line in maps.split(|&b| b == b'\n') {
-            // address perms offset dev inode path
-            let mut f = line.split(|&b| b == b' ').filter(|s| !s.is_empty());
-            let (Some(_), Some(_), Some(_), Some(d), Some(ino)) =
-                (f.next(), f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            let Some(d) = std::str::from_utf8(d).ok() else {
-                continue;
-            };
-            let Some((maj, min)) = d.split_once(':') else {
-                continue;
-            };
-            let (Ok(maj), Ok(min)) = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16))
-            else {
-                continue;
-            };
-            let Some(ino) = std::str::from_utf8(ino)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let d = libc::makedev(maj, min);
-            if ino != 0 && d == dev {
-                out.insert((d, ino));
+        for m in holders::mappings(&maps) {
+            if m.ino != 0 && m.dev == dev {
+                out.insert((m.dev, m.ino));
+            }
+        }
+    }
+    out
+}
+
+/// Every file on `dev` that some process has open or has mapped shared and writable, with
+/// who does and whether they can write to it.
+fn open_files(dev: u64) -> OpenFiles {
+    let mut out: OpenFiles = HashMap::new();
+    for p in holders::other_processes().unwrap_or_default() {
+        let mut add = |key: (u64, u64), writes: bool| {
+            let v = out.entry(key).or_default();
+            match v.iter_mut().find(|(q, _)| *q == p) {
+                Some(e) => e.1 |= writes,
+                None => v.push((p, writes)),
+            }
+        };
+        let _ = p.for_each_fd(|fd, st| {
+            if st.st_dev == dev {
+                add(
+                    (st.st_dev, st.st_ino),
+                    p.access(fd).is_some_and(Access::writes),
+                );
+            }
+        });
+        // A writable shared mapping writes to the file even after its fd is closed. Its device
+        // and inode come from the maps line: the name there is a path users control.
+        if let Ok(maps) = p.maps() {
+            for m in holders::mappings(&maps) {
+                if m.ino != 0 && m.dev == dev && m.shared_writable() {
+                    add((m.dev, m.ino), true);
+                }
             }
         }
     }
@@ -105,53 +106,9 @@ fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
 /// (dev, ino) of files on `dev` that some process has open for writing (the fallback where the
 /// filesystem does not support leases).
 pub fn open_for_writing(dev: u64) -> HashSet<(u64, u64)> {
-    let mut out = HashSet::new();
-    let me = std::process::id();
-    for pid in pids() {
-        if pid == me {
-            continue;
-        }
-        let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(st) = rustix::fs::stat(e.path()) else {
-                continue;
-            };
-            if st.st_dev != dev {
-                continue;
-            }
-            let info = format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy());
-            let Ok(text) = std::fs::read_to_string(info) else {
-                continue;
-            };
-            let flags = text
-                .lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-                .unwrap_or(0);
-            if flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 {
-                out.insert((st.st_dev, st.st_ino));
-            }
-        }
-        // Writable shared mappings count as writers too.
-        if let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) {
-            for line in maps.split(|&b| b == b'\n') {
-                let f: Vec<&[u8]> = line
-                    .split(|&b| b == b' ')
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if f.len() >= 6 && f[1].len() == 4 && f[1][1] == b'w' && f[1][3] == b's' {
-                    if let Ok(st) = rustix::fs::stat(std::ffi::OsStr::new(
-                        std::str::from_utf8(f[5]).unwrap_or(""),
-                    )) {
-                        if st.st_dev == dev {
-                            out.insert((st.st_dev, st.st_ino));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
+    open_files(dev)
+        .into_iter()
+        .filter(|(_, who)| who.iter().any(|&(_, w)| w))
+        .map(|(k, _)| k)
+        .collect()
 }
