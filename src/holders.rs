@@ -480,6 +480,7 @@ fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
         }
     }
     let fds = p.for_each_fd(|fd, st| {
+        // Most fds are sockets, pipes or files elsewhere: dropped before the readlink.
         if st.st_dev != tree.dev {
             return;
         }
