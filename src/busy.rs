@@ -1,17 +1,43 @@
 //! Who is using a file, as the engine needs to know: the set of files mapped or executed by any
-//! process (refreshed in the background), and a scan for files open for writing where leases
-//! are not available. The reading of /proc itself is shared with `evac holders`, in `holders`.
+//! process (refreshed in the background), a scan for files open for writing where leases are
+//! not available, and the names of the processes that keep a deferred file busy. The reading of
+//! /proc itself is shared with `evac holders`, in `holders`.
 
 use crate::holders::{self, Access, Proc};
+use rustix::fs::Stat;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-/// (dev, ino) of every file that some process has mapped or is running.
+/// (dev, ino) of every file that some process has mapped or is running; and the last scan of
+/// open files, kept to name the holders of busy files.
 #[derive(Default)]
 pub struct Mapped {
     set: RwLock<HashSet<(u64, u64)>>,
+    openers: Mutex<Option<OpenScan>>,
+}
+
+/// Starts the holders a deferral reason names: ` (pid 1234 make, pid 99 vim)`. The journal
+/// groups reasons without it, so that one cause counts once however many processes share it.
+pub const HOLDERS_MARK: &str = " (pid ";
+
+/// How many holders a reason names before it only counts the rest.
+const NAMED: usize = 4;
+
+/// A scan that knows a busy file's holders is reused this long: in a live tree busy files come
+/// in bursts, and one scan of /proc names the holders of them all.
+const REUSE_KNOWN: Duration = Duration::from_secs(1);
+
+/// Any scan is reused at least this long, and five times what it took, so that files kept busy
+/// by writers /proc cannot show (other NFS clients) cannot keep evac scanning.
+const REUSE_ANY: Duration = Duration::from_millis(250);
+
+struct OpenScan {
+    dev: u64,
+    taken: Instant,
+    took: Duration,
+    files: OpenFiles,
 }
 
 /// (dev, ino) → the processes that have it open, each with whether it can write to it.
@@ -47,6 +73,65 @@ impl Mapped {
                     me.refresh(dev);
                 }
             });
+    }
+
+    /// `why`, followed by the processes that have the file open (only those that can write to
+    /// it, with `writers`), for the operator to know whom to ask: e.g. "open for writing by
+    /// another process (pid 1234 make, pid 99 vim)". Just `why` when /proc shows nobody.
+    pub fn busy_reason(&self, why: &str, st: &Stat, writers: bool) -> String {
+        let mut named: Vec<String> = self
+            .openers_of(st.st_dev, st.st_ino, writers)
+            .into_iter()
+            .filter_map(|p| {
+                let comm = p.comm()?;
+                Some(format!("pid {} {}", p.0, crate::escape::escape(&comm)))
+            })
+            .collect();
+        if named.is_empty() {
+            return why.to_string();
+        }
+        let more = named.len().saturating_sub(NAMED);
+        named.truncate(NAMED);
+        if more > 0 {
+            named.push(format!("{more} more"));
+        }
+        // Each entry starts "pid ", so the list starts with HOLDERS_MARK.
+        format!("{why} ({})", named.join(", "))
+    }
+
+    /// The processes that have (dev, ino) open, by pid, from a scan shared by all workers.
+    fn openers_of(&self, dev: u64, ino: u64, writers: bool) -> Vec<Proc> {
+        let Ok(mut cache) = self.openers.lock() else {
+            return Vec::new();
+        };
+        let pick = |s: &OpenScan| -> Vec<Proc> {
+            let mut v: Vec<Proc> = s
+                .files
+                .get(&(dev, ino))
+                .into_iter()
+                .flatten()
+                .filter(|&&(_, w)| w || !writers)
+                .map(|&(p, _)| p)
+                .collect();
+            v.sort();
+            v
+        };
+        if let Some(s) = cache.as_ref().filter(|s| s.dev == dev) {
+            let age = s.taken.elapsed();
+            let known = pick(s);
+            if (age <= REUSE_KNOWN && !known.is_empty()) || age < REUSE_ANY.max(s.took * 5) {
+                return known;
+            }
+        }
+        let taken = Instant::now();
+        let files = open_files(dev);
+        let s = cache.insert(OpenScan {
+            dev,
+            taken,
+            took: taken.elapsed(),
+            files,
+        });
+        pick(s)
     }
 }
 
@@ -111,4 +196,42 @@ pub fn open_for_writing(dev: u64) -> HashSet<(u64, u64)> {
         .filter(|(_, who)| who.iter().any(|&(_, w)| w))
         .map(|(k, _)| k)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_reason_names_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(file)
+            .spawn()
+            .unwrap();
+        let st = rustix::fs::stat(&path).unwrap();
+        let fd1 = format!("/proc/{}/fd/1", child.id());
+        let started = Instant::now();
+        // Until the child has exec'd, its comm is this test's.
+        while std::fs::read(format!("/proc/{}/comm", child.id())).unwrap_or_default() != b"sleep\n"
+            || std::fs::read_link(&fd1).ok().as_deref() != Some(path.as_path())
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "child never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let m = Mapped::default();
+        let why = m.busy_reason("busy", &st, true);
+        let writing = open_for_writing(st.st_dev).contains(&(st.st_dev, st.st_ino));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(why, format!("busy (pid {} sleep)", child.id()));
+        assert!(why.starts_with(&format!("busy{HOLDERS_MARK}")));
+        assert!(writing, "open_for_writing misses the writer");
+    }
 }

@@ -2,8 +2,8 @@
 //! for writing, for both; a working directory; a program run from SOURCE; a mapped library; a
 //! chroot), checked against the real binary's output in its three forms; what must not count
 //! (the copy a relocated file's link leads to, look-alike paths, a file reached through a
-//! symlink out of SOURCE, a file on another filesystem mounted inside it, evac itself); exit
-//! codes 0/3/1.
+//! symlink out of SOURCE, evac itself); exit codes 0/3/1. And the holders named in the reason of
+//! a file deferred because it is busy (lease refused, write lease held, no-lease /proc scan).
 
 #[macro_use]
 mod common;
@@ -348,6 +348,148 @@ fn a_chrooted_process_is_listed() {
             && got.contains(&(pid, "cwd".into(), "jail".into())),
         "{}",
         o.dump()
+    );
+}
+
+/// `status --list deferred` as (escaped path, reason) pairs.
+fn deferred_reasons(journal: &Path) -> Vec<(String, String)> {
+    let o = evac([
+        OsStr::new("status"),
+        OsStr::new("--journal"),
+        journal.as_os_str(),
+        OsStr::new("--list"),
+        OsStr::new("deferred"),
+    ]);
+    o.expect(0, "status --list deferred");
+    o.stdout_str()
+        .lines()
+        .map(|l| {
+            let (p, r) = l
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("no reason on {l:?}\n{}", o.dump()));
+            (p.to_string(), r.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_deferred_because_it_is_busy_names_its_holders() {
+    let e = env();
+    build_tree(&e.src, &TreeSpec::plain(20, 1103));
+    let a = write_file(&e.src, b"shared\tlog", b"a\n");
+    let b = write_file(&e.src, b"t/own.log", b"b\n");
+    let a1 = Holder::hold_for_write(&a);
+    let a2 = Holder::hold_for_write(&a);
+    let b1 = Holder::hold_for_write(&b);
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(3, "run with busy files");
+
+    let listed = deferred_reasons(&e.journal);
+    let reason_of = |p: &str| {
+        listed
+            .iter()
+            .find(|(q, _)| q == p)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_else(|| panic!("{p} not deferred: {listed:?}"))
+    };
+    let ra = reason_of("shared\\tlog");
+    let (p1, p2) = (a1.pid().min(a2.pid()), a1.pid().max(a2.pid()));
+    assert_eq!(
+        ra,
+        format!("open for writing by another process (pid {p1} sleep, pid {p2} sleep)"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        reason_of("t/own.log"),
+        format!(
+            "open for writing by another process (pid {} sleep)",
+            b1.pid()
+        )
+    );
+    assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // The summary counts one cause, whoever holds the files.
+    let st = status(&e.journal);
+    let reasons = st.get("reasons").and_then(|r| r.as_array()).unwrap();
+    let busy: Vec<_> = reasons
+        .iter()
+        .filter(|r| r.get("state").and_then(|s| s.as_str()) == Some("deferred"))
+        .map(|r| {
+            (
+                r.get("reason")
+                    .and_then(|s| s.as_str())
+                    .unwrap()
+                    .to_string(),
+                r.get("count").and_then(|c| c.as_i64()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        busy,
+        vec![("open for writing by another process".to_string(), 2)],
+        "{st:?}"
+    );
+}
+
+#[test]
+fn without_leases_the_swap_time_scan_names_the_holder() {
+    let e = env();
+    build_tree(&e.src, &TreeSpec::plain(20, 1104));
+    let f = write_file(&e.src, b"held.log", b"line\n");
+    let h = Holder::hold_for_write(&f);
+    spawn_evac_env(
+        run_args(&e.src, &e.dst, &e.journal, &[]),
+        &[("EVAC_TEST_NO_LEASE", OsStr::new("1"))],
+    )
+    .wait()
+    .expect(3, "run without leases, one file held open for writing");
+    assert_eq!(
+        deferred_reasons(&e.journal),
+        vec![(
+            "held.log".to_string(),
+            format!(
+                "open for writing by another process (pid {} sleep)",
+                h.pid()
+            )
+        )]
+    );
+}
+
+#[test]
+fn a_file_under_another_programs_write_lease_names_it() {
+    let e = env();
+    build_tree(&e.src, &TreeSpec::plain(10, 1105));
+    let f = write_file(&e.src, b"leased.doc", b"held by a file server\n");
+    // A file server's oplock: a write lease, whose break (SIGIO) it ignores, so that evac's
+    // non-blocking open keeps being refused until the kernel's lease-break-time.
+    let mut child = Command::new("perl")
+        .arg("-e")
+        .arg(
+            "use Fcntl; $SIG{IO} = 'IGNORE'; open(my $f, '+<', $ARGV[0]) or die \"open: $!\"; \
+             fcntl($f, 1024, F_WRLCK) or die \"F_SETLEASE: $!\"; sleep 600",
+        )
+        .arg(&f)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn perl");
+    let pid = child.id();
+    wait_until("the write lease", Duration::from_secs(20), || {
+        std::fs::read_to_string("/proc/locks").is_ok_and(|l| {
+            l.lines().any(|l| {
+                l.contains("LEASE") && l.split_whitespace().nth(4) == Some(&pid.to_string())
+            })
+        })
+    });
+    let out = evac_run(&e.src, &e.dst, &e.journal, &[]);
+    let listed = deferred_reasons(&e.journal);
+    let _ = child.kill();
+    let _ = child.wait();
+    out.expect(3, "run with a write-leased file");
+    assert_eq!(
+        listed,
+        vec![(
+            "leased.doc".to_string(),
+            format!("leased for writing by another program (pid {pid} perl)")
+        )]
     );
 }
 
