@@ -23,6 +23,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Re-read every relocated file at DEST and check it against the journal.
     Verify(VerifyArgs),
+    /// List the processes that still use SOURCE: files open under it, cwd or root in it, a
+    /// program run from it, a file mapped from it. Exit 0 when there are none, 3 when there are.
+    Holders(HoldersArgs),
     /// Build an example tree in a temporary directory and relocate it.
     Demo(DemoArgs),
 }
@@ -97,6 +100,19 @@ pub struct VerifyArgs {
     /// Hashing threads (default: number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct HoldersArgs {
+    /// The tree to look at (the old tree; a relocated file's link there does not count, the
+    /// copy it points to is elsewhere).
+    pub source: PathBuf,
+    /// Machine-readable output: an array of objects.
+    #[arg(long, conflicts_with = "null")]
+    pub json: bool,
+    /// NUL-separated raw paths (relative to SOURCE) of what is held, each once.
+    #[arg(short = '0', long = "null")]
+    pub null: bool,
 }
 
 #[derive(Args, Debug)]

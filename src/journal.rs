@@ -1355,16 +1355,21 @@ impl Journal {
         })
     }
 
+    /// Counts by state and reason; a busy file's reason is grouped without the holders it names
+    /// (they differ from file to file, the cause does not).
     pub fn top_reasons(&self, limit: i64) -> Result<Vec<(String, String, i64)>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT state, coalesce(reason, ''), count(*) AS n FROM files
-                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, reason ORDER BY n DESC LIMIT ?1",
+                "SELECT state, CASE WHEN instr(reason, ?2) > 0 THEN substr(reason, 1, instr(reason, ?2) - 1)
+                 ELSE coalesce(reason, '') END AS why, count(*) AS n FROM files
+                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, why ORDER BY n DESC LIMIT ?1",
             )
             .map_err(self.e("summarise reasons"))?;
         let rows = st
-            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map(params![limit, crate::busy::HOLDERS_MARK], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .map_err(self.e("summarise reasons"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("summarise reasons"))

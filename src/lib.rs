@@ -7,6 +7,7 @@ pub mod demo;
 pub mod error;
 pub mod escape;
 pub mod fsx;
+pub mod holders;
 pub mod journal;
 pub mod lock;
 pub mod progress;

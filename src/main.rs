@@ -39,6 +39,7 @@ fn main() {
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),
         Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
+        Command::Holders(a) => evac::report::holders(&a.source, a.json, a.null),
         Command::Demo(a) => evac::demo::demo(a.dir, a.files),
     };
     match result {

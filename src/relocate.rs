@@ -215,7 +215,8 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         // O_NONBLOCK open refused because another program holds a write lease (a file server's
         // oplock, say): it is in use, not broken.
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-            return Ok(Step::Defer("leased for writing by another program".into()))
+            let why = "leased for writing by another program";
+            return Ok(Step::Defer(ctx.mapped.busy_reason(why, &st, false)));
         }
         Err(e) => return Err(Error::io("open", &first.path, e)),
     };
@@ -230,7 +231,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let src = take_lease(ctx, fd, &first.path)?;
     let src = match src {
         Some(h) => h,
-        None => return Ok(Step::Defer("open for writing by another process".into())),
+        None => {
+            let why = "open for writing by another process";
+            return Ok(Step::Defer(ctx.mapped.busy_reason(why, &fst, true)));
+        }
     };
     let st = fst;
 
@@ -540,7 +544,9 @@ pub fn swap(
 ) -> Swap {
     if let Some(w) = writers {
         if w.contains(&(c.st.st_dev, c.st.st_ino)) {
-            return Swap::Deferred(c, "open for writing by another process".into());
+            let why = "open for writing by another process";
+            let why = ctx.mapped.busy_reason(why, &c.st, true);
+            return Swap::Deferred(c, why);
         }
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(c.st.st_dev, c.st.st_ino) {

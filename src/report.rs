@@ -474,3 +474,86 @@ fn check_one(
     }
     v
 }
+
+/// `evac holders`: the processes that still use SOURCE, one line each (tab-separated: pid,
+/// user, command, what, path relative to SOURCE), or as JSON, or the held paths NUL-separated.
+/// Exit 0 when nothing holds SOURCE, 3 when something does (like a run that left files).
+pub fn holders(source: &Path, json: bool, null: bool) -> Result<i32> {
+    let scan = crate::holders::scan(source)?;
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        let items = scan
+            .holdings
+            .iter()
+            .map(|h| {
+                format!(
+                    "{{\"pid\":{},\"uid\":{},\"user\":{},\"command\":{},\"cmdline\":[{}],\"what\":{},\"mode\":{},\"path\":{},\"deleted\":{}}}",
+                    h.pid,
+                    h.uid.map(|u| u.to_string()).unwrap_or("null".into()),
+                    json_str(&h.user),
+                    json_str(&escape(&h.command)),
+                    h.cmdline
+                        .iter()
+                        .map(|a| json_str(&escape(a)))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    json_str(h.how.kind()),
+                    h.how
+                        .mode()
+                        .map(|m| json_str(m.as_str()))
+                        .unwrap_or("null".into()),
+                    json_str(&escape(&h.path)),
+                    h.deleted
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        writeln!(out, "[{items}]")
+    } else if null {
+        let paths: std::collections::BTreeSet<&[u8]> =
+            scan.holdings.iter().map(|h| h.path.as_slice()).collect();
+        paths
+            .into_iter()
+            .try_for_each(|p| out.write_all(p).and_then(|()| out.write_all(b"\0")))
+    } else {
+        scan.holdings.iter().try_for_each(|h| {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}{}\t{}",
+                h.pid,
+                h.user,
+                escape(&h.command),
+                h.how,
+                if h.deleted { " (deleted)" } else { "" },
+                escape(&h.path)
+            )
+        })
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Setup(format!("write output: {e}")))?;
+    let shown = quoted(scan.source.as_os_str().as_encoded_bytes());
+    if !json && !null {
+        match scan.processes() {
+            0 => eprintln!("evac: no process uses anything under {shown}"),
+            n => eprintln!(
+                "evac: {n} process{} use{} {shown}",
+                if n == 1 { "" } else { "es" },
+                if n == 1 { "s" } else { "" }
+            ),
+        }
+    }
+    if scan.unreadable > 0 {
+        eprintln!(
+            "evac: note: {} process{} could not be inspected{}; they may use {shown} too",
+            scan.unreadable,
+            if scan.unreadable == 1 { "" } else { "es" },
+            if fsx::is_root() {
+                ""
+            } else {
+                " (not root: only your own processes can be)"
+            }
+        );
+    }
+    Ok(if scan.holdings.is_empty() { 0 } else { 3 })
+}

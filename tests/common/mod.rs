@@ -2329,9 +2329,25 @@ pub struct Holder {
 impl Holder {
     /// `sh -c 'exec 3>>FILE; exec sleep 600'`: FILE is open for writing until released.
     pub fn hold_for_write(path: &Path) -> Holder {
+        Holder::hold_open(path, ">>")
+    }
+
+    /// FILE open for reading (`3<FILE`) until released.
+    pub fn hold_for_read(path: &Path) -> Holder {
+        Holder::hold_open(path, "<")
+    }
+
+    /// FILE open for reading and writing (`3<>FILE`) until released.
+    pub fn hold_read_write(path: &Path) -> Holder {
+        Holder::hold_open(path, "<>")
+    }
+
+    /// `sh -c 'exec 3REDIRECT"$1"; exec sleep 600'`, returned once fd 3 is the file `path`
+    /// names (through any symlink) and the shell has become `sleep`.
+    fn hold_open(path: &Path, redirect: &str) -> Holder {
         let child = Command::new("sh")
             .arg("-c")
-            .arg("exec 3>>\"$1\" || exit 9; exec sleep 600")
+            .arg(format!("exec 3{redirect}\"$1\" || exit 9; exec sleep 600"))
             .arg("sh")
             .arg(path)
             .stdin(Stdio::null())
@@ -2340,17 +2356,56 @@ impl Holder {
             .expect("spawn sh");
         let h = Holder { child };
         let fd3 = format!("/proc/{}/fd/3", h.child.id());
-        let want = path.as_os_str().to_os_string();
-        wait_until(
-            "the holder to open the file for writing",
-            Duration::from_secs(20),
-            || {
-                std::fs::read_link(&fd3)
-                    .map(|t| t.into_os_string() == want)
-                    .unwrap_or(false)
-            },
-        );
+        h.wait_ready("the holder to open the file", || {
+            same_file(Path::new(&fd3), path)
+        });
         h
+    }
+
+    /// `sleep 600` with its working directory in `dir`.
+    pub fn in_dir(dir: &Path) -> Holder {
+        let child = Command::new("sleep")
+            .arg("600")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let h = Holder { child };
+        let cwd = format!("/proc/{}/cwd", h.child.id());
+        h.wait_ready("the holder to enter the directory", || {
+            same_file(Path::new(&cwd), dir)
+        });
+        h
+    }
+
+    /// `sleep 600` with the shared library `lib` mapped (LD_PRELOAD).
+    pub fn map_library(lib: &Path) -> Holder {
+        let child = Command::new("sleep")
+            .arg("600")
+            .env("LD_PRELOAD", lib)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let h = Holder { child };
+        let maps = format!("/proc/{}/maps", h.child.id());
+        let want = bytes_of(lib);
+        h.wait_ready("the holder to map the library", || {
+            std::fs::read(&maps).is_ok_and(|m| m.split(|&b| b == b'\n').any(|l| l.ends_with(&want)))
+        });
+        h
+    }
+
+    /// Wait until `ready` holds and the child runs `sleep` (its command name no longer the
+    /// shell's or this test's), so tests can check both; panic if it died first.
+    fn wait_ready(&self, what: &str, mut ready: impl FnMut() -> bool) {
+        let comm = format!("/proc/{}/comm", self.child.id());
+        wait_until(what, Duration::from_secs(20), || {
+            ready() && std::fs::read(&comm).is_ok_and(|c| c == b"sleep\n")
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Copy /bin/sleep to `path` and run it (so `path` is a running executable).
@@ -2407,6 +2462,15 @@ impl Holder {
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Whether `a` and `b` (symlinks followed) are the same file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
