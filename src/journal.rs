@@ -526,7 +526,7 @@ impl Journal {
          WHERE kind = 'file' AND state IN ('pending', 'copying', 'placed', 'swapped', 'deferred', 'failed', 'staged_out', 'skipped')
         UNION ALL
         SELECT path, 'renamed links not followed at DEST', reason FROM files
-         WHERE kind = 'symlink' AND target IS NOT NULL AND state = 'failed'
+         WHERE kind = 'symlink' AND target IS NOT NULL AND state IN ('failed', 'deferred')
         UNION ALL
         SELECT path, 'copies at DEST whose link is gone', coalesce(reason, 'its link was not seen by the last complete walk') FROM files
          WHERE linked_ino IS NOT NULL AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
@@ -1018,7 +1018,7 @@ impl Journal {
     pub fn requeue_deferred(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file'",
+                "UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file' AND linked_ino IS NULL",
                 [],
             )
             .map_err(self.e("requeue deferred files"))
@@ -1291,7 +1291,7 @@ impl Journal {
     pub fn note_waiting_new_versions(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET reason = 'a new file replaced its link: relocated by the next run, once a second walk has shown that no renamed link still names the old copy'
+                "UPDATE files SET state = 'deferred', reason = 'a new file replaced its link: relocated by the next run, once a second walk has shown that no renamed link still names the old copy'
                  WHERE state IN ('pending', 'deferred') AND kind = 'file' AND linked_ino IS NOT NULL",
                 [],
             )

@@ -357,6 +357,14 @@ impl Resync<'_> {
         Ok(false)
     }
 
+    /// The user moved the link again since the walk: the next run follows it.
+    fn moved_again(&mut self, l: &ElsewhereLink, why: &str) -> Result<bool> {
+        let reason =
+            format!("renamed link changed since the walk ({why}); the next run follows it");
+        self.j.set_state(l.id, "deferred", Some(&reason))?;
+        Ok(false)
+    }
+
     /// Move the copy of `row` standing at DEST `row.path` (inode `ino`) to the trash, recorded
     /// first so that a link renamed elsewhere can claim it back later.
     fn trash_copy(&mut self, row: &PathRow, ino: u64, why: &str) -> Result<bool> {
@@ -429,7 +437,7 @@ impl Resync<'_> {
                 Err(why) => {
                     self.failed.insert(m.from.dest_ino);
                     self.undo_claim(&m);
-                    let _ = self.problem(&m.link, "rewrite the link", &why)?;
+                    let _ = self.moved_again(&m.link, &why)?;
                 }
             }
         }
