@@ -763,7 +763,10 @@ impl Journal {
                         "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
                             uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16,
                             target = ?17, link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END,
-                            link_seen_run = CASE WHEN ?18 THEN ?14 ELSE link_seen_run END
+                            link_seen_run = CASE WHEN ?18 THEN ?14 ELSE link_seen_run END,
+                            -- Our link found where the row was not relocated: the stat is the
+                            -- link's, so the copy is hashed and described again (adopt_unhashed).
+                            blake3 = CASE WHEN ?18 THEN NULL ELSE blake3 END
                          WHERE id = ?1",
                     )
                     .and_then(|mut st| {
