@@ -671,7 +671,7 @@ fn reappearing_file_is_relocated_as_new_version() {
     // The old copies stay at DEST for one more walk (a link renamed during a walk can be missed
     // by it, and must not be left dangling): the new versions wait for the next run, which says so.
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(3, "run after files reappeared");
-    let waiting = status_list(&e.journal, "pending");
+    let waiting = status_list(&e.journal, "deferred");
     assert_eq!(waiting.len(), 2, "the two new versions wait: {waiting:?}");
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "the run after that");
 
