@@ -171,6 +171,21 @@ pub struct CopyMeta {
     pub mtime_ns: Option<i64>,
 }
 
+impl CopyMeta {
+    /// The seven columns link_ino, blake3, size, mode, uid, gid, mtime_ns, from `first` on.
+    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<CopyMeta> {
+        Ok(CopyMeta {
+            link_ino: r.get::<_, Option<i64>>(first)?.map(|d| d as u64),
+            blake3: r.get(first + 1)?,
+            size: r.get(first + 2)?,
+            mode: r.get(first + 3)?,
+            uid: r.get(first + 4)?,
+            gid: r.get(first + 5)?,
+            mtime_ns: r.get(first + 6)?,
+        })
+    }
+}
+
 /// One path's row as resync sees it.
 #[derive(Debug, Clone)]
 pub struct PathRow {
@@ -189,12 +204,10 @@ pub struct PathRow {
 #[derive(Debug, Clone)]
 pub struct TrashRow {
     pub id: i64,
-    pub file_id: i64,
     pub path: Vec<u8>,
     pub trash_rel: Vec<u8>,
     pub version: i64,
     pub dest_ino: u64,
-    pub moved: bool,
     pub copy: CopyMeta,
 }
 
@@ -1118,15 +1131,7 @@ impl Journal {
             version: r.get(5)?,
             dest_ino: r.get::<_, Option<i64>>(6)?.map(|d| d as u64),
             linked_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
-            copy: CopyMeta {
-                link_ino: r.get::<_, Option<i64>>(8)?.map(|d| d as u64),
-                blake3: r.get(9)?,
-                size: r.get(10)?,
-                mode: r.get(11)?,
-                uid: r.get(12)?,
-                gid: r.get(13)?,
-                mtime_ns: r.get(14)?,
-            },
+            copy: CopyMeta::from_row(r, 8)?,
         })
     }
 
@@ -1178,28 +1183,18 @@ impl Journal {
     pub fn trash_for_link(&self, path: &[u8], link_ino: u64) -> Result<Option<TrashRow>> {
         self.conn
             .prepare_cached(
-                "SELECT id, file_id, path, trash_rel, version, dest_ino, moved, link_ino, blake3, size, mode, uid, gid, mtime_ns
+                "SELECT id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns
                  FROM trash WHERE path = ?1 AND link_ino = ?2 AND restored IS NULL ORDER BY id DESC LIMIT 1",
             )
             .and_then(|mut st| {
                 st.query_row(params![path, link_ino as i64], |r| {
                     Ok(TrashRow {
                         id: r.get(0)?,
-                        file_id: r.get(1)?,
-                        path: r.get(2)?,
-                        trash_rel: r.get(3)?,
-                        version: r.get(4)?,
-                        dest_ino: r.get::<_, i64>(5)? as u64,
-                        moved: r.get::<_, i64>(6)? != 0,
-                        copy: CopyMeta {
-                            link_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
-                            blake3: r.get(8)?,
-                            size: r.get(9)?,
-                            mode: r.get(10)?,
-                            uid: r.get(11)?,
-                            gid: r.get(12)?,
-                            mtime_ns: r.get(13)?,
-                        },
+                        path: r.get(1)?,
+                        trash_rel: r.get(2)?,
+                        version: r.get(3)?,
+                        dest_ino: r.get::<_, i64>(4)? as u64,
+                        copy: CopyMeta::from_row(r, 5)?,
                     })
                 })
                 .optional()
@@ -1299,11 +1294,6 @@ impl Journal {
                 [],
             )
             .map_err(self.e("record state"))
-    }
-
-    /// Leave a link into DEST as it is, saying why.
-    pub fn keep_link(&self, id: i64, why: &str) -> Result<()> {
-        self.set_state(id, "skipped", Some(why))
     }
 
     /// Directories gone from SOURCE by this complete walk, deepest first, and whether this

@@ -144,10 +144,6 @@ fn dest_stat(ctx: &Ctx, rel: &[u8]) -> Option<fsx::Stat> {
     (fsx::file_type(&st) == rustix::fs::FileType::RegularFile).then_some(st)
 }
 
-fn dest_ino_at(ctx: &Ctx, rel: &[u8]) -> Option<u64> {
-    dest_stat(ctx, rel).map(|s| s.st_ino)
-}
-
 /// The journal's record of a copy with the metadata the copy itself carries: the row may since
 /// describe whatever now stands at its SOURCE path.
 fn copy_meta(known: &CopyMeta, st: &fsx::Stat) -> CopyMeta {
@@ -252,7 +248,7 @@ impl Resync<'_> {
                     } else {
                         "a link into DEST that names no copy evac knows (left as it is)"
                     };
-                    self.j.keep_link(l.id, why)?;
+                    self.j.set_state(l.id, "skipped", Some(why))?;
                     continue;
                 };
                 let shared = matches!(from.origin, Origin::Row { .. });
@@ -589,7 +585,7 @@ impl Resync<'_> {
                 } else {
                     "its link was removed from SOURCE"
                 };
-                if dest_ino_at(self.ctx, &row.path) == Some(ino) {
+                if dest_stat(self.ctx, &row.path).is_some_and(|s| s.st_ino == ino) {
                     self.trash_copy(&row, ino, why)?;
                 } else {
                     self.j.let_go(
