@@ -1063,6 +1063,15 @@ impl Runner {
             self.notes_logged.1 = true;
             self.j.log(Some(self.run_id), "warn", "RENAME_EXCHANGE unsupported on SOURCE: swapping by rename with the original kept in an attic until checked")?;
         }
+        // The swaps (and, on one filesystem, the DEST names) on disk before the journal says
+        // relocated: its records are file data that can reach the disk before the filesystem
+        // commits these renames (even within the commit's own fsync), or live on another disk.
+        if !swapped.is_empty() {
+            if let Err(e) = fsx::syncfs(ctx.src_root.as_fd()) {
+                self.unfinished = std::mem::take(&mut swapped);
+                self.unswap_unfinished(&format!("make the swaps durable (syncfs SOURCE): {e}"));
+            }
+        }
         self.prof.swap += t.elapsed();
         t = Instant::now();
         // 5. Record the relocations; the originals go after the next syncfs.
