@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod escape;
+pub mod faults;
 pub mod fsx;
 pub mod journal;
 pub mod lock;
