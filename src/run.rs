@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod storage;
+
 pub struct RunOpts {
     pub source: Option<PathBuf>,
     pub dest: Option<PathBuf>,
@@ -244,6 +246,7 @@ struct Runner {
     stats: Arc<Stats>,
     ui: Option<Ui>,
     stop: Arc<AtomicBool>,
+    storage: storage::Storage,
     job_tx: Option<Sender<Job>>,
     res_rx: Receiver<(Vec<i64>, Outcome)>,
     res_tx: Sender<(Vec<i64>, Outcome)>,
@@ -349,6 +352,7 @@ impl Runner {
             .batch_files
             .min(((nofile.saturating_sub(256)) / 24).max(1) as usize);
         let max_in_flight = o.batch_files + 2 * workers;
+        let storage = storage::Storage::new();
         Ok(Runner {
             o,
             plan,
@@ -358,6 +362,7 @@ impl Runner {
             stats,
             ui: Some(ui),
             stop,
+            storage,
             job_tx: Some(job_tx),
             res_rx,
             res_tx,
@@ -487,30 +492,7 @@ impl Runner {
             .spawn_refresher(self.ctx.src_dev, Duration::from_secs(2), done.clone());
 
         // Workers.
-        let mut handles = Vec::new();
-        self.stats.workers.store(workers as u64, Ordering::Relaxed);
-        for i in 0..workers {
-            let rx = self.job_rx.clone();
-            let tx = self.res_tx.clone();
-            let ctx = self.ctx.clone();
-            let stats = self.stats.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("evac-copy-{i}"))
-                .spawn(move || {
-                    let mut buf = vec![0u8; 4 << 20];
-                    while let Ok(job) = rx.recv() {
-                        Stats::add(&stats.busy_workers, 1);
-                        let ids = job.names.iter().map(|r| r.id).collect();
-                        let out = relocate::copy_job(&ctx, job, &mut buf);
-                        stats.busy_workers.fetch_sub(1, Ordering::Relaxed);
-                        if tx.send((ids, out)).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| Error::Setup(format!("start worker: {e}")))?;
-            handles.push(h);
-        }
+        self.start_workers(workers)?;
 
         // Walker.
         let (wtx, wrx) = crossbeam_channel::bounded::<WalkMsg>(8192);
@@ -542,9 +524,7 @@ impl Runner {
         }
         self.drain_all()?;
         self.job_tx = None;
-        for h in handles {
-            let _ = h.join();
-        }
+        self.join_workers();
         done.store(true, Ordering::Relaxed);
         self.flush_outcomes()?;
         if complete && !self.stopping() {
@@ -656,6 +636,7 @@ impl Runner {
 
     /// Send jobs after their `copying` state is committed (so recovery knows about them).
     fn dispatch(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let jobs = self.hold_back(jobs);
         if jobs.is_empty() {
             return Ok(());
         }
@@ -875,6 +856,7 @@ impl Runner {
 
     /// Take finished copies; commit a batch when it is full, old, or nothing else is coming.
     fn pump(&mut self, block: bool) -> Result<bool> {
+        self.watch()?;
         let mut progressed = false;
         if block && self.in_flight > 0 && self.batch.len() < self.o.batch_files {
             if let Ok(r) = self.res_rx.recv_timeout(Duration::from_millis(20)) {
@@ -1024,7 +1006,7 @@ impl Runner {
             match r {
                 Ok(()) => ok.push(c),
                 // place() already removed what it had put at DEST.
-                Err(why) => self.give_up(&c, "failed", why),
+                Err(why) => self.give_up_placing(&c, why),
             }
         }
         self.prof.place += t.elapsed();
@@ -1200,6 +1182,9 @@ impl Runner {
     }
 
     fn requeue_deferred(&mut self) -> Result<bool> {
+        if !self.retry_worthwhile() {
+            return Ok(false);
+        }
         let n = self.j.requeue_deferred()?;
         if n == 0 {
             return Ok(false);
