@@ -40,6 +40,8 @@ pub struct RunOpts {
     pub batch_files: usize,
     pub retry_rounds: u32,
     pub retry_delay: f64,
+    /// Seconds one storage operation may block before the storage counts as not answering.
+    pub op_timeout: f64,
     pub relocate_mapped: bool,
     /// The command line, for the START record.
     pub args_text: String,
@@ -352,7 +354,7 @@ impl Runner {
             .batch_files
             .min(((nofile.saturating_sub(256)) / 24).max(1) as usize);
         let max_in_flight = o.batch_files + 2 * workers;
-        let storage = storage::Storage::new();
+        let storage = storage::Storage::new(o.op_timeout, &o.journal, run_id);
         Ok(Runner {
             o,
             plan,
@@ -429,6 +431,7 @@ impl Runner {
                 return Err(e);
             }
         };
+        let code = self.storage_exit_code(code);
         let counts = self.j.counts()?;
         let get = |s: &str| {
             counts
@@ -485,6 +488,7 @@ impl Runner {
 
     fn body(&mut self, workers: usize) -> Result<i32> {
         self.recover_in_flight()?;
+        self.recover_abandoned()?;
         self.ctx.mapped.refresh(self.ctx.src_dev);
         let done = Arc::new(AtomicBool::new(false));
         self.ctx
@@ -973,7 +977,7 @@ impl Runner {
         self.prof.batches += 1;
         let mut t = Instant::now();
         // 1. Data and temporary names of this batch, DEST names of the last one, on disk.
-        if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
+        if let Err(e) = self.sync_dest()? {
             let why = format!("make DEST durable (syncfs): {e}");
             self.say(format!("evac: {why}"));
             self.unswap_unfinished(&why);
@@ -1066,7 +1070,7 @@ impl Runner {
         if self.unfinished.is_empty() {
             return Ok(());
         }
-        if let Err(e) = fsx::syncfs(self.ctx.dst_root.as_fd()) {
+        if let Err(e) = self.sync_dest()? {
             self.unswap_unfinished(&format!("make DEST durable (syncfs): {e}"));
         } else {
             self.finish_unfinished();
