@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Seconds to wait before each retry round.
     #[arg(long, default_value_t = 1.0)]
     pub retry_delay: f64,
+    /// Seconds one filesystem operation may block before evac gives up on it: the file is
+    /// deferred, and storage that stops answering altogether ends the run (exit 1).
+    #[arg(long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_seconds)]
+    pub op_timeout: f64,
     /// Relocate files that a process is running or has mapped (default: defer them).
     #[arg(long)]
     pub relocate_mapped: bool,
@@ -123,4 +127,11 @@ pub struct DemoArgs {
     /// Number of regular files in the generated tree.
     #[arg(long, default_value_t = 3000)]
     pub files: usize,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds above 0")),
+    }
 }

@@ -160,6 +160,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         batch_files: 512,
         retry_rounds: 1,
         retry_delay: 0.2,
+        op_timeout: 600.0,
         relocate_mapped: false,
         args_text: format!("demo --files {files}"),
     })?;

@@ -388,7 +388,7 @@ pub fn copy_sparse(
             Err(Errno::NXIO) => len,
             // Filesystems without SEEK_DATA: treat everything as data.
             Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => pos,
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(source_err(e)),
         };
         if data > pos {
             hash_zeros(hasher, data - pos);
@@ -400,7 +400,7 @@ pub fn copy_sparse(
         let hole = match rfs::seek(src, SeekFrom::Hole(pos)) {
             Ok(h) => h.min(len),
             Err(Errno::NXIO) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => len,
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(source_err(e)),
         };
         while pos < hole {
             if !keep_going() {
@@ -410,7 +410,7 @@ pub fn copy_sparse(
             let n = match rustix::io::pread(src, &mut buf[..want], pos) {
                 Ok(n) => n,
                 Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
-                Err(e) => return Err(err(e)),
+                Err(e) => return Err(source_err(e)),
             };
             if n == 0 {
                 // Shrunk under us: the post-copy identity check will catch it.
@@ -431,6 +431,23 @@ pub fn copy_sparse(
     }
     rfs::ftruncate(dst, len).map_err(err)?;
     Ok(CopyOutcome::Done { data_bytes })
+}
+
+/// An error on the SOURCE side of `copy_sparse` (reading or seeking the original), carried inside
+/// the io::Error it returns; every other error there is DEST's (writing the copy).
+#[derive(Debug)]
+pub struct SourceError(pub io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+fn source_err(e: Errno) -> io::Error {
+    io::Error::other(SourceError(err(e)))
 }
 
 #[derive(Debug, PartialEq, Eq)]

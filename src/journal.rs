@@ -1040,6 +1040,29 @@ impl Journal {
             .map_err(self.e("requeue deferred files"))
     }
 
+    /// Deferred files whose reason starts with `prefix` (ASCII), id > `after`: (id, path).
+    pub fn deferred_with_reason_prefix(
+        &self,
+        prefix: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path FROM files WHERE state = 'deferred' AND kind = 'file'
+                   AND substr(reason, 1, ?1) = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+            )
+            .map_err(self.e("list deferred files"))?;
+        let rows = st
+            .query_map(params![prefix.len() as i64, prefix, after, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(self.e("list deferred files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list deferred files"))
+    }
+
     // ---- directories ---------------------------------------------------------------------
 
     /// Mark a directory (relative path) as holding something this journal relocated.

@@ -34,6 +34,7 @@ fn main() {
             batch_files: a.batch_files,
             retry_rounds: a.retry_rounds,
             retry_delay: a.retry_delay,
+            op_timeout: a.op_timeout,
             relocate_mapped: a.relocate_mapped,
             args_text,
         }),

@@ -149,7 +149,7 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Step::Defer(why)) => return Outcome::Deferred(job, why),
             Ok(Step::Gone) => return Outcome::Gone(job),
             Ok(Step::Aborted) => return Outcome::Aborted(job),
-            Err(e) => return Outcome::Failed(job, e.reason()),
+            Err(e) => return crate::faults::copy_failed(job, &e),
         }
     }
     Outcome::Deferred(job, last)
@@ -237,6 +237,9 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         }
     };
     let st = fst;
+    if let Some(why) = crate::faults::source_refuses(src.fd.as_fd(), src_dir.as_fd()) {
+        return Err(Error::Setup(why));
+    }
 
     // DEST side: the first name's temporary receives the data.
     let (dpdir, _) = fsx::split_parent(&first.path);
@@ -248,6 +251,9 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         }
         Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
     };
+    if let Some(why) = crate::faults::dest_dir_refuses(dst_dir.as_fd()) {
+        return Err(Error::Setup(why));
+    }
     let tmp = ctx.tmp_name(first.id, "tmp");
     let dst = match fsx::create_excl(dst_dir.as_fd(), &tmp) {
         Ok(fd) => fd,
@@ -286,8 +292,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         Ok(o) => o,
         Err(e) => {
             cleanup(&dst_dir, &tmp);
-            // Which side failed matters to the operator; the copy loop cannot tell, so say both.
-            return Err(Error::io("copy (read SOURCE / write DEST)", &first.path, e));
+            return Err(crate::faults::copy_error(&first.path, e));
         }
     };
     match outcome {
@@ -375,6 +380,12 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
         Ok(_) => return Ok(None),
         Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(Error::io("stat", &rec.path, e)),
+    }
+    if let Some(flag) = crate::faults::refusing_flag(src_dir.as_fd()) {
+        return Err(Error::Setup(format!(
+            "the SOURCE directory of its name {} is {flag}: the kernel refuses to replace names in it; clear the flag to relocate it",
+            crate::escape::quoted(&rec.path)
+        )));
     }
     let dst_dir =
         fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;

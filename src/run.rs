@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod storage;
+
 pub struct RunOpts {
     pub source: Option<PathBuf>,
     pub dest: Option<PathBuf>,
@@ -39,6 +41,8 @@ pub struct RunOpts {
     pub batch_files: usize,
     pub retry_rounds: u32,
     pub retry_delay: f64,
+    /// Seconds one storage operation may block before the storage counts as not answering.
+    pub op_timeout: f64,
     pub relocate_mapped: bool,
     /// The command line, for the START record.
     pub args_text: String,
@@ -245,6 +249,7 @@ struct Runner {
     stats: Arc<Stats>,
     ui: Option<Ui>,
     stop: Arc<AtomicBool>,
+    storage: storage::Storage,
     job_tx: Option<Sender<Job>>,
     res_rx: Receiver<(Vec<i64>, Outcome)>,
     res_tx: Sender<(Vec<i64>, Outcome)>,
@@ -350,6 +355,7 @@ impl Runner {
             .batch_files
             .min(((nofile.saturating_sub(256)) / 24).max(1) as usize);
         let max_in_flight = o.batch_files + 2 * workers;
+        let storage = storage::Storage::new(o.op_timeout, &o.journal, run_id);
         Ok(Runner {
             o,
             plan,
@@ -359,6 +365,7 @@ impl Runner {
             stats,
             ui: Some(ui),
             stop,
+            storage,
             job_tx: Some(job_tx),
             res_rx,
             res_tx,
@@ -425,6 +432,7 @@ impl Runner {
                 return Err(e);
             }
         };
+        let code = self.storage_exit_code(code);
         let counts = self.j.counts()?;
         let get = |s: &str| {
             counts
@@ -481,6 +489,7 @@ impl Runner {
 
     fn body(&mut self, workers: usize) -> Result<i32> {
         self.recover_in_flight()?;
+        self.recover_abandoned()?;
         self.ctx.mapped.refresh(self.ctx.src_dev);
         let done = Arc::new(AtomicBool::new(false));
         self.ctx
@@ -488,30 +497,7 @@ impl Runner {
             .spawn_refresher(self.ctx.src_dev, Duration::from_secs(2), done.clone());
 
         // Workers.
-        let mut handles = Vec::new();
-        self.stats.workers.store(workers as u64, Ordering::Relaxed);
-        for i in 0..workers {
-            let rx = self.job_rx.clone();
-            let tx = self.res_tx.clone();
-            let ctx = self.ctx.clone();
-            let stats = self.stats.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("evac-copy-{i}"))
-                .spawn(move || {
-                    let mut buf = vec![0u8; 4 << 20];
-                    while let Ok(job) = rx.recv() {
-                        Stats::add(&stats.busy_workers, 1);
-                        let ids = job.names.iter().map(|r| r.id).collect();
-                        let out = relocate::copy_job(&ctx, job, &mut buf);
-                        stats.busy_workers.fetch_sub(1, Ordering::Relaxed);
-                        if tx.send((ids, out)).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(|e| Error::Setup(format!("start worker: {e}")))?;
-            handles.push(h);
-        }
+        self.start_workers(workers)?;
 
         // Walker.
         let (wtx, wrx) = crossbeam_channel::bounded::<WalkMsg>(8192);
@@ -545,9 +531,7 @@ impl Runner {
         }
         self.drain_all()?;
         self.job_tx = None;
-        for h in handles {
-            let _ = h.join();
-        }
+        self.join_workers();
         done.store(true, Ordering::Relaxed);
         self.flush_outcomes()?;
         if complete && !self.stopping() {
@@ -662,6 +646,7 @@ impl Runner {
 
     /// Send jobs after their `copying` state is committed (so recovery knows about them).
     fn dispatch(&mut self, jobs: Vec<Job>) -> Result<()> {
+        let jobs = self.hold_back(jobs);
         if jobs.is_empty() {
             return Ok(());
         }
@@ -883,6 +868,7 @@ impl Runner {
 
     /// Take finished copies; commit a batch when it is full, old, or nothing else is coming.
     fn pump(&mut self, block: bool) -> Result<bool> {
+        self.watch()?;
         let mut progressed = false;
         if block && self.in_flight > 0 && self.batch.len() < self.o.batch_files {
             if let Ok(r) = self.res_rx.recv_timeout(Duration::from_millis(20)) {
@@ -999,7 +985,7 @@ impl Runner {
         self.prof.batches += 1;
         let mut t = Instant::now();
         // 1. Data and temporary names of this batch, DEST names of the last one, on disk.
-        if let Err(e) = fsx::syncfs(ctx.dst_root.as_fd()) {
+        if let Err(e) = self.sync_dest()? {
             let why = format!("make DEST durable (syncfs): {e}");
             self.say(format!("evac: {why}"));
             self.unswap_unfinished(&why);
@@ -1032,7 +1018,7 @@ impl Runner {
             match r {
                 Ok(()) => ok.push(c),
                 // place() already removed what it had put at DEST.
-                Err(why) => self.give_up(&c, "failed", why),
+                Err(why) => self.give_up_placing(&c, why),
             }
         }
         self.prof.place += t.elapsed();
@@ -1107,7 +1093,7 @@ impl Runner {
         if self.unfinished.is_empty() {
             return Ok(());
         }
-        if let Err(e) = fsx::syncfs(self.ctx.dst_root.as_fd()) {
+        if let Err(e) = self.sync_dest()? {
             self.unswap_unfinished(&format!("make DEST durable (syncfs): {e}"));
         } else {
             self.finish_unfinished();
@@ -1256,6 +1242,9 @@ impl Runner {
     }
 
     fn requeue_deferred(&mut self) -> Result<bool> {
+        if !self.retry_worthwhile() {
+            return Ok(false);
+        }
         let n = self.j.requeue_deferred()?;
         if n == 0 {
             return Ok(false);
