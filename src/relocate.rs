@@ -887,6 +887,11 @@ fn dest_inos(j: &Journal, id: i64) -> Result<(Option<u64>, Option<u64>)> {
 pub enum RecoverResult {
     Pending,
     Relocated,
+    /// Relocated once the journal says so: then `drop_held` removes the original.
+    Completed {
+        held: Vec<u8>,
+        ino: u64,
+    },
     Unknown,
 }
 
@@ -928,11 +933,21 @@ fn restore_original(
     // back the old original.
     // A hard-linked file's names are swapped together and recorded together; an unrecorded
     // swap of one of them is undone, not completed, or its group would be split at DEST.
-    let completable = (state == "relocated" && !attic_only)
-        || (state == "placed" && name_is_our_link && j.nlink_of(id)? <= 1);
-    if completable && unchanged && dest_ok {
+    // The user may also have renamed our link since the swap (it then names this copy from
+    // elsewhere): completing keeps the copy for it, where undoing would strand it.
+    let single = j.nlink_of(id)? <= 1;
+    if state == "relocated" && !attic_only && unchanged && dest_ok {
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Relocated);
+    }
+    if state == "placed" && single && !attic_only && unchanged && dest_ok {
+        // The journal must say relocated (durably) before the original goes: a later recovery
+        // that found neither the original nor our link at its name would take the copy for an
+        // unlinked one and remove it.
+        return Ok(RecoverResult::Completed {
+            held: held.to_vec(),
+            ino: s.st_ino,
+        });
     }
     if attic_only {
         // The attic link was made but the name was never replaced.
@@ -964,8 +979,35 @@ fn restore_original(
         }
         return Ok(RecoverResult::Pending);
     }
-    // The path no longer holds our link: a user deleted or replaced the file after the swap.
-    // Bringing the old original back would undo what they did; it goes.
-    fsx::unlink_at(dir, held).ctx("remove the superseded original of", path)?;
-    Ok(RecoverResult::Pending)
+    // The path no longer holds our link (the user deleted, replaced or renamed it after the
+    // swap), and the copy cannot stand in for this original (it is missing, differs, or is one
+    // of a hard-linked group's names). The original is never destroyed for that.
+    if s.st_nlink > 1 {
+        // Another name of the same inode keeps the data.
+        fsx::unlink_at(dir, held).ctx("remove a spare name of the original of", path)?;
+        return Ok(RecoverResult::Pending);
+    }
+    match fsx::rename_noreplace(dir, held, dir, fname) {
+        Ok(()) => Ok(RecoverResult::Pending),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::io(
+            "put back the original of",
+            path,
+            io::Error::other(format!(
+                "its name now holds another file and no copy at DEST matches it; the original is kept at SOURCE/{}, to be moved back by hand",
+                crate::escape::escape(&fsx::join(fsx::split_parent(path).0, held))
+            )),
+        )),
+        Err(e) => Err(Error::io("put back the original of", path, e)),
+    }
+}
+
+/// After the journal durably records a completed relocation, remove the original that recovery
+/// found held at its temporary name (if it is still that inode).
+pub fn drop_held(ctx: &Ctx, path: &[u8], held: &[u8], ino: u64) -> Result<()> {
+    let dir = fsx::resolve_dir(ctx.src_root.as_fd(), fsx::split_parent(path).0)
+        .ctx("open the SOURCE directory of", path)?;
+    if fsx::stat_at(dir.as_fd(), held).is_ok_and(|s| s.st_ino == ino) {
+        fsx::unlink_at(dir.as_fd(), held).ctx("remove the relocated original of", path)?;
+    }
+    Ok(())
 }

@@ -266,6 +266,9 @@ struct Runner {
     /// Outcomes not yet recorded: (ids, state, reason).
     outcomes: Vec<(Vec<i64>, &'static str, Option<String>)>,
     reserved_seen: Vec<(i64, Vec<u8>)>,
+    /// Originals of relocations recovery completed: (path, temporary name, inode), removed
+    /// once the journal has committed them relocated.
+    held_originals: Vec<(Vec<u8>, Vec<u8>, u64)>,
     walk_errors: u64,
     failures_printed: u64,
     rate: RateMeter,
@@ -379,6 +382,7 @@ impl Runner {
             batch_started: Instant::now(),
             outcomes: Vec::new(),
             reserved_seen: Vec::new(),
+            held_originals: Vec::new(),
             walk_errors: 0,
             failures_printed: 0,
             rate: RateMeter {
@@ -605,7 +609,7 @@ impl Runner {
                     self.recover_one(r.id, &r.path)?;
                     n += 1;
                 }
-                self.j.commit()?;
+                self.commit_recovered()?;
             }
         }
         if n > 0 {
@@ -614,6 +618,24 @@ impl Runner {
                 "info",
                 &format!("recovered {n} files left in flight by an earlier run"),
             )?;
+        }
+        Ok(())
+    }
+
+    /// Commit what recovery decided. Relocations it completed are made durable on both sides
+    /// before the journal says so, and their originals removed only after that.
+    fn commit_recovered(&mut self) -> Result<()> {
+        let held = std::mem::take(&mut self.held_originals);
+        if !held.is_empty() {
+            fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
+            fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
+        }
+        self.j.commit()?;
+        for (path, name, ino) in held {
+            if let Err(e) = relocate::drop_held(&self.ctx, &path, &name, ino) {
+                // The next walk finds it under its temporary name and recovery tries again.
+                self.say(format!("evac: recover: {e}"));
+            }
         }
         Ok(())
     }
@@ -634,6 +656,11 @@ impl Runner {
             Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
             Ok(RecoverResult::Relocated) => {
                 self.touch_ancestors(path, &mut HashSet::new())?;
+                self.j.mark_recovered_relocated(id)
+            }
+            Ok(RecoverResult::Completed { held, ino }) => {
+                self.touch_ancestors(path, &mut HashSet::new())?;
+                self.held_originals.push((path.to_vec(), held, ino));
                 self.j.mark_recovered_relocated(id)
             }
             Ok(RecoverResult::Unknown) => Ok(()),
@@ -807,7 +834,7 @@ impl Runner {
             }
             self.j.begin()?;
             self.recover_one(id, &rec_path)?;
-            self.j.commit()?;
+            self.commit_recovered()?;
         }
         Ok(())
     }
@@ -1043,6 +1070,11 @@ impl Runner {
                 Swap::Swapped(c) => swapped.push(c),
                 Swap::Deferred(c, why) => self.give_up(&c, "deferred", why),
                 Swap::Failed(c, why) => self.give_up(&c, "failed", why),
+            }
+        }
+        if !swapped.is_empty() {
+            if let Some(d) = pause_after_swap() {
+                std::thread::sleep(d);
             }
         }
         if ctx.no_exchange_seen.load(Ordering::Relaxed) && !self.notes_logged.1 {
@@ -1478,4 +1510,16 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
         );
     }
     Ok(if errors > 0 { EXIT_LEFT } else { EXIT_OK })
+}
+
+/// Lets tests hold a run between a batch's swaps and their record in the journal (milliseconds),
+/// the window in which a user may rename, delete or replace a fresh link before a crash.
+fn pause_after_swap() -> Option<Duration> {
+    static PAUSE: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *PAUSE.get_or_init(|| {
+        std::env::var("EVAC_TEST_PAUSE_AFTER_SWAP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
