@@ -994,6 +994,29 @@ impl Journal {
         Ok(())
     }
 
+    /// A copy left at DEST under the row's path by an undone swap whose link a user moved: it
+    /// is the path's linked copy from now on (resync decides where it goes).
+    pub fn keep_copy(&self, id: i64, dest_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET dest_ino = ?2, linked_ino = ?2, updated_at = ?3 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, dest_ino as i64, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    /// A recorded relocation undone (its original put back, its copy removed from DEST).
+    pub fn drop_copy(&self, id: i64, dest_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET linked_ino = NULL, link_ino = NULL, updated_at = ?3 WHERE id = ?1 AND linked_ino = ?2",
+            )
+            .and_then(|mut st| st.execute(params![id, dest_ino as i64, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
     /// The link count the walk saw (more than one: relocated with its other names, as a group).
     pub fn nlink_of(&self, id: i64) -> Result<u64> {
         self.conn

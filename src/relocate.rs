@@ -112,6 +112,12 @@ pub struct Copied {
     pub bytes: u64,
     /// Swapped by rename with the original kept under an attic name (no RENAME_EXCHANGE).
     pub attic: bool,
+    /// A swap being undone found its name no longer holding our link (the user renamed, deleted
+    /// or replaced the link just after the swap): the copy stays at DEST for a renamed link.
+    pub link_moved: AtomicBool,
+    /// ... and the original could not go back under its name (now another file's): it is kept
+    /// under its temporary name.
+    pub original_kept: AtomicBool,
 }
 
 pub enum Outcome {
@@ -365,6 +371,8 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         hash: *hasher.finalize().as_bytes(),
         bytes: after.st_size as u64,
         attic: false,
+        link_moved: AtomicBool::new(false),
+        original_kept: AtomicBool::new(false),
     })))
 }
 
@@ -709,7 +717,7 @@ fn swap_attic(
     let ok = matches!(fsx::stat_at(dir, &attic), Ok(s) if same_content_identity(&s, &c.st))
         && c.src.intact();
     if !ok {
-        let _ = fsx::rename_replace(dir, &attic, dir, fname);
+        unswap_one(ctx, c, n);
         return Err(SwapErr::Changed(
             "written to while being swapped; put back".into(),
         ));
@@ -723,13 +731,43 @@ fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
         if fsx::rename_exchange(dir, lnk, dir, fname).is_ok() {
             let _ = fsx::unlink_if_exists(dir, lnk);
         }
+        note_writes_through_link(ctx, c, n);
     } else {
-        // The user deleted or replaced the file in the instant after the swap: that is their
-        // last word on it (as if evac had not been there, a write still going to the old inode
-        // goes with it). Never swap back over whatever they put there.
-        let _ = fsx::unlink_if_exists(dir, lnk);
+        link_moved_on_undo(c, dir, lnk, fname);
     }
-    note_writes_through_link(ctx, c, n);
+}
+
+/// Undoing a swap whose link the user renamed, deleted or replaced in the instant after it:
+/// never swap back over what they put there, and destroy nothing. The copy stays at DEST (a
+/// renamed link names it); the original goes back under its name if that is free, else it is
+/// kept under its temporary name.
+fn link_moved_on_undo(c: &Copied, dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) {
+    c.link_moved.store(true, Ordering::Relaxed);
+    if let Ok(Displaced::Kept) = put_back_displaced(dir, held, fname) {
+        c.original_kept.store(true, Ordering::Relaxed);
+    }
+}
+
+enum Displaced {
+    /// Back under its own name.
+    Restored,
+    /// One of several names of the inode, removed: the others keep the data.
+    Spare,
+    /// Its name holds another file now: left under the temporary name.
+    Kept,
+}
+
+/// Put an original that a swap displaced back under `fname`, without replacing anything there.
+fn put_back_displaced(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Result<Displaced> {
+    if fsx::stat_at(dir, held)?.st_nlink > 1 {
+        fsx::unlink_at(dir, held)?;
+        return Ok(Displaced::Spare);
+    }
+    match fsx::rename_noreplace(dir, held, dir, fname) {
+        Ok(()) => Ok(Displaced::Restored),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Displaced::Kept),
+        Err(e) => Err(e),
+    }
 }
 
 fn name_holds_our_link(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], path: &[u8]) -> bool {
@@ -749,8 +787,7 @@ fn unswap_one(ctx: &Ctx, c: &Copied, n: &Name) {
         if name_holds_our_link(ctx, dir, fname, &n.rec.path) {
             let _ = fsx::rename_replace(dir, &attic, dir, fname);
         } else {
-            // Deleted or replaced by its user since the swap (see undo_exchange).
-            let _ = fsx::unlink_if_exists(dir, &attic);
+            link_moved_on_undo(c, dir, &attic, fname);
         }
     } else {
         undo_exchange(ctx, c, n, &ctx.tmp_name(n.rec.id, "lnk"), fname);
@@ -790,8 +827,10 @@ pub fn finish(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Undo what a copy left behind when it is not swapped (deferred, failed, stopped).
+/// Undo what a copy left behind when it is not swapped (deferred, failed, stopped). A copy
+/// whose link a user moved while its swap was undone keeps its DEST names.
 pub fn discard(c: &Copied, keep_placed: bool) {
+    let keep_placed = keep_placed || c.link_moved.load(Ordering::Relaxed);
     for n in &c.names {
         let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
         if !keep_placed {
@@ -982,14 +1021,9 @@ fn restore_original(
     // The path no longer holds our link (the user deleted, replaced or renamed it after the
     // swap), and the copy cannot stand in for this original (it is missing, differs, or is one
     // of a hard-linked group's names). The original is never destroyed for that.
-    if s.st_nlink > 1 {
-        // Another name of the same inode keeps the data.
-        fsx::unlink_at(dir, held).ctx("remove a spare name of the original of", path)?;
-        return Ok(RecoverResult::Pending);
-    }
-    match fsx::rename_noreplace(dir, held, dir, fname) {
-        Ok(()) => Ok(RecoverResult::Pending),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(Error::io(
+    match put_back_displaced(dir, held, fname) {
+        Ok(Displaced::Restored | Displaced::Spare) => Ok(RecoverResult::Pending),
+        Ok(Displaced::Kept) => Err(Error::io(
             "put back the original of",
             path,
             io::Error::other(format!(

@@ -269,6 +269,10 @@ struct Runner {
     /// Originals of relocations recovery completed: (path, temporary name, inode), removed
     /// once the journal has committed them relocated.
     held_originals: Vec<(Vec<u8>, Vec<u8>, u64)>,
+    /// Copies left at DEST by undone swaps whose link a user moved: (ids, DEST inode).
+    kept_copies: Vec<(Vec<i64>, u64)>,
+    /// Copies of recorded relocations undone and removed from DEST: (ids, DEST inode).
+    dropped_copies: Vec<(Vec<i64>, u64)>,
     walk_errors: u64,
     failures_printed: u64,
     rate: RateMeter,
@@ -383,6 +387,8 @@ impl Runner {
             outcomes: Vec::new(),
             reserved_seen: Vec::new(),
             held_originals: Vec::new(),
+            kept_copies: Vec::new(),
+            dropped_copies: Vec::new(),
             walk_errors: 0,
             failures_printed: 0,
             rate: RateMeter {
@@ -922,6 +928,16 @@ impl Runner {
     }
 
     fn record_outcomes(&mut self) -> Result<()> {
+        for (ids, ino) in std::mem::take(&mut self.kept_copies) {
+            for id in ids {
+                self.j.keep_copy(id, ino)?;
+            }
+        }
+        for (ids, ino) in std::mem::take(&mut self.dropped_copies) {
+            for id in ids {
+                self.j.drop_copy(id, ino)?;
+            }
+        }
         for (ids, state, why) in std::mem::take(&mut self.outcomes) {
             for id in ids {
                 self.j.set_state(id, state, why.as_deref())?;
@@ -962,6 +978,27 @@ impl Runner {
     fn give_up(&mut self, c: &Copied, state: &'static str, why: String) {
         relocate::discard(c, false);
         let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
+        let (state, why) = if c.link_moved.load(Ordering::Relaxed) {
+            // The copy stays at DEST as this path's linked copy: resync gives it to a renamed
+            // link, or to the trash once two walks show no link names it.
+            self.kept_copies.push((ids.clone(), c.dst_st.st_ino));
+            if c.original_kept.load(Ordering::Relaxed) {
+                let held = self
+                    .ctx
+                    .tmp_name(ids[0], if c.attic { "attic" } else { "lnk" });
+                let (pd, _) = fsx::split_parent(&c.names[0].rec.path);
+                ("failed", format!(
+                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST, and the original (its name now holds another file) is kept at SOURCE/{}",
+                    crate::escape::escape(&fsx::join(pd, &held))
+                ))
+            } else {
+                (state, format!(
+                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST for it, and the original is back under its name"
+                ))
+            }
+        } else {
+            (state, why)
+        };
         match state {
             "failed" => {
                 Stats::add(&self.stats.failed, ids.len() as u64);
@@ -980,6 +1017,12 @@ impl Runner {
         for c in std::mem::take(&mut self.unfinished) {
             for n in &c.names {
                 relocate::unswap(&ctx, &c, n);
+            }
+            if !c.link_moved.load(Ordering::Relaxed) {
+                // Recorded relocated already: the journal must stop naming the copy that
+                // give_up removes, or the original would wait as if a link still needed it.
+                let ids = c.names.iter().map(|n| n.rec.id).collect();
+                self.dropped_copies.push((ids, c.dst_st.st_ino));
             }
             self.give_up(&c, "deferred", why.to_string());
         }

@@ -442,3 +442,82 @@ fn links_changed_between_swap_and_record_survive_kill_9() {
     ])
     .expect(0, "verify");
 }
+
+#[test]
+fn a_link_moved_before_its_swap_is_undone_keeps_its_copy() {
+    // A batch is swapped and recorded, then DEST's syncfs hangs (test knob) and the batch is put
+    // back because its DEST names were never proven durable. The user renamed one of its fresh
+    // links in between: undoing must not swap back over anything, remove the original, or
+    // remove the copy that the renamed link names.
+    let e = env();
+    write(&e.src, "u/one", b"first file");
+    write(&e.src, "u/two", b"second file");
+    let mut bg = spawn_evac_env(
+        run_args(
+            &e.src,
+            &e.dst,
+            &e.journal,
+            &["--workers", "1", "--batch-files", "1", "--op-timeout", "2"],
+        ),
+        &[
+            ("EVAC_TEST_PAUSE_AFTER_SWAP", OsStr::new("1500")),
+            ("EVAC_TEST_STALL_SYNCFS", OsStr::new("2")),
+        ],
+    );
+    let link_of = |rel: &str| {
+        std::fs::symlink_metadata(e.src.join(rel)).is_ok_and(|m| m.file_type().is_symlink())
+    };
+    let mut first = "";
+    wait_until(
+        "the first batch's swap",
+        std::time::Duration::from_secs(60),
+        || {
+            first = ["u/one", "u/two"]
+                .into_iter()
+                .find(|r| link_of(r))
+                .unwrap_or("");
+            !first.is_empty()
+        },
+    );
+    let content = std::fs::read(e.src.join(first)).unwrap();
+    let moved = format!("{first}.moved");
+    mv(&e.src, first, &moved);
+    let out = bg.wait_for(std::time::Duration::from_secs(60));
+    out.expect(1, "a run whose syncfs of DEST stops answering");
+    assert_eq!(
+        std::fs::read(e.src.join(&moved)).unwrap(),
+        content,
+        "the renamed link no longer shows its file\n{}",
+        out.dump()
+    );
+    assert_eq!(
+        std::fs::read(e.src.join(first)).unwrap(),
+        content,
+        "the original is not back under its name"
+    );
+    let mut code = 3;
+    for _ in 0..4 {
+        code = evac_resume(&e.journal, &[]).code();
+        if code == 0 {
+            break;
+        }
+    }
+    assert_eq!(code, 0, "resumes did not finish");
+    let other = if first == "u/one" { "u/two" } else { "u/one" };
+    let text = |r: &str| String::from_utf8(std::fs::read(e.src.join(r)).unwrap()).unwrap();
+    let want = expect(&[
+        (&moved, &String::from_utf8(content.clone()).unwrap()),
+        (first, &String::from_utf8(content).unwrap()),
+        (other, &text(other)),
+    ]);
+    assert_no_problems(
+        "after a put-back batch whose link was renamed",
+        &mirror_problems(&e.src, &e.dst, &want),
+    );
+    evac([
+        OsStr::new("verify"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ])
+    .expect(0, "verify");
+}
