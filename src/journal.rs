@@ -1164,6 +1164,30 @@ impl Journal {
             .map_err(self.e("list renamed links"))
     }
 
+    /// A link rewritten to name DEST `target` (a staging name), with its new inode.
+    pub fn set_link(&self, id: i64, target: &[u8], link_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE files SET target = ?2, ino = ?3, updated_at = ?4 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, target, link_ino as i64, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
+    /// Ids of the links seen this run that name `target` from another path (not yet rewritten).
+    pub fn links_naming(&self, run: i64, target: &[u8]) -> Result<Vec<i64>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM files WHERE kind = 'symlink' AND seen_run = ?1 AND target = ?2 AND path != target",
+            )
+            .map_err(self.e("list renamed links"))?;
+        let rows = st
+            .query_map(params![run, target], |r| r.get(0))
+            .map_err(self.e("list renamed links"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list renamed links"))
+    }
+
     const COPY_COLS: &'static str =
         "id, path, state, kind, seen_run, version, dest_ino, linked_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns";
 

@@ -5,6 +5,7 @@
 
 use crate::busy::Mapped;
 use crate::error::{Error, IoContext, Result};
+use crate::escape::quoted;
 use crate::fsx::{self, Stat};
 use crate::journal::{FileRec, Journal};
 use crate::signals::{lease_signal, Leases};
@@ -115,8 +116,8 @@ pub struct Copied {
     /// A swap being undone found its name no longer holding our link (the user renamed, deleted
     /// or replaced the link just after the swap): the copy stays at DEST for a renamed link.
     pub link_moved: AtomicBool,
-    /// ... and the original could not go back under its name (now another file's): it is kept
-    /// under its temporary name.
+    /// ... and the original could not go back under its name (now another file's): it was
+    /// saved beside it as `<name>.evac-saved`.
     pub original_kept: AtomicBool,
 }
 
@@ -743,7 +744,7 @@ fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
 /// kept under its temporary name.
 fn link_moved_on_undo(c: &Copied, dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) {
     c.link_moved.store(true, Ordering::Relaxed);
-    if let Ok(Displaced::Kept) = put_back_displaced(dir, held, fname) {
+    if let Ok(Displaced::Saved(_)) = put_back_displaced(dir, held, fname) {
         c.original_kept.store(true, Ordering::Relaxed);
     }
 }
@@ -753,8 +754,9 @@ enum Displaced {
     Restored,
     /// One of several names of the inode, removed: the others keep the data.
     Spare,
-    /// Its name holds another file now: left under the temporary name.
-    Kept,
+    /// Its name holds another file now: saved beside it under this name (an ordinary file that
+    /// the next walk relocates like any other).
+    Saved(Vec<u8>),
 }
 
 /// Put an original that a swap displaced back under `fname`, without replacing anything there.
@@ -764,10 +766,24 @@ fn put_back_displaced(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Res
         return Ok(Displaced::Spare);
     }
     match fsx::rename_noreplace(dir, held, dir, fname) {
-        Ok(()) => Ok(Displaced::Restored),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Displaced::Kept),
-        Err(e) => Err(e),
+        Ok(()) => return Ok(Displaced::Restored),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
     }
+    // Like a backup suffix: visible to its owner, never over anything.
+    for k in 0..1000u32 {
+        let mut name = fname.to_vec();
+        name.extend_from_slice(b".evac-saved");
+        if k > 0 {
+            name.extend_from_slice(format!(".{k}").as_bytes());
+        }
+        match fsx::rename_noreplace(dir, held, dir, &name) {
+            Ok(()) => return Ok(Displaced::Saved(name)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 fn name_holds_our_link(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], path: &[u8]) -> bool {
@@ -958,13 +974,23 @@ fn restore_original(
     let copied_as = j.copied_as(id)?;
     let unchanged = copied_as
         .is_some_and(|(size, mtime)| size == s.st_size as u64 && mtime == fsx::mtime_ns(s));
-    let (dest_ino, _) = dest_inos(j, id)?;
+    let (dest_ino, linked_ino) = dest_inos(j, id)?;
     let (pd, n) = fsx::split_parent(path);
     let ddir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok();
     let dest_st = ddir.as_ref().and_then(|d| fsx::stat_at(d.as_fd(), n).ok());
     let dest_ok = dest_st
         .as_ref()
         .is_some_and(|st| Some(st.st_ino) == dest_ino);
+    // The row may since describe a new file the walk found at the path (state pending, its
+    // stat); the copy itself says whether it holds this original: same size and mtime (the
+    // copy carries the original's) at DEST under the path, as the linked copy.
+    let recorded_copy_holds_it = linked_ino.is_some()
+        && dest_st.as_ref().is_some_and(|d| {
+            Some(d.st_ino) == linked_ino
+                && d.st_size == s.st_size
+                && fsx::mtime_ns(d) == fsx::mtime_ns(s)
+        });
+    let in_flight_or_relocated = matches!(state, "placed" | "copying" | "relocated");
     // Relocated (checked and recorded; only the unlink was lost), or placed and swapped but not
     // recorded (single-name files): the relocation is completed rather than undone when the original is unchanged
     // and its copy stands, whatever the path holds now -- users may since have written through
@@ -978,6 +1004,12 @@ fn restore_original(
     if state == "relocated" && !attic_only && unchanged && dest_ok {
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Relocated);
+    }
+    if !in_flight_or_relocated && !attic_only && recorded_copy_holds_it {
+        // Relocated and recorded, then replaced by a new file the walk has already taken in:
+        // the recorded copy holds this original.
+        fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
+        return Ok(RecoverResult::Pending);
     }
     if state == "placed" && single && !attic_only && unchanged && dest_ok {
         // The journal must say relocated (durably) before the original goes: a later recovery
@@ -1007,7 +1039,7 @@ fn restore_original(
             let _ = to_trash(ctx, d.as_fd(), n, path);
         }
     }
-    if name_is_our_link {
+    if name_is_our_link && in_flight_or_relocated {
         match fsx::rename_exchange(dir, held, dir, fname) {
             Ok(()) => {
                 fsx::unlink_if_exists(dir, held).ctx("remove leftover link for", path)?;
@@ -1023,14 +1055,18 @@ fn restore_original(
     // of a hard-linked group's names). The original is never destroyed for that.
     match put_back_displaced(dir, held, fname) {
         Ok(Displaced::Restored | Displaced::Spare) => Ok(RecoverResult::Pending),
-        Ok(Displaced::Kept) => Err(Error::io(
-            "put back the original of",
-            path,
-            io::Error::other(format!(
-                "its name now holds another file and no copy at DEST matches it; the original is kept at SOURCE/{}, to be moved back by hand",
-                crate::escape::escape(&fsx::join(fsx::split_parent(path).0, held))
-            )),
-        )),
+        Ok(Displaced::Saved(as_name)) => {
+            j.log(
+                None,
+                "warn",
+                &format!(
+                    "{}: its name now holds another file and no copy at DEST matches the original; the original was saved as {} (relocated as a file of its own)",
+                    quoted(path),
+                    quoted(&fsx::join(fsx::split_parent(path).0, &as_name))
+                ),
+            )?;
+            Ok(RecoverResult::Pending)
+        }
         Err(e) => Err(Error::io("put back the original of", path, e)),
     }
 }

@@ -87,7 +87,22 @@ struct Resync<'a> {
     needed: HashSet<Vec<u8>>,
     /// Copies one of whose links could not be rewritten: their old name stays.
     failed: HashSet<u64>,
+    /// Links given up on this run: they keep naming what they name.
+    stuck: HashSet<i64>,
+    /// Links whose DEST name holds a copy that links not yet moved still name: they wait, so
+    /// that no link ever shows another file's copy.
+    postponed: Vec<(ElsewhereLink, Claimable)>,
     stats: Stats,
+}
+
+/// Who still names a DEST path whose copy a claim would displace.
+enum Namers {
+    /// Nobody (or only links in the batch about to be flushed).
+    Clear,
+    /// Links not handled yet this run.
+    Pending,
+    /// A link that will keep naming it this run.
+    Stuck,
 }
 
 const BATCH: usize = 512;
@@ -102,10 +117,13 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
         release: Vec::new(),
         needed: HashSet::new(),
         failed: HashSet::new(),
+        stuck: HashSet::new(),
+        postponed: Vec::new(),
         stats: Stats::default(),
     };
     r.renamed_links()?;
     r.flush()?;
+    r.postponed_links()?;
     r.unlinked_copies()?;
     r.j.note_waiting_new_versions()?;
     r.vanished_dirs()?;
@@ -233,10 +251,20 @@ impl Resync<'_> {
                 }
                 let g = group.as_ref().expect("set above");
                 // A link whose own copy went to the trash gets that one; the others share the
-                // copy that still stands at the named path.
-                let from = match self.trash_claimable(&l.target, l.link_ino)? {
-                    Some(t) => Some(t),
-                    None => g.from.clone(),
+                // copy that still stands at the named path. Inode numbers are reused once a
+                // link is deleted: the path's newest link (the row's) wins over older trash
+                // records with the same number.
+                let newest = g
+                    .from
+                    .as_ref()
+                    .filter(|f| f.copy.link_ino == Some(l.link_ino))
+                    .cloned();
+                let from = match newest {
+                    Some(f) => Some(f),
+                    None => match self.trash_claimable(&l.target, l.link_ino)? {
+                        Some(t) => Some(t),
+                        None => g.from.clone(),
+                    },
                 };
                 let Some(from) = from else {
                     let why = if self
@@ -249,6 +277,7 @@ impl Resync<'_> {
                         "a link into DEST that names no copy evac knows (left as it is)"
                     };
                     self.j.set_state(l.id, "skipped", Some(why))?;
+                    self.stuck.insert(l.id);
                     continue;
                 };
                 let shared = matches!(from.origin, Origin::Row { .. });
@@ -302,6 +331,19 @@ impl Resync<'_> {
                         "DEST already has another file at the new name (conflict; left as it is)",
                     );
                 };
+                match self.namers(&l.path)? {
+                    Namers::Clear => {}
+                    Namers::Pending => {
+                        self.postponed.push((l, from));
+                        return Ok(false);
+                    }
+                    Namers::Stuck => {
+                        return self.moved_again(
+                            &l,
+                            "its new name's old copy is still named by a link that was not moved",
+                        )
+                    }
+                }
                 if !self.trash_copy(&own, st.st_ino, "its link was replaced by a renamed link")? {
                     return self.problem(&l, "move the replaced copy to the trash", "failed");
                 }
@@ -345,7 +387,179 @@ impl Resync<'_> {
         fsx::link_at(fdir.as_fd(), fname, dir.as_fd(), name)
     }
 
+    /// Whether the copy at DEST `path` may be displaced now: not while a link elsewhere that
+    /// has not been rewritten still names it (that link would show the newcomer).
+    fn namers(&self, path: &[u8]) -> Result<Namers> {
+        let mut pending = false;
+        for id in self.j.links_naming(self.run, path)? {
+            if self.stuck.contains(&id) {
+                return Ok(Namers::Stuck);
+            }
+            // Claimed and waiting for the flush that trash_copy makes first: not a blocker.
+            if !self.moves.iter().any(|m| m.link.id == id) {
+                pending = true;
+            }
+        }
+        Ok(if pending {
+            Namers::Pending
+        } else {
+            Namers::Clear
+        })
+    }
+
+    /// Links that waited for the links naming their new DEST name's old copy: in rounds, each
+    /// ending with a flush. A round in which none can go is a cycle of renames (A and B
+    /// swapped): one link of it is parked on a staging name at DEST, which frees the name it
+    /// held.
+    fn postponed_links(&mut self) -> Result<()> {
+        let mut stalled_rounds = 0;
+        while !self.postponed.is_empty() {
+            let round = std::mem::take(&mut self.postponed);
+            let before: Vec<i64> = round.iter().map(|(l, _)| l.id).collect();
+            for (l, from) in round {
+                let origin = from.clone();
+                if self.claim(l, from)? {
+                    self.release_if_unnamed(origin)?;
+                }
+            }
+            self.flush()?;
+            let after: Vec<i64> = self.postponed.iter().map(|(l, _)| l.id).collect();
+            if after == before {
+                stalled_rounds += 1;
+                if stalled_rounds > before.len() + 1 {
+                    // Cannot happen (each parking frees a name); never loop forever.
+                    for (l, _) in std::mem::take(&mut self.postponed) {
+                        self.moved_again(&l, "a cycle of renames that could not be untangled")?;
+                    }
+                    break;
+                }
+                let (l, from) = self.postponed.remove(0);
+                self.park(l, from)?;
+            } else {
+                stalled_rounds = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// A copy at its row's DEST path whose links have all been claimed: its old name goes with
+    /// the next flush.
+    fn release_if_unnamed(&mut self, from: Claimable) -> Result<()> {
+        let Origin::Row { path, .. } = &from.origin else {
+            return Ok(());
+        };
+        let in_batch = |id: &i64| self.moves.iter().any(|m| m.link.id == *id);
+        let named = self.j.links_naming(self.run, path)?;
+        if named.iter().all(in_batch)
+            && !self
+                .release
+                .iter()
+                .any(|r| r.origin.dest_rel() == path.as_slice())
+        {
+            self.release.push(from);
+        }
+        Ok(())
+    }
+
+    /// Break a cycle: give the link its copy under a staging name in its own DEST directory
+    /// (recorded like a trash entry, so a crash leaves a link the next run can follow), point
+    /// the link there, and queue it again to take its own name once that is free.
+    fn park(&mut self, l: ElsewhereLink, from: Claimable) -> Result<()> {
+        let (pd, _) = fsx::split_parent(&l.path);
+        let stage_name = self.ctx.tmp_name(l.id, "mv");
+        let stage_rel = fsx::join(pd, &stage_name);
+        let dir = match fsx::ensure_dir(self.ctx.dst_root.as_fd(), pd) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(&l, "create DEST directory", &e.to_string())?;
+                return Ok(());
+            }
+        };
+        if fsx::stat_at(dir.as_fd(), &stage_name).is_ok_and(|s| s.st_ino != from.dest_ino) {
+            let _ = fsx::unlink_at(dir.as_fd(), &stage_name);
+        }
+        let staged = match fsx::stat_at(dir.as_fd(), &stage_name) {
+            Ok(_) => Ok(()),
+            Err(_) => self.link_copy(&from, &dir, &stage_name),
+        };
+        if let Err(e) = staged {
+            self.problem(&l, "stage the copy at DEST", &e.to_string())?;
+            return Ok(());
+        }
+        fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
+        let j = self.j;
+        let mut tid = 0;
+        let mut copy = from.copy.clone();
+        let rewritten = self.rewrite(&l, &stage_rel, &mut |fresh| {
+            copy.link_ino = Some(fresh);
+            let row = PathRow {
+                id: l.id,
+                path: stage_rel.clone(),
+                state: String::new(),
+                kind: String::new(),
+                seen_run: None,
+                version: from.version,
+                dest_ino: Some(from.dest_ino),
+                linked_ino: Some(from.dest_ino),
+                copy: copy.clone(),
+            };
+            let own_tx = !j.in_transaction();
+            let r = (|| {
+                if own_tx {
+                    j.begin()?;
+                }
+                tid = j.add_trash(
+                    &row,
+                    from.dest_ino,
+                    &stage_rel,
+                    "staged for a renamed link while a cycle of renames is untangled",
+                )?;
+                j.trash_moved(tid)?;
+                if own_tx {
+                    j.commit()?;
+                }
+                Ok::<(), crate::error::Error>(())
+            })();
+            r.map_err(|e| e.to_string())
+        });
+        let fresh = match rewritten {
+            Ok(f) => f,
+            Err(why) => {
+                if tid != 0 {
+                    let _ = self.j.trash_restored(tid);
+                }
+                let _ = fsx::unlink_at(dir.as_fd(), &stage_name);
+                self.moved_again(&l, &why)?;
+                return Ok(());
+            }
+        };
+        fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
+        self.j.set_link(l.id, &stage_rel, fresh)?;
+        let old = from.clone();
+        let parked = ElsewhereLink {
+            id: l.id,
+            path: l.path.clone(),
+            link_ino: fresh,
+            target: stage_rel.clone(),
+        };
+        self.postponed.push((
+            parked,
+            Claimable {
+                origin: Origin::Trash {
+                    id: tid,
+                    rel: stage_rel,
+                },
+                dest_ino: from.dest_ino,
+                copy,
+                version: from.version,
+            },
+        ));
+        self.release_if_unnamed(old)?;
+        self.flush()
+    }
+
     fn problem(&mut self, l: &ElsewhereLink, op: &str, why: &str) -> Result<bool> {
+        self.stuck.insert(l.id);
         self.stats.problems += 1;
         let reason = format!("renamed link: {op}: {why}");
         self.j.set_state(l.id, "failed", Some(&reason))?;
@@ -355,6 +569,7 @@ impl Resync<'_> {
 
     /// The user moved the link again since the walk: the next run follows it.
     fn moved_again(&mut self, l: &ElsewhereLink, why: &str) -> Result<bool> {
+        self.stuck.insert(l.id);
         let reason =
             format!("renamed link changed since the walk ({why}); the next run follows it");
         self.j.set_state(l.id, "deferred", Some(&reason))?;
@@ -428,7 +643,7 @@ impl Resync<'_> {
         fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
         let mut done = Vec::new();
         for m in moves {
-            match self.rewrite(&m.link) {
+            match self.rewrite(&m.link, &m.link.path, &mut |_| Ok(())) {
                 Ok(link_ino) => done.push((m, link_ino)),
                 Err(why) => {
                     self.failed.insert(m.from.dest_ino);
@@ -498,9 +713,16 @@ impl Resync<'_> {
         Ok(())
     }
 
-    /// Point the link at its own path: exchange it with a fresh link, then check that what came
-    /// out is the very link we decided on (else put it back). Returns the new link's inode.
-    fn rewrite(&self, l: &ElsewhereLink) -> std::result::Result<u64, String> {
+    /// Point the link at DEST `to` (its own path, or a staging name): exchange it with a fresh
+    /// link, then check that what came out is the very link we decided on (else put it back).
+    /// `before` runs once the fresh link exists, with its inode, before the exchange. Returns
+    /// the new link's inode.
+    fn rewrite(
+        &self,
+        l: &ElsewhereLink,
+        to: &[u8],
+        before: &mut dyn FnMut(u64) -> std::result::Result<(), String>,
+    ) -> std::result::Result<u64, String> {
         let (pd, name) = fsx::split_parent(&l.path);
         let dir = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
             .map_err(|e| format!("open SOURCE directory: {e}"))?;
@@ -512,7 +734,7 @@ impl Resync<'_> {
         }
         let tmp = self.ctx.tmp_name(l.id, "lnk");
         let _ = fsx::unlink_if_exists(dir, &tmp);
-        fsx::symlink_at(&self.ctx.link_target(&l.path), dir, &tmp)
+        fsx::symlink_at(&self.ctx.link_target(to), dir, &tmp)
             .map_err(|e| format!("create the link: {e}"))?;
         let fresh = fsx::stat_at(dir, &tmp).map_err(|e| format!("stat the new link: {e}"));
         let meta = fsx::set_link_meta(
@@ -531,6 +753,10 @@ impl Resync<'_> {
                 return Err(e);
             }
         };
+        if let Err(e) = before(fresh.st_ino) {
+            let _ = fsx::unlink_if_exists(dir, &tmp);
+            return Err(e);
+        }
         let swapped = match fsx::rename_exchange(dir, &tmp, dir, name) {
             Ok(()) => true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {

@@ -983,13 +983,9 @@ impl Runner {
             // link, or to the trash once two walks show no link names it.
             self.kept_copies.push((ids.clone(), c.dst_st.st_ino));
             if c.original_kept.load(Ordering::Relaxed) {
-                let held = self
-                    .ctx
-                    .tmp_name(ids[0], if c.attic { "attic" } else { "lnk" });
-                let (pd, _) = fsx::split_parent(&c.names[0].rec.path);
-                ("failed", format!(
-                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST, and the original (its name now holds another file) is kept at SOURCE/{}",
-                    crate::escape::escape(&fsx::join(pd, &held))
+                (state, format!(
+                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST, and the original (its name now holds another file) was saved beside it as {}.evac-saved",
+                    crate::escape::escape(fsx::split_parent(&c.names[0].rec.path).1)
                 ))
             } else {
                 (state, format!(

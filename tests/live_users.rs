@@ -36,6 +36,7 @@
 //!   EVAC_LIVE_FILES=2500     files in the untouched tree
 //!   EVAC_LIVE_SECS=12        suite 1: seconds of evac runs while writers work
 //!   EVAC_LIVE_KILLS=50       suite 3: kill -9s of evac while writers work
+//!   EVAC_LIVE_KEEP=1         on failure, print the problems and keep the workspace (exits)
 //!   EVAC_LIVE_RENAME=1       let the renamer rename relocated files (off by default: see renames_enabled)
 //! Soak: EVAC_LIVE_FILES=6000 EVAC_LIVE_SECS=300 EVAC_LIVE_KILLS=1000 \
 //!   cargo test --release --test live_users -- --nocapture
@@ -1832,6 +1833,14 @@ fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &s
         p_all.add("test did nothing", "no writes performed".into());
     }
     if p_all.total() > 0 {
+        if std::env::var_os("EVAC_LIVE_KEEP").is_some() {
+            eprintln!(
+                "{name}: {}\nEVAC_LIVE_KEEP: the tree, DEST and journal stay at {}",
+                p_all.report(ctx.seed),
+                ctx.journal.display()
+            );
+            std::process::exit(101);
+        }
         panic!("{name}: {}", p_all.report(ctx.seed));
     }
 }

@@ -365,82 +365,88 @@ fn a_renamed_name_of_a_hard_link_group_keeps_the_group_at_dest() {
 
 #[test]
 fn links_changed_between_swap_and_record_survive_kill_9() {
-    // The window between a batch's swaps and the journal's record of them: users rename, delete
-    // and replace the fresh links, and evac is killed there. Recovery must neither undo the
-    // swap under a renamed link (which would strand it) nor remove the copy the renamed link
-    // names; the deleted file's copy ends in the trash, the replaced one's too.
-    let e = env();
-    write(&e.src, "w/ren", b"renamed while in flight");
-    write(&e.src, "w/del", b"deleted while in flight");
-    write(&e.src, "w/rep", b"replaced while in flight");
-    write(&e.src, "w/keep", b"left alone");
-    let mut bg = spawn_evac_env(
-        run_args(&e.src, &e.dst, &e.journal, &[]),
-        &[("EVAC_TEST_PAUSE_AFTER_SWAP", OsStr::new("120000"))],
-    );
-    let is_link = |rel: &str| {
-        std::fs::symlink_metadata(e.src.join(rel)).is_ok_and(|m| m.file_type().is_symlink())
-    };
-    wait_until(
-        "the batch's swaps",
-        std::time::Duration::from_secs(60),
-        || {
-            ["w/ren", "w/del", "w/rep", "w/keep"]
-                .iter()
-                .all(|r| is_link(r))
-        },
-    );
-    // (The premise: the journal has not recorded the swaps.)
-    assert_eq!(
-        count(&status(&e.journal), "relocated"),
-        0,
-        "swaps recorded too early"
-    );
-    mv(&e.src, "w/ren", "w/ren.moved");
-    std::fs::remove_file(e.src.join("w/del")).unwrap();
-    write(&e.src, "w/rep.new", b"the user's new version");
-    mv(&e.src, "w/rep.new", "w/rep");
-    assert!(bg.kill9(), "evac ended before the kill");
-    // The new version waits one run for its path's old copy to be shown unlinked.
-    let mut code = 3;
-    for _ in 0..4 {
-        code = evac_run(&e.src, &e.dst, &e.journal, &[]).code();
-        if code == 0 {
-            break;
-        }
-    }
-    assert_eq!(code, 0, "resumes did not finish");
-    let want = expect(&[
-        ("w/ren.moved", "renamed while in flight"),
-        ("w/rep", "the user's new version"),
-        ("w/keep", "left alone"),
-    ]);
-    assert_no_problems(
-        "after kill -9 in the swap window",
-        &mirror_problems(&e.src, &e.dst, &want),
-    );
-    let trash = trash_contents(&e.dst);
-    for kept in ["deleted while in flight", "replaced while in flight"] {
-        assert!(
-            trash.contains_key(kept.as_bytes()),
-            "the copy holding {kept:?} is not in the trash: {trash:?}"
+    // The window between a batch's swaps and the journal's record of them: a user renames,
+    // deletes or replaces the fresh link, and evac is killed there. Recovery must neither undo
+    // the swap under a renamed link (which would strand it) nor remove the copy the renamed link
+    // names; a deleted or replaced file's copy ends in the trash. One file per case, so that the
+    // batch (whose size depends on timing) surely holds it.
+    for action in ["rename", "delete", "replace"] {
+        let e = env();
+        let original = format!("{action}d while in flight");
+        write(&e.src, "w/f", original.as_bytes());
+        let mut bg = spawn_evac_env(
+            run_args(&e.src, &e.dst, &e.journal, &[]),
+            &[("EVAC_TEST_PAUSE_AFTER_SWAP", OsStr::new("120000"))],
         );
+        wait_until("the swap", std::time::Duration::from_secs(60), || {
+            std::fs::symlink_metadata(e.src.join("w/f")).is_ok_and(|m| m.file_type().is_symlink())
+        });
+        // (The premise: the journal has not recorded the swap.)
+        assert_eq!(
+            count(&status(&e.journal), "relocated"),
+            0,
+            "swap recorded too early"
+        );
+        let want = match action {
+            "rename" => {
+                mv(&e.src, "w/f", "w/f.moved");
+                expect(&[("w/f.moved", &original)])
+            }
+            "delete" => {
+                std::fs::remove_file(e.src.join("w/f")).unwrap();
+                expect(&[])
+            }
+            _ => {
+                write(&e.src, "w/f.new", b"the user's new version");
+                mv(&e.src, "w/f.new", "w/f");
+                expect(&[("w/f", "the user's new version")])
+            }
+        };
+        assert!(bg.kill9(), "{action}: evac ended before the kill");
+        // A copy goes to the trash after two walks without a link naming it, and a new version
+        // waits for that: runs until DEST mirrors SOURCE.
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            let code = evac_run(&e.src, &e.dst, &e.journal, &[]).code();
+            if code == 0 && cutover(&e.journal).0 {
+                break;
+            }
+            assert!(
+                runs < 4,
+                "{action}: {runs} runs and DEST does not mirror SOURCE (exit {code})"
+            );
+        }
+        assert_no_problems(
+            &format!("{action}: after kill -9 in the swap window"),
+            &mirror_problems(&e.src, &e.dst, &want),
+        );
+        if action != "rename" {
+            let trash = trash_contents(&e.dst);
+            assert!(
+                trash.contains_key(original.as_bytes()),
+                "{action}: the copy holding {original:?} is not in the trash: {trash:?}"
+            );
+        }
+        let temps: Vec<String> = Manifest::scan(&e.src)
+            .entries
+            .keys()
+            .filter(|r| is_evac_temp(basename(r)))
+            .map(|r| esc(r))
+            .collect();
+        assert!(
+            temps.is_empty(),
+            "{action}: temporaries left in SOURCE: {temps:?}"
+        );
+        let (ready, diff) = cutover(&e.journal);
+        assert!(ready, "{action}: cutover not ready:\n{diff}");
+        evac([
+            OsStr::new("verify"),
+            OsStr::new("--journal"),
+            e.journal.as_os_str(),
+        ])
+        .expect(0, "verify");
     }
-    let temps: Vec<String> = Manifest::scan(&e.src)
-        .entries
-        .keys()
-        .filter(|r| is_evac_temp(basename(r)))
-        .map(|r| esc(r))
-        .collect();
-    assert!(temps.is_empty(), "temporaries left in SOURCE: {temps:?}");
-    let (ready, diff) = cutover(&e.journal);
-    assert!(ready, "cutover not ready:\n{diff}");
-    evac([
-        OsStr::new("verify"),
-        OsStr::new("--journal"),
-        e.journal.as_os_str(),
-    ])
-    .expect(0, "verify");
 }
 
 #[test]
