@@ -265,6 +265,80 @@ pub fn is_root() -> bool {
     *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
 }
 
+/// The file handle of `name` in `dir` (not followed if a symlink), as the handle type (4 bytes,
+/// native order) followed by the handle's bytes. rustix has no name_to_handle_at.
+pub fn handle_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    const MAX: usize = 128; // MAX_HANDLE_SZ
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + MAX];
+    buf[..4].copy_from_slice(&(MAX as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf is a file_handle with room for MAX bytes of handle; cname is NUL-terminated.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = (u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize).min(MAX);
+    let mut out = buf[4..8].to_vec();
+    out.extend_from_slice(&buf[8..8 + len]);
+    Ok(out)
+}
+
+/// What a handle from `handle_at` names now: `Ok(None)` if that inode is gone (deleted, even
+/// if its number was reused since), else its inode number and, for a symlink, its target.
+/// Needs CAP_DAC_READ_SEARCH (EPERM otherwise); `fs` is any fd on the same filesystem.
+pub fn probe_handle(
+    fs: BorrowedFd<'_>,
+    handle: &[u8],
+) -> io::Result<Option<(u64, Option<Vec<u8>>)>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if handle.len() < 4 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let n = handle.len() - 4;
+    let mut buf = vec![0u8; 8 + n];
+    buf[..4].copy_from_slice(&(n as u32).to_ne_bytes());
+    buf[4..].copy_from_slice(handle);
+    // SAFETY: buf is a complete file_handle of n bytes.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            fs.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: open_by_handle_at returned a new fd that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = fstat(fd.as_fd())?;
+    if st.st_nlink == 0 {
+        return Ok(None);
+    }
+    let target = if file_type(&st) == FileType::Symlink {
+        Some(readlink_at(fd.as_fd(), b"")?)
+    } else {
+        None
+    };
+    Ok(Some((st.st_ino, target)))
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::syncfs(fd).map_err(err)
 }
@@ -518,6 +592,33 @@ pub fn raise_nofile() -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_link_opened_by_handle_is_followed_through_renames_and_not_past_deletion() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = open_root(t.path()).unwrap();
+        symlink_at(b"/some/target", dir.as_fd(), b"l").unwrap();
+        let h = handle_at(dir.as_fd(), b"l").unwrap();
+        let ino = stat_at(dir.as_fd(), b"l").unwrap().st_ino;
+        match probe_handle(dir.as_fd(), &h) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH (run as root)");
+                return;
+            }
+            r => assert_eq!(r.unwrap(), Some((ino, Some(b"/some/target".to_vec())))),
+        }
+        rename_noreplace(dir.as_fd(), b"l", dir.as_fd(), b"moved").unwrap();
+        assert_eq!(
+            probe_handle(dir.as_fd(), &h).unwrap(),
+            Some((ino, Some(b"/some/target".to_vec())))
+        );
+        unlink_at(dir.as_fd(), b"moved").unwrap();
+        // A new link may get the same inode number; the handle's generation tells them apart.
+        for k in 0..50 {
+            symlink_at(b"/other", dir.as_fd(), format!("n{k}").as_bytes()).unwrap();
+        }
+        assert_eq!(probe_handle(dir.as_fd(), &h).unwrap(), None);
+    }
     use super::*;
 
     #[test]

@@ -10,6 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
     ("0002_resync", include_str!("../migrations/0002_resync.sql")),
+    (
+        "0003_link_handle",
+        include_str!("../migrations/0003_link_handle.sql"),
+    ),
 ];
 
 pub fn now() -> f64 {
@@ -169,10 +173,13 @@ pub struct CopyMeta {
     pub uid: Option<i64>,
     pub gid: Option<i64>,
     pub mtime_ns: Option<i64>,
+    /// The file handle of that link, when the filesystem gives one.
+    pub link_handle: Option<Vec<u8>>,
 }
 
 impl CopyMeta {
-    /// The seven columns link_ino, blake3, size, mode, uid, gid, mtime_ns, from `first` on.
+    /// The eight columns link_ino, blake3, size, mode, uid, gid, mtime_ns, link_handle, from
+    /// `first` on.
     fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<CopyMeta> {
         Ok(CopyMeta {
             link_ino: r.get::<_, Option<i64>>(first)?.map(|d| d as u64),
@@ -182,6 +189,7 @@ impl CopyMeta {
             uid: r.get(first + 4)?,
             gid: r.get(first + 5)?,
             mtime_ns: r.get(first + 6)?,
+            link_handle: r.get(first + 7)?,
         })
     }
 }
@@ -198,6 +206,8 @@ pub struct PathRow {
     pub dest_ino: Option<u64>,
     pub linked_ino: Option<u64>,
     pub copy: CopyMeta,
+    /// The last run whose walk saw this path's own link.
+    pub link_seen_run: Option<i64>,
 }
 
 /// A copy evac moved into DEST's trash.
@@ -495,6 +505,18 @@ impl Journal {
             .map_err(self.e("read runs"))
     }
 
+    /// The `k`-th last run before `run` that walked all of SOURCE (k = 1: the previous one).
+    pub fn resynced_back(&self, run: i64, k: i64) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM runs WHERE resynced_at IS NOT NULL AND id < ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                params![run, k - 1],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.e("read runs"))
+    }
+
     /// How far DEST is from mirroring SOURCE, as of the last run that walked all of SOURCE.
     pub fn cutover(&self) -> Result<Cutover> {
         let last: Option<(i64, f64)> = self
@@ -754,7 +776,9 @@ impl Journal {
                     // Our link's inode is what a later rename of it keeps.
                     self.conn
                         .prepare_cached(
-                            "UPDATE files SET seen_run = ?2, link_ino = CASE WHEN ?3 THEN ?4 ELSE link_ino END,
+                            "UPDATE files SET seen_run = ?2,
+                                link_handle = CASE WHEN ?3 AND link_ino IS NOT ?4 THEN NULL ELSE link_handle END,
+                                link_ino = CASE WHEN ?3 THEN ?4 ELSE link_ino END,
                                 link_seen_run = CASE WHEN ?3 THEN ?2 ELSE link_seen_run END WHERE id = ?1",
                         )
                         .and_then(|mut st| {
@@ -775,7 +799,9 @@ impl Journal {
                     .prepare_cached(
                         "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
                             uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16,
-                            target = ?17, link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END,
+                            target = ?17,
+                            link_handle = CASE WHEN ?18 AND link_ino IS NOT ?6 THEN NULL ELSE link_handle END,
+                            link_ino = CASE WHEN ?18 THEN ?6 ELSE link_ino END,
                             link_seen_run = CASE WHEN ?18 THEN ?14 ELSE link_seen_run END,
                             -- Our link found where the row was not relocated: the stat is the
                             -- link's, so the copy is hashed and described again (adopt_unhashed).
@@ -1010,7 +1036,7 @@ impl Journal {
     pub fn drop_copy(&self, id: i64, dest_ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET linked_ino = NULL, link_ino = NULL, updated_at = ?3 WHERE id = ?1 AND linked_ino = ?2",
+                "UPDATE files SET linked_ino = NULL, link_ino = NULL, link_handle = NULL, updated_at = ?3 WHERE id = ?1 AND linked_ino = ?2",
             )
             .and_then(|mut st| st.execute(params![id, dest_ino as i64, now()]))
             .map_err(self.e("record state"))?;
@@ -1173,6 +1199,29 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether DEST inode `ino` is recorded as a copy under some other path than `path` (a row
+    /// that took it over, or the trash): a name of it at `path` is then an old name that a
+    /// crash kept from being released.
+    pub fn copy_known_elsewhere(&self, ino: u64, path: &[u8]) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM files WHERE dest_ino = ?1 AND path != ?2)
+                     OR EXISTS (SELECT 1 FROM trash WHERE dest_ino = ?1 AND restored IS NULL)",
+            )
+            .and_then(|mut st| st.query_row(params![ino as i64, path], |r| r.get(0)))
+            .map_err(self.e("look up copies"))
+    }
+
+    /// Whether this run's walk saw the link with inode `ino` naming `target` (from any path).
+    pub fn link_seen_naming(&self, run: i64, ino: u64, target: &[u8]) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM files WHERE target = ?2 AND seen_run = ?1 AND ino = ?3 AND kind IN ('symlink', 'file') LIMIT 1",
+            )
+            .and_then(|mut st| st.exists(params![run, target, ino as i64]))
+            .map_err(self.e("look up links"))
+    }
+
     /// Ids of the links seen this run that name `target` from another path (not yet rewritten).
     pub fn links_naming(&self, run: i64, target: &[u8]) -> Result<Vec<i64>> {
         let mut st = self
@@ -1189,7 +1238,7 @@ impl Journal {
     }
 
     const COPY_COLS: &'static str =
-        "id, path, state, kind, seen_run, version, dest_ino, linked_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns";
+        "id, path, state, kind, seen_run, version, dest_ino, linked_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, link_handle, link_seen_run";
 
     fn copy_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PathRow> {
         Ok(PathRow {
@@ -1202,6 +1251,7 @@ impl Journal {
             dest_ino: r.get::<_, Option<i64>>(6)?.map(|d| d as u64),
             linked_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
             copy: CopyMeta::from_row(r, 8)?,
+            link_seen_run: r.get(16)?,
         })
     }
 
@@ -1253,7 +1303,7 @@ impl Journal {
     pub fn trash_for_link(&self, path: &[u8], link_ino: u64) -> Result<Option<TrashRow>> {
         self.conn
             .prepare_cached(
-                "SELECT id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns
+                "SELECT id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, link_handle
                  FROM trash WHERE path = ?1 AND link_ino = ?2 AND restored IS NULL ORDER BY id DESC LIMIT 1",
             )
             .and_then(|mut st| {
@@ -1283,14 +1333,14 @@ impl Journal {
         let c = &row.copy;
         self.conn
             .prepare_cached(
-                "INSERT INTO trash (file_id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, reason, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT INTO trash (file_id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, reason, at, link_handle)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )
             .and_then(|mut st| {
                 st.execute(params![
                     row.id, row.path, trash_rel, row.version, dest_ino as i64,
                     c.link_ino.map(|d| d as i64), c.blake3, c.size, c.mode, c.uid, c.gid, c.mtime_ns,
-                    reason, now()
+                    reason, now(), c.link_handle
                 ])
             })
             .map_err(self.e("record trash"))?;
@@ -1318,7 +1368,7 @@ impl Journal {
     pub fn let_go(&self, id: i64, run: i64, why: &str) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, updated_at = ?3,
+                "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, link_handle = NULL, updated_at = ?3,
                     state = CASE WHEN state = 'relocated' AND kind = 'file' THEN 'gone' ELSE state END,
                     reason = CASE WHEN state = 'relocated' AND kind = 'file' THEN ?2 ELSE reason END
                  WHERE id = ?1",
@@ -1335,6 +1385,7 @@ impl Journal {
         run: i64,
         copy: &CopyMeta,
         (version, dest_ino, link_ino): (i64, u64, u64),
+        link_handle: Option<&[u8]>,
         from: &str,
     ) -> Result<()> {
         self.conn
@@ -1342,13 +1393,13 @@ impl Journal {
                 "UPDATE files SET kind = 'file', state = 'relocated', reason = NULL, target = path,
                     blake3 = ?2, size = ?3, mode = ?4, uid = ?5, gid = ?6, mtime_ns = ?7, version = ?8,
                     dest_ino = ?9, linked_ino = ?9, link_ino = ?10, dev = NULL, ino = NULL, nlink = 1,
-                    ctime_ns = NULL, seen_run = ?11, link_seen_run = ?11, updated_at = ?12
+                    ctime_ns = NULL, seen_run = ?11, link_seen_run = ?11, updated_at = ?12, link_handle = ?13
                  WHERE id = ?1",
             )
             .and_then(|mut st| {
                 st.execute(params![
                     id, copy.blake3, copy.size, copy.mode, copy.uid, copy.gid, copy.mtime_ns, version,
-                    dest_ino as i64, link_ino as i64, run, now()
+                    dest_ino as i64, link_ino as i64, run, now(), link_handle
                 ])
             })
             .map_err(self.e("record state"))?;
@@ -1494,19 +1545,20 @@ impl Journal {
         run: i64,
         blake3: &[u8],
         dest_ino: u64,
-        link_ino: u64,
+        (link_ino, link_handle): (u64, Option<&[u8]>),
         st: &crate::fsx::Stat,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
-                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path, link_seen_run = ?14 WHERE id = ?1",
+                    mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path, link_seen_run = ?14,
+                    link_handle = ?15 WHERE id = ?1",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
                     crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
-                    crate::fsx::ctime_ns(st), link_ino as i64, run
+                    crate::fsx::ctime_ns(st), link_ino as i64, run, link_handle
                 ])
             })
             .map_err(self.e("record state"))?;

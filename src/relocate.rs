@@ -99,6 +99,8 @@ pub struct Name {
     pub dst_tmp: Vec<u8>,
     /// The inode of the SOURCE link once swapped in (a later rename of the link keeps it).
     pub link_ino: u64,
+    /// Its file handle, where the filesystem gives one.
+    pub link_handle: Option<Vec<u8>>,
 }
 
 pub struct Copied {
@@ -344,6 +346,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         dst_dir,
         dst_tmp: tmp,
         link_ino: 0,
+        link_handle: None,
     }];
     // Further hard-link names: the same DEST inode under each name's own temporary.
     for rec in &job.names[1..] {
@@ -408,6 +411,7 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
         dst_dir,
         dst_tmp: tmp,
         link_ino: 0,
+        link_handle: None,
     }))
 }
 
@@ -538,12 +542,35 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
         to_trash(ctx, dir, fname, &n.rec.path)
             .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
     } else {
-        return Err(
-            "DEST already has a file at this path that evac did not write; left both as they are (conflict)".into(),
-        );
+        return Err(CONFLICT.into());
     }
     place().map_err(|e| format!("place the copy at DEST: {e}"))?;
     cleanup();
+    Ok(())
+}
+
+/// Why a placement was refused when DEST holds a file evac does not know at that path.
+pub const CONFLICT: &str =
+    "DEST already has a file at this path that evac did not write; left both as they are (conflict)";
+
+/// A regular file at DEST `rel` with more than one name: its inode, if so. A conflicting file
+/// that is one of several names of a copy the journal records elsewhere is an old name a crash
+/// kept from being released, not a stranger's file.
+pub fn extra_name_at_dest(ctx: &Ctx, rel: &[u8]) -> Option<u64> {
+    let (pd, name) = fsx::split_parent(rel);
+    let dir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd).ok()?;
+    let st = fsx::stat_at(dir.as_fd(), name).ok()?;
+    (fsx::file_type(&st) == rustix::fs::FileType::RegularFile && st.st_nlink > 1)
+        .then_some(st.st_ino)
+}
+
+/// Remove DEST `rel` if it is still inode `ino`.
+pub fn remove_dest_name(ctx: &Ctx, rel: &[u8], ino: u64) -> io::Result<()> {
+    let (pd, name) = fsx::split_parent(rel);
+    let dir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd)?;
+    if fsx::stat_at(dir.as_fd(), name)?.st_ino == ino {
+        fsx::unlink_at(dir.as_fd(), name)?;
+    }
     Ok(())
 }
 
@@ -579,10 +606,11 @@ pub fn swap(
     for i in 0..c.names.len() {
         let n = &c.names[i];
         match swap_one(ctx, &c, n) {
-            Ok((attic, link_ino)) => {
+            Ok((attic, link_ino, handle)) => {
                 done.push(i);
                 c.attic |= attic;
                 c.names[i].link_ino = link_ino;
+                c.names[i].link_handle = handle;
             }
             Err(why) => {
                 for &j in done.iter().rev() {
@@ -603,8 +631,10 @@ enum SwapErr {
     Error(String),
 }
 
-/// Returns whether the attic fallback was used, and the link's inode.
-fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(bool, u64), SwapErr> {
+/// A swap's link: whether the attic fallback was used, its inode and its file handle.
+type Swapped = (bool, u64, Option<Vec<u8>>);
+
+fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<Swapped, SwapErr> {
     let (_, fname) = fsx::split_parent(&n.rec.path);
     let dir = n.src_dir.as_fd();
     let lnk = ctx.tmp_name(n.rec.id, "lnk");
@@ -638,6 +668,7 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(bool, u64),
         Ok(s) => s.st_ino,
         Err(e) => return Err(bail(SwapErr::Error(format!("stat the link: {e}")))),
     };
+    let handle = fsx::handle_at(dir, &lnk).ok();
     // Pre-check: the name still holds the inode we copied, unchanged, with our lease intact.
     match fsx::stat_at(dir, fname) {
         Ok(s)
@@ -666,7 +697,7 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(bool, u64),
         {
             ctx.no_exchange_seen.store(true, Ordering::Relaxed);
             return swap_attic(ctx, c, n, &lnk, fname)
-                .map(|()| (true, link_ino))
+                .map(|()| (true, link_ino, handle))
                 .map_err(bail);
         }
         Err(e) => {
@@ -686,7 +717,7 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<(bool, u64),
             "written to while being swapped; put back".into(),
         ));
     }
-    Ok((false, link_ino))
+    Ok((false, link_ino, handle))
 }
 
 /// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the link.
@@ -982,13 +1013,16 @@ fn restore_original(
         .as_ref()
         .is_some_and(|st| Some(st.st_ino) == dest_ino);
     // The row may since describe a new file the walk found at the path (state pending, its
-    // stat); the copy itself says whether it holds this original: same size and mtime (the
-    // copy carries the original's) at DEST under the path, as the linked copy.
-    let recorded_copy_holds_it = linked_ino.is_some()
+    // stat). The recorded copy (linked, still at DEST under the path) then says whether it
+    // supersedes this original: it carries the original's mtime and size, and writes made
+    // through the link since only add to them. An original written after its copy was made
+    // would be newer or longer than the copy.
+    let recorded_copy_holds_it = dest_ino.is_some()
+        && dest_ino == linked_ino
         && dest_st.as_ref().is_some_and(|d| {
             Some(d.st_ino) == linked_ino
-                && d.st_size == s.st_size
-                && fsx::mtime_ns(d) == fsx::mtime_ns(s)
+                && d.st_size >= s.st_size
+                && fsx::mtime_ns(d) >= fsx::mtime_ns(s)
         });
     let in_flight_or_relocated = matches!(state, "placed" | "copying" | "relocated");
     // Relocated (checked and recorded; only the unlink was lost), or placed and swapped but not

@@ -107,6 +107,10 @@ enum Namers {
 
 const BATCH: usize = 512;
 
+/// Complete walks in a row that must miss a link still alive (found by its file handle) before
+/// it is taken to live outside SOURCE.
+const OUT_OF_VIEW_WALKS: i64 = 3;
+
 pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> Result<Stats> {
     let mut r = Resync {
         ctx,
@@ -163,16 +167,20 @@ fn dest_stat(ctx: &Ctx, rel: &[u8]) -> Option<fsx::Stat> {
 }
 
 /// The journal's record of a copy with the metadata the copy itself carries: the row may since
-/// describe whatever now stands at its SOURCE path.
+/// describe whatever now stands at its SOURCE path, and users may have written to the copy
+/// through its link (then the recorded hash is not the copy's: it is hashed again when it
+/// takes its new name).
 fn copy_meta(known: &CopyMeta, st: &fsx::Stat) -> CopyMeta {
+    let same = known.size == Some(st.st_size) && known.mtime_ns == Some(fsx::mtime_ns(st));
     CopyMeta {
         link_ino: known.link_ino,
-        blake3: known.blake3.clone(),
+        blake3: known.blake3.clone().filter(|_| same),
         size: Some(st.st_size),
         mode: Some(i64::from(st.st_mode)),
         uid: Some(i64::from(st.st_uid)),
         gid: Some(i64::from(st.st_gid)),
         mtime_ns: Some(fsx::mtime_ns(st)),
+        link_handle: known.link_handle.clone(),
     }
 }
 
@@ -207,6 +215,14 @@ impl Resync<'_> {
         let Some(t) = self.j.trash_for_link(target, link_ino)? else {
             return Ok(None);
         };
+        // The same number on a link made since the recorded one was deleted is not that link.
+        if let Some(h) = &t.copy.link_handle {
+            match fsx::probe_handle(self.ctx.src_root.as_fd(), h) {
+                Ok(None) => return Ok(None),
+                Ok(Some((ino, _))) if ino != link_ino => return Ok(None),
+                _ => {}
+            }
+        }
         for rel in [&t.trash_rel, &t.path] {
             if let Some(st) = dest_stat(self.ctx, rel).filter(|s| s.st_ino == t.dest_ino) {
                 return Ok(Some(Claimable {
@@ -324,28 +340,56 @@ impl Resync<'_> {
                     p.linked_ino == Some(st.st_ino)
                         && fsx::file_type(&st) == rustix::fs::FileType::RegularFile
                 });
-                let Some(own) = ours.cloned() else {
-                    return self.problem(
-                        &l,
-                        "rename at DEST",
-                        "DEST already has another file at the new name (conflict; left as it is)",
-                    );
-                };
-                match self.namers(&l.path)? {
-                    Namers::Clear => {}
-                    Namers::Pending => {
-                        self.postponed.push((l, from));
-                        return Ok(false);
+                match ours.cloned() {
+                    None => {
+                        // An old name of a copy recorded elsewhere, left by a crash between the
+                        // journal letting it go and its removal: it goes. Anything else stays.
+                        let stale = st.st_nlink > 1
+                            && fsx::file_type(&st) == rustix::fs::FileType::RegularFile
+                            && self.j.copy_known_elsewhere(st.st_ino, &l.path)?;
+                        if !stale
+                            || crate::relocate::remove_dest_name(self.ctx, &l.path, st.st_ino)
+                                .is_err()
+                        {
+                            return self.problem(
+                                &l,
+                                "rename at DEST",
+                                "DEST already has another file at the new name (conflict; left as it is)",
+                            );
+                        }
                     }
-                    Namers::Stuck => {
-                        return self.moved_again(
-                            &l,
-                            "its new name's old copy is still named by a link that was not moved",
-                        )
+                    Some(own) => {
+                        if self.link_still_names(&own)? {
+                            return self.moved_again(
+                                &l,
+                                "the link of its new name's old copy was moved out of this walk's view",
+                            );
+                        }
+                        match self.namers(&l.path)? {
+                            Namers::Clear => {}
+                            Namers::Pending => {
+                                self.postponed.push((l, from));
+                                return Ok(false);
+                            }
+                            Namers::Stuck => {
+                                return self.moved_again(
+                                    &l,
+                                    "its new name's old copy is still named by a link that was not moved",
+                                )
+                            }
+                        }
+                        if !self.trash_copy(
+                            &own,
+                            st.st_ino,
+                            "its link was replaced by a renamed link",
+                        )? {
+                            return self.problem(
+                                &l,
+                                "move the replaced copy to the trash",
+                                "failed",
+                            );
+                        }
                     }
-                }
-                if !self.trash_copy(&own, st.st_ino, "its link was replaced by a renamed link")? {
-                    return self.problem(&l, "move the replaced copy to the trash", "failed");
                 }
                 if let Err(e) = self.link_copy(&from, &dir, name) {
                     return self.problem(&l, "rename at DEST", &e.to_string());
@@ -490,8 +534,9 @@ impl Resync<'_> {
         let j = self.j;
         let mut tid = 0;
         let mut copy = from.copy.clone();
-        let rewritten = self.rewrite(&l, &stage_rel, &mut |fresh| {
+        let rewritten = self.rewrite(&l, &stage_rel, &mut |fresh, handle| {
             copy.link_ino = Some(fresh);
+            copy.link_handle = handle.map(<[u8]>::to_vec);
             let row = PathRow {
                 id: l.id,
                 path: stage_rel.clone(),
@@ -502,6 +547,7 @@ impl Resync<'_> {
                 dest_ino: Some(from.dest_ino),
                 linked_ino: Some(from.dest_ino),
                 copy: copy.clone(),
+                link_seen_run: None,
             };
             let own_tx = !j.in_transaction();
             let r = (|| {
@@ -523,7 +569,7 @@ impl Resync<'_> {
             r.map_err(|e| e.to_string())
         });
         let fresh = match rewritten {
-            Ok(f) => f,
+            Ok((f, _)) => f,
             Err(why) => {
                 if tid != 0 {
                     let _ = self.j.trash_restored(tid);
@@ -556,6 +602,33 @@ impl Resync<'_> {
         ));
         self.release_if_unnamed(old)?;
         self.flush()
+    }
+
+    /// Whether the link evac made for the copy in `copy`, opened by its file handle, still
+    /// exists and names DEST `rel`: wherever a user moved it, even out of the walk's view (a
+    /// link renamed from a part of the tree not yet walked to one already walked). Unknown
+    /// (no handle, or no CAP_DAC_READ_SEARCH) counts as no.
+    ///
+    /// A link alive but unseen by `OUT_OF_VIEW_WALKS` complete walks in a row lives outside
+    /// SOURCE (moved out of the tree on the same filesystem): it no longer holds its copy in
+    /// place, and takes it back from the trash by its inode if it returns.
+    fn link_still_names(&self, row: &PathRow) -> Result<bool> {
+        let Some(h) = &row.copy.link_handle else {
+            return Ok(false);
+        };
+        if let Some(since) = self.j.resynced_back(self.run, OUT_OF_VIEW_WALKS)? {
+            if row.link_seen_run.map_or(true, |s| s < since) {
+                return Ok(false);
+            }
+        }
+        let rel = &row.path;
+        match fsx::probe_handle(self.ctx.src_root.as_fd(), h) {
+            Ok(Some((ino, Some(t)))) if t == self.ctx.link_target(rel) => {
+                // Seen by this walk (renamed within view): the renamed-link pass deals with it.
+                Ok(!self.j.link_seen_naming(self.run, ino, rel)?)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn problem(&mut self, l: &ElsewhereLink, op: &str, why: &str) -> Result<bool> {
@@ -643,8 +716,8 @@ impl Resync<'_> {
         fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
         let mut done = Vec::new();
         for m in moves {
-            match self.rewrite(&m.link, &m.link.path, &mut |_| Ok(())) {
-                Ok(link_ino) => done.push((m, link_ino)),
+            match self.rewrite(&m.link, &m.link.path, &mut |_, _| Ok(())) {
+                Ok((link_ino, handle)) => done.push((m, link_ino, handle)),
                 Err(why) => {
                     self.failed.insert(m.from.dest_ino);
                     self.undo_claim(&m);
@@ -653,8 +726,14 @@ impl Resync<'_> {
             }
         }
         fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
+        let mut buf = Vec::new();
+        for (m, _, _) in done.iter_mut() {
+            if m.from.copy.blake3.is_none() {
+                m.from.copy.blake3 = self.hash_at_dest(&m.link.path, m.from.dest_ino, &mut buf);
+            }
+        }
         self.j.begin()?;
-        for (m, link_ino) in &done {
+        for (m, link_ino, handle) in &done {
             let from = match &m.from.origin {
                 Origin::Row { path, .. } => format!("from {}", crate::escape::escape(path)),
                 Origin::Trash { rel, .. } => {
@@ -666,6 +745,7 @@ impl Resync<'_> {
                 self.run,
                 &m.from.copy,
                 (m.from.version, m.from.dest_ino, *link_ino),
+                handle.as_deref(),
                 &from,
             )?;
             if let Origin::Trash { id, .. } = m.from.origin {
@@ -693,8 +773,8 @@ impl Resync<'_> {
         // The old names: trashed copies a link took back, and the shared names of groups.
         let mut old: Vec<&Claimable> = done
             .iter()
-            .filter(|(m, _)| matches!(m.from.origin, Origin::Trash { .. }))
-            .map(|(m, _)| &m.from)
+            .filter(|(m, _, _)| matches!(m.from.origin, Origin::Trash { .. }))
+            .map(|(m, _, _)| &m.from)
             .collect();
         old.extend(
             release
@@ -713,6 +793,21 @@ impl Resync<'_> {
         Ok(())
     }
 
+    /// The blake3 of the copy (inode `ino`) at DEST `rel`, if it can be read.
+    fn hash_at_dest(&self, rel: &[u8], ino: u64, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        if buf.is_empty() {
+            buf.resize(1 << 20, 0);
+        }
+        let (pd, name) = fsx::split_parent(rel);
+        let dir = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).ok()?;
+        let fd = fsx::open_read(dir.as_fd(), name).ok()?;
+        if fsx::fstat(fd.as_fd()).ok()?.st_ino != ino {
+            return None;
+        }
+        let (h, _) = fsx::hash_fd(fd.as_fd(), buf).ok()?;
+        Some(h.as_bytes().to_vec())
+    }
+
     /// Point the link at DEST `to` (its own path, or a staging name): exchange it with a fresh
     /// link, then check that what came out is the very link we decided on (else put it back).
     /// `before` runs once the fresh link exists, with its inode, before the exchange. Returns
@@ -721,8 +816,8 @@ impl Resync<'_> {
         &self,
         l: &ElsewhereLink,
         to: &[u8],
-        before: &mut dyn FnMut(u64) -> std::result::Result<(), String>,
-    ) -> std::result::Result<u64, String> {
+        before: &mut dyn FnMut(u64, Option<&[u8]>) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(u64, Option<Vec<u8>>), String> {
         let (pd, name) = fsx::split_parent(&l.path);
         let dir = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
             .map_err(|e| format!("open SOURCE directory: {e}"))?;
@@ -753,7 +848,8 @@ impl Resync<'_> {
                 return Err(e);
             }
         };
-        if let Err(e) = before(fresh.st_ino) {
+        let handle = fsx::handle_at(dir, &tmp).ok();
+        if let Err(e) = before(fresh.st_ino, handle.as_deref()) {
             let _ = fsx::unlink_if_exists(dir, &tmp);
             return Err(e);
         }
@@ -782,7 +878,7 @@ impl Resync<'_> {
             }
             let _ = fsx::unlink_if_exists(dir, &tmp);
         }
-        Ok(fresh.st_ino)
+        Ok((fresh.st_ino, handle))
     }
 
     /// A move whose link could not be rewritten: drop the new DEST name (the link still names the
@@ -806,6 +902,10 @@ impl Resync<'_> {
             after = last.id;
             for row in rows {
                 let Some(ino) = row.linked_ino else { continue };
+                if self.link_still_names(&row)? {
+                    // Renamed out of this walk's view: the next walk finds it.
+                    continue;
+                }
                 let why = if row.seen_run == Some(self.run) {
                     "its link was replaced by a new file"
                 } else {

@@ -628,6 +628,33 @@ impl Runner {
         Ok(())
     }
 
+    /// A placement refused because DEST already has a file at the path: if that file is an
+    /// extra name of a copy the journal records under another path (a name a crash kept from
+    /// being released after its link was renamed), remove it and say so.
+    fn release_stale_name(&mut self, c: &Copied) -> Result<bool> {
+        let mut any = false;
+        for n in &c.names {
+            let Some(ino) = relocate::extra_name_at_dest(&self.ctx, &n.rec.path) else {
+                continue;
+            };
+            if !self.j.copy_known_elsewhere(ino, &n.rec.path)? {
+                continue;
+            }
+            if relocate::remove_dest_name(&self.ctx, &n.rec.path, ino).is_ok() {
+                self.j.log(
+                    Some(self.run_id),
+                    "info",
+                    &format!(
+                        "removed {} at DEST: an old name of a copy now recorded under another path",
+                        quoted(&n.rec.path)
+                    ),
+                )?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
     /// Commit what recovery decided. Relocations it completed are made durable on both sides
     /// before the journal says so, and their originals removed only after that.
     fn commit_recovered(&mut self) -> Result<()> {
@@ -1081,6 +1108,12 @@ impl Runner {
         let placed = each_in_parallel(batch, |c| relocate::place(&ctx, c));
         let mut ok = Vec::with_capacity(placed.len());
         for (c, r) in placed {
+            let r = match r {
+                Err(why) if why == relocate::CONFLICT && self.release_stale_name(&c)? => {
+                    relocate::place(&ctx, &c)
+                }
+                r => r,
+            };
             match r {
                 Ok(()) => ok.push(c),
                 // place() already removed what it had put at DEST.
@@ -1141,7 +1174,7 @@ impl Runner {
                     self.run_id,
                     &c.hash,
                     c.dst_st.st_ino,
-                    n.link_ino,
+                    (n.link_ino, n.link_handle.as_deref()),
                     &c.st,
                 )?;
             }
