@@ -1355,6 +1355,27 @@ impl Journal {
         Ok(())
     }
 
+    pub fn trash_unrestored(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE trash SET restored = NULL WHERE id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(self.e("record trash"))?;
+        Ok(())
+    }
+
+    /// A take-over recorded before its link exchange, which then did not happen: the row is the
+    /// renamed link naming `target` again, with no copy of its own at its path.
+    pub fn undo_take_over(&self, id: i64, target: &[u8], link_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE files SET kind = 'symlink', target = ?2, ino = ?3, dest_ino = NULL, linked_ino = NULL,
+                    link_ino = NULL, link_handle = NULL, updated_at = ?4 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![id, target, link_ino as i64, now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
     pub fn trash_restored(&self, id: i64) -> Result<()> {
         self.conn
             .prepare_cached("UPDATE trash SET restored = ?2 WHERE id = ?1")
@@ -1368,7 +1389,7 @@ impl Journal {
     pub fn let_go(&self, id: i64, run: i64, why: &str) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, link_handle = NULL, updated_at = ?3,
+                "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, updated_at = ?3,
                     state = CASE WHEN state = 'relocated' AND kind = 'file' THEN 'gone' ELSE state END,
                     reason = CASE WHEN state = 'relocated' AND kind = 'file' THEN ?2 ELSE reason END
                  WHERE id = ?1",

@@ -480,8 +480,12 @@ pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
                         }
                     }
                 }
-                for m in &c.names {
-                    let _ = fsx::unlink_if_exists(m.dst_dir.as_fd(), &m.dst_tmp);
+                // On a conflict the coordinator may release a stale name and place again: the
+                // temporaries stay (discard removes them otherwise).
+                if msg != CONFLICT {
+                    for m in &c.names {
+                        let _ = fsx::unlink_if_exists(m.dst_dir.as_fd(), &m.dst_tmp);
+                    }
                 }
                 return Err(msg);
             }

@@ -67,6 +67,12 @@ struct Move {
     from: Claimable,
 }
 
+/// A fresh link made beside the one it will replace.
+struct Prepared {
+    ino: u64,
+    handle: Option<Vec<u8>>,
+}
+
 /// The links naming one path, and the copy standing there that they share.
 struct Group {
     target: Vec<u8>,
@@ -106,6 +112,10 @@ enum Namers {
 }
 
 const BATCH: usize = 512;
+
+/// Run by `rewrite` once the fresh link exists (its inode and file handle), before it replaces
+/// the old one.
+type BeforeExchange<'a> = dyn FnMut(u64, Option<&[u8]>) -> std::result::Result<(), String> + 'a;
 
 /// Complete walks in a row that must miss a link still alive (found by its file handle) before
 /// it is taken to live outside SOURCE.
@@ -156,6 +166,32 @@ pub fn trash_name(ctx: &Ctx, rel: &[u8]) -> io::Result<Vec<u8>> {
         }
     }
     Err(io::Error::from_raw_os_error(libc::EEXIST))
+}
+
+/// Whether the link evac last made for `row`'s path, opened by its file handle, still exists
+/// and names DEST `row.path` without this run's walk having seen it: a user moved it, out of
+/// the walk's view (renamed from a part of the tree not yet walked to one already walked). Its
+/// copy must then stay where it is. Unknown (no handle, or no CAP_DAC_READ_SEARCH) counts as no.
+///
+/// A link alive but unseen by `OUT_OF_VIEW_WALKS` complete walks in a row lives outside
+/// SOURCE (moved out of the tree on the same filesystem): it no longer holds its copy in place,
+/// and takes it back from the trash by its inode if it returns.
+pub fn unseen_link_names(ctx: &Ctx, j: &Journal, run: i64, row: &PathRow) -> Result<bool> {
+    let Some(h) = &row.copy.link_handle else {
+        return Ok(false);
+    };
+    if let Some(since) = j.resynced_back(run, OUT_OF_VIEW_WALKS)? {
+        if row.link_seen_run.map_or(true, |s| s < since) {
+            return Ok(false);
+        }
+    }
+    let rel = &row.path;
+    match fsx::probe_handle(ctx.src_root.as_fd(), h) {
+        Ok(Some((ino, Some(t)))) if t == ctx.link_target(rel) => {
+            Ok(!j.link_seen_naming(run, ino, rel)?)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The regular file at DEST `rel`, if any.
@@ -346,7 +382,8 @@ impl Resync<'_> {
                         // journal letting it go and its removal: it goes. Anything else stays.
                         let stale = st.st_nlink > 1
                             && fsx::file_type(&st) == rustix::fs::FileType::RegularFile
-                            && self.j.copy_known_elsewhere(st.st_ino, &l.path)?;
+                            && self.j.copy_known_elsewhere(st.st_ino, &l.path)?
+                            && !own.as_ref().map_or(Ok(false), |r| self.link_still_names(r))?;
                         if !stale
                             || crate::relocate::remove_dest_name(self.ctx, &l.path, st.st_ino)
                                 .is_err()
@@ -604,31 +641,8 @@ impl Resync<'_> {
         self.flush()
     }
 
-    /// Whether the link evac made for the copy in `copy`, opened by its file handle, still
-    /// exists and names DEST `rel`: wherever a user moved it, even out of the walk's view (a
-    /// link renamed from a part of the tree not yet walked to one already walked). Unknown
-    /// (no handle, or no CAP_DAC_READ_SEARCH) counts as no.
-    ///
-    /// A link alive but unseen by `OUT_OF_VIEW_WALKS` complete walks in a row lives outside
-    /// SOURCE (moved out of the tree on the same filesystem): it no longer holds its copy in
-    /// place, and takes it back from the trash by its inode if it returns.
     fn link_still_names(&self, row: &PathRow) -> Result<bool> {
-        let Some(h) = &row.copy.link_handle else {
-            return Ok(false);
-        };
-        if let Some(since) = self.j.resynced_back(self.run, OUT_OF_VIEW_WALKS)? {
-            if row.link_seen_run.map_or(true, |s| s < since) {
-                return Ok(false);
-            }
-        }
-        let rel = &row.path;
-        match fsx::probe_handle(self.ctx.src_root.as_fd(), h) {
-            Ok(Some((ino, Some(t)))) if t == self.ctx.link_target(rel) => {
-                // Seen by this walk (renamed within view): the renamed-link pass deals with it.
-                Ok(!self.j.link_seen_naming(self.run, ino, rel)?)
-            }
-            _ => Ok(false),
-        }
+        unseen_link_names(self.ctx, self.j, self.run, row)
     }
 
     fn problem(&mut self, l: &ElsewhereLink, op: &str, why: &str) -> Result<bool> {
@@ -714,10 +728,17 @@ impl Resync<'_> {
         let release = std::mem::take(&mut self.release);
         self.needed.clear();
         fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
-        let mut done = Vec::new();
-        for m in moves {
-            match self.rewrite(&m.link, &m.link.path, &mut |_, _| Ok(())) {
-                Ok((link_ino, handle)) => done.push((m, link_ino, handle)),
+        let mut prepared = Vec::new();
+        for mut m in moves {
+            match self.prepare_link(&m.link, &m.link.path) {
+                Ok(p) => {
+                    if m.from.copy.blake3.is_none() {
+                        let mut buf = Vec::new();
+                        m.from.copy.blake3 =
+                            self.hash_at_dest(&m.link.path, m.from.dest_ino, &mut buf);
+                    }
+                    prepared.push((m, p));
+                }
                 Err(why) => {
                     self.failed.insert(m.from.dest_ino);
                     self.undo_claim(&m);
@@ -725,15 +746,10 @@ impl Resync<'_> {
                 }
             }
         }
-        fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
-        let mut buf = Vec::new();
-        for (m, _, _) in done.iter_mut() {
-            if m.from.copy.blake3.is_none() {
-                m.from.copy.blake3 = self.hash_at_dest(&m.link.path, m.from.dest_ino, &mut buf);
-            }
-        }
+        // The journal first: a crash after an exchange must find the link's new handle and its
+        // copy recorded (else the copy could pass for an unlinked or stale name).
         self.j.begin()?;
-        for (m, link_ino, handle) in &done {
+        for (m, p) in &prepared {
             let from = match &m.from.origin {
                 Origin::Row { path, .. } => format!("from {}", crate::escape::escape(path)),
                 Origin::Trash { rel, .. } => {
@@ -744,18 +760,57 @@ impl Resync<'_> {
                 m.link.id,
                 self.run,
                 &m.from.copy,
-                (m.from.version, m.from.dest_ino, *link_ino),
-                handle.as_deref(),
+                (m.from.version, m.from.dest_ino, p.ino),
+                p.handle.as_deref(),
                 &from,
             )?;
             if let Origin::Trash { id, .. } = m.from.origin {
                 self.j.trash_restored(id)?;
-                self.stats.restored += 1;
             }
-            self.stats.renamed += 1;
+        }
+        self.j.commit()?;
+        let mut done = Vec::new();
+        let mut undone = Vec::new();
+        for (m, _) in prepared {
+            match self.exchange_link(&m.link) {
+                Ok(()) => {
+                    if matches!(m.from.origin, Origin::Trash { .. }) {
+                        self.stats.restored += 1;
+                    }
+                    self.stats.renamed += 1;
+                    done.push(m);
+                }
+                Err(why) => {
+                    self.failed.insert(m.from.dest_ino);
+                    self.undo_claim(&m);
+                    undone.push((m, why));
+                }
+            }
+        }
+        fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
+        self.j.begin()?;
+        for (m, why) in &undone {
+            self.j.undo_take_over(m.link.id, &m.link.target, m.link.link_ino)?;
+            if let Origin::Trash { id, .. } = m.from.origin {
+                self.j.trash_unrestored(id)?;
+            }
+            let _ = self.moved_again(&m.link, why)?;
+        }
+        let mut kept = HashSet::new();
+        for f in &release {
+            if let Origin::Row { path, .. } = &f.origin {
+                let unseen = match self.j.path_row(path)? {
+                    Some(r) => self.link_still_names(&r)?,
+                    None => false,
+                };
+                if unseen {
+                    // Another link, moved out of this walk's view, still names the old name.
+                    kept.insert(f.dest_ino);
+                }
+            }
         }
         for f in &release {
-            if self.failed.contains(&f.dest_ino) {
+            if self.failed.contains(&f.dest_ino) || kept.contains(&f.dest_ino) {
                 continue;
             }
             if let Origin::Row { id, path } = &f.origin {
@@ -773,13 +828,13 @@ impl Resync<'_> {
         // The old names: trashed copies a link took back, and the shared names of groups.
         let mut old: Vec<&Claimable> = done
             .iter()
-            .filter(|(m, _, _)| matches!(m.from.origin, Origin::Trash { .. }))
-            .map(|(m, _, _)| &m.from)
+            .filter(|m| matches!(m.from.origin, Origin::Trash { .. }))
+            .map(|m| &m.from)
             .collect();
         old.extend(
             release
                 .iter()
-                .filter(|f| !self.failed.contains(&f.dest_ino)),
+                .filter(|f| !self.failed.contains(&f.dest_ino) && !kept.contains(&f.dest_ino)),
         );
         for f in old {
             let rel = f.origin.dest_rel();
@@ -808,16 +863,27 @@ impl Resync<'_> {
         Some(h.as_bytes().to_vec())
     }
 
-    /// Point the link at DEST `to` (its own path, or a staging name): exchange it with a fresh
-    /// link, then check that what came out is the very link we decided on (else put it back).
-    /// `before` runs once the fresh link exists, with its inode, before the exchange. Returns
-    /// the new link's inode.
+    /// Point the link at DEST `to` (its own path, or a staging name): `prepare_link`, then
+    /// `before` with the fresh link's inode and handle, then `exchange_link`. Returns the new
+    /// link's inode and handle.
     fn rewrite(
         &self,
         l: &ElsewhereLink,
         to: &[u8],
-        before: &mut dyn FnMut(u64, Option<&[u8]>) -> std::result::Result<(), String>,
+        before: &mut BeforeExchange<'_>,
     ) -> std::result::Result<(u64, Option<Vec<u8>>), String> {
+        let p = self.prepare_link(l, to)?;
+        if let Err(e) = before(p.ino, p.handle.as_deref()) {
+            self.drop_prepared(l);
+            return Err(e);
+        }
+        self.exchange_link(l)?;
+        Ok((p.ino, p.handle))
+    }
+
+    /// The fresh link for `l`, naming DEST `to`, made beside it under a temporary name with the
+    /// old link's owner and times, once the old link is checked to be the one the walk saw.
+    fn prepare_link(&self, l: &ElsewhereLink, to: &[u8]) -> std::result::Result<Prepared, String> {
         let (pd, name) = fsx::split_parent(&l.path);
         let dir = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
             .map_err(|e| format!("open SOURCE directory: {e}"))?;
@@ -848,15 +914,42 @@ impl Resync<'_> {
                 return Err(e);
             }
         };
-        let handle = fsx::handle_at(dir, &tmp).ok();
-        if let Err(e) = before(fresh.st_ino, handle.as_deref()) {
-            let _ = fsx::unlink_if_exists(dir, &tmp);
-            return Err(e);
+        Ok(Prepared {
+            ino: fresh.st_ino,
+            handle: fsx::handle_at(dir, &tmp).ok(),
+        })
+    }
+
+    /// Remove a prepared link that will not be used.
+    fn drop_prepared(&self, l: &ElsewhereLink) {
+        let (pd, _) = fsx::split_parent(&l.path);
+        if let Ok(dir) = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd) {
+            let _ = fsx::unlink_if_exists(dir.as_fd(), &self.ctx.tmp_name(l.id, "lnk"));
         }
+    }
+
+    /// Exchange the prepared link with the old one, then check that what came out is the very
+    /// link we decided on (else put it back).
+    fn exchange_link(&self, l: &ElsewhereLink) -> std::result::Result<(), String> {
+        let (pd, name) = fsx::split_parent(&l.path);
+        let dir = match fsx::resolve_dir(self.ctx.src_root.as_fd(), pd) {
+            Ok(d) => d,
+            Err(e) => {
+                self.drop_prepared(l);
+                return Err(format!("open SOURCE directory: {e}"));
+            }
+        };
+        let dir = dir.as_fd();
+        let tmp = self.ctx.tmp_name(l.id, "lnk");
         let swapped = match fsx::rename_exchange(dir, &tmp, dir, name) {
             Ok(()) => true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
-                // No exchange: the check above stands in for the one after it.
+                // No exchange: the check before stands in for the one after it.
+                let ok = fsx::stat_at(dir, name).is_ok_and(|s| s.st_ino == l.link_ino);
+                if !ok {
+                    let _ = fsx::unlink_if_exists(dir, &tmp);
+                    return Err("changed since the walk".into());
+                }
                 fsx::rename_replace(dir, &tmp, dir, name).map_err(|e| {
                     let _ = fsx::unlink_if_exists(dir, &tmp);
                     format!("replace the link: {e}")
@@ -878,7 +971,7 @@ impl Resync<'_> {
             }
             let _ = fsx::unlink_if_exists(dir, &tmp);
         }
-        Ok((fresh.st_ino, handle))
+        Ok(())
     }
 
     /// A move whose link could not be rewritten: drop the new DEST name (the link still names the

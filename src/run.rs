@@ -640,6 +640,14 @@ impl Runner {
             if !self.j.copy_known_elsewhere(ino, &n.rec.path)? {
                 continue;
             }
+            // Not while the path's last link, moved out of the walk's view, still names it.
+            let unseen = match self.j.path_row(&n.rec.path)? {
+                Some(r) => resync::unseen_link_names(&self.ctx, &self.j, self.run_id, &r)?,
+                None => false,
+            };
+            if unseen {
+                continue;
+            }
             if relocate::remove_dest_name(&self.ctx, &n.rec.path, ino).is_ok() {
                 self.j.log(
                     Some(self.run_id),
