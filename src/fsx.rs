@@ -295,13 +295,21 @@ pub fn handle_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// What `probe_handle` found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Probed {
+    pub ino: u64,
+    /// For a symlink, its target.
+    pub target: Option<Vec<u8>>,
+    /// Where the kernel says it is now (its cached path; `/` or nothing when it cannot tell).
+    pub path: Option<std::path::PathBuf>,
+}
+
 /// What a handle from `handle_at` names now: `Ok(None)` if that inode is gone (deleted, even
-/// if its number was reused since), else its inode number and, for a symlink, its target.
-/// Needs CAP_DAC_READ_SEARCH (EPERM otherwise); `fs` is any fd on the same filesystem.
-pub fn probe_handle(
-    fs: BorrowedFd<'_>,
-    handle: &[u8],
-) -> io::Result<Option<(u64, Option<Vec<u8>>)>> {
+/// if its number was reused since), else its inode number, its target for a symlink, and its
+/// path as the kernel knows it. Needs CAP_DAC_READ_SEARCH (EPERM otherwise); `fs` is any fd on
+/// the same filesystem.
+pub fn probe_handle(fs: BorrowedFd<'_>, handle: &[u8]) -> io::Result<Option<Probed>> {
     use std::os::fd::{AsRawFd, FromRawFd};
     if handle.len() < 4 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -336,7 +344,12 @@ pub fn probe_handle(
     } else {
         None
     };
-    Ok(Some((st.st_ino, target)))
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok();
+    Ok(Some(Probed {
+        ino: st.st_ino,
+        target,
+        path,
+    }))
 }
 
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -605,13 +618,16 @@ mod tests {
                 eprintln!("skipped: open_by_handle_at needs CAP_DAC_READ_SEARCH (run as root)");
                 return;
             }
-            r => assert_eq!(r.unwrap(), Some((ino, Some(b"/some/target".to_vec())))),
+            r => {
+                let p = r.unwrap().unwrap();
+                assert_eq!((p.ino, p.target), (ino, Some(b"/some/target".to_vec())));
+            }
         }
         rename_noreplace(dir.as_fd(), b"l", dir.as_fd(), b"moved").unwrap();
-        assert_eq!(
-            probe_handle(dir.as_fd(), &h).unwrap(),
-            Some((ino, Some(b"/some/target".to_vec())))
-        );
+        let p = probe_handle(dir.as_fd(), &h).unwrap().unwrap();
+        assert_eq!((p.ino, p.target), (ino, Some(b"/some/target".to_vec())));
+        // The kernel knows where it went (the renamed link is in its cache).
+        assert_eq!(p.path, Some(t.path().canonicalize().unwrap().join("moved")));
         unlink_at(dir.as_fd(), b"moved").unwrap();
         // A new link may get the same inode number; the handle's generation tells them apart.
         for k in 0..50 {

@@ -36,6 +36,12 @@ impl Ctx {
         format!(".evac-{}-{}.{}", self.jid, id, suffix).into_bytes()
     }
 
+    /// SOURCE's path as the kernel names its root fd now.
+    pub fn src_path(&self) -> Option<std::path::PathBuf> {
+        use std::os::fd::AsRawFd;
+        std::fs::read_link(format!("/proc/self/fd/{}", self.src_root.as_raw_fd())).ok()
+    }
+
     pub fn reserved_prefix(&self) -> Vec<u8> {
         format!(".evac-{}-", self.jid).into_bytes()
     }

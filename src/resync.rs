@@ -180,18 +180,28 @@ pub fn unseen_link_names(ctx: &Ctx, j: &Journal, run: i64, row: &PathRow) -> Res
     let Some(h) = &row.copy.link_handle else {
         return Ok(false);
     };
-    if let Some(since) = j.resynced_back(run, OUT_OF_VIEW_WALKS)? {
-        if row.link_seen_run.map_or(true, |s| s < since) {
-            return Ok(false);
-        }
-    }
     let rel = &row.path;
-    match fsx::probe_handle(ctx.src_root.as_fd(), h) {
-        Ok(Some((ino, Some(t)))) if t == ctx.link_target(rel) => {
-            Ok(!j.link_seen_naming(run, ino, rel)?)
-        }
-        _ => Ok(false),
+    let p = match fsx::probe_handle(ctx.src_root.as_fd(), h) {
+        Ok(Some(p)) if p.target.as_deref() == Some(ctx.link_target(rel).as_slice()) => p,
+        _ => return Ok(false),
+    };
+    if j.link_seen_naming(run, p.ino, rel)? {
+        // Seen by this walk (renamed within view): the renamed-link pass deals with it.
+        return Ok(false);
     }
+    // Where the kernel says it is: inside SOURCE, it holds its copy however long walks miss it.
+    let in_source = match (&p.path, ctx.src_path()) {
+        (Some(at), Some(src)) => at.starts_with(&src) && at != &src,
+        _ => false,
+    };
+    if !in_source {
+        if let Some(since) = j.resynced_back(run, OUT_OF_VIEW_WALKS)? {
+            if row.link_seen_run.map_or(true, |s| s < since) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The regular file at DEST `rel`, if any.
@@ -255,7 +265,7 @@ impl Resync<'_> {
         if let Some(h) = &t.copy.link_handle {
             match fsx::probe_handle(self.ctx.src_root.as_fd(), h) {
                 Ok(None) => return Ok(None),
-                Ok(Some((ino, _))) if ino != link_ino => return Ok(None),
+                Ok(Some(p)) if p.ino != link_ino => return Ok(None),
                 _ => {}
             }
         }
