@@ -406,6 +406,11 @@ impl Resync<'_> {
                         }
                     }
                     Some(own) => {
+                        // Moves still waiting for their flush may depend on this name: flush them
+                        // first, then judge (a link whose rewrite fails keeps naming it).
+                        if self.needed.contains(&l.path) {
+                            self.flush()?;
+                        }
                         if self.link_still_names(&own)? {
                             return self.moved_again(
                                 &l,
