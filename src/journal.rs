@@ -1322,6 +1322,75 @@ impl Journal {
             .map_err(self.e("look up trash"))
     }
 
+    /// Copies parked on staging names (trash records outside `.evac-trash`) no link has taken
+    /// back yet, with the id of the file they were parked for.
+    pub fn staged_copies(&self) -> Result<Vec<(TrashRow, i64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, link_handle, file_id
+                 FROM trash WHERE restored IS NULL AND moved = 1 AND substr(trash_rel, 1, 12) != CAST('.evac-trash/' AS BLOB)",
+            )
+            .map_err(self.e("list staged copies"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    TrashRow {
+                        id: r.get(0)?,
+                        path: r.get(1)?,
+                        trash_rel: r.get(2)?,
+                        version: r.get(3)?,
+                        dest_ino: r.get::<_, i64>(4)? as u64,
+                        copy: CopyMeta::from_row(r, 5)?,
+                    },
+                    r.get(13)?,
+                ))
+            })
+            .map_err(self.e("list staged copies"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list staged copies"))
+    }
+
+    /// A trash record's copy now kept at `trash_rel`.
+    pub fn trash_moved_to(&self, id: i64, trash_rel: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE trash SET trash_rel = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, trash_rel]))
+            .map_err(self.e("record trash"))?;
+        Ok(())
+    }
+
+    /// Rows whose `dest_ino` names a DEST entry no link of theirs was ever recorded for (a
+    /// claim or placement cut short): (id, path, dest_ino).
+    pub fn unlinked_claims(&self, after: i64, limit: i64) -> Result<Vec<(i64, Vec<u8>, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, path, dest_ino FROM files
+                 WHERE dest_ino IS NOT NULL AND linked_ino IS NOT dest_ino AND id > ?1
+                   AND state NOT IN ('copying', 'placed')
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(self.e("list claims"))?;
+        let rows = st
+            .query_map(params![after, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })
+            .map_err(self.e("list claims"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list claims"))
+    }
+
+    /// The DEST inode a claim is about to give `id`'s path (before the hard link is made), or
+    /// none (`None`: the claim was undone or its name removed).
+    pub fn note_claim(&self, id: i64, dest_ino: Option<u64>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE files SET dest_ino = ?2, updated_at = ?3 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, dest_ino.map(|d| d as i64), now()]))
+            .map_err(self.e("record state"))?;
+        Ok(())
+    }
+
     /// Record, before the move, that the copy of `row` at DEST is going to `trash_rel`.
     pub fn add_trash(
         &self,

@@ -139,6 +139,8 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
     r.flush()?;
     r.postponed_links()?;
     r.unlinked_copies()?;
+    r.stray_staged()?;
+    r.cut_short_claims()?;
     r.j.note_waiting_new_versions()?;
     r.vanished_dirs()?;
     Ok(r.stats)
@@ -443,12 +445,12 @@ impl Resync<'_> {
                         }
                     }
                 }
-                if let Err(e) = self.link_copy(&from, &dir, name) {
+                if let Err(e) = self.link_copy(l.id, &from, &dir, name) {
                     return self.problem(&l, "rename at DEST", &e.to_string());
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if let Err(e) = self.link_copy(&from, &dir, name) {
+                if let Err(e) = self.link_copy(l.id, &from, &dir, name) {
                     return self.problem(&l, "rename at DEST", &e.to_string());
                 }
             }
@@ -464,12 +466,18 @@ impl Resync<'_> {
         Ok(true)
     }
 
+    /// Give the copy `from` the name `name` in DEST `dir`, for the row `id` (recorded first, so
+    /// that a crash before the rename's flush leaves a name the next run can account for).
     fn link_copy(
         &self,
+        id: i64,
         from: &Claimable,
         dir: &rustix::fd::OwnedFd,
         name: &[u8],
     ) -> io::Result<()> {
+        self.j
+            .note_claim(id, Some(from.dest_ino))
+            .map_err(|e| io::Error::other(e.to_string()))?;
         let (fpd, fname) = fsx::split_parent(from.origin.dest_rel());
         let fdir = fsx::resolve_dir(self.ctx.dst_root.as_fd(), fpd)?;
         match fsx::stat_at(fdir.as_fd(), fname) {
@@ -576,7 +584,7 @@ impl Resync<'_> {
         }
         let staged = match fsx::stat_at(dir.as_fd(), &stage_name) {
             Ok(_) => Ok(()),
-            Err(_) => self.link_copy(&from, &dir, &stage_name),
+            Err(_) => self.link_copy(l.id, &from, &dir, &stage_name),
         };
         if let Err(e) = staged {
             self.problem(&l, "stage the copy at DEST", &e.to_string())?;
@@ -998,6 +1006,7 @@ impl Resync<'_> {
                 let _ = fsx::unlink_at(d.as_fd(), name);
             }
         }
+        let _ = self.j.note_claim(m.link.id, None);
     }
 
     /// Copies no link names any more (deleted, or replaced by a new file): to the trash.
@@ -1027,6 +1036,80 @@ impl Resync<'_> {
                         self.run,
                         &format!("{why}; its copy was no longer at DEST"),
                     )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies parked on a staging name whose link is gone (deleted by its user, or renamed out
+    /// of SOURCE): into the trash proper, like any copy without a link.
+    fn stray_staged(&mut self) -> Result<()> {
+        for (t, file_id) in self.j.staged_copies()? {
+            if !self.j.links_naming(self.run, &t.trash_rel)?.is_empty() {
+                continue;
+            }
+            if let Some(h) = &t.copy.link_handle {
+                let alive = matches!(
+                    fsx::probe_handle(self.ctx.src_root.as_fd(), h),
+                    Ok(Some(p)) if p.target.as_deref() == Some(self.ctx.link_target(&t.trash_rel).as_slice())
+                );
+                if alive {
+                    continue;
+                }
+            }
+            if dest_stat(self.ctx, &t.trash_rel).map_or(true, |s| s.st_ino != t.dest_ino) {
+                self.j.trash_restored(t.id)?;
+                continue;
+            }
+            let path = self
+                .j
+                .files_in_state_any(file_id)?
+                .unwrap_or_else(|| t.trash_rel.clone());
+            let rel = match trash_name(self.ctx, &path) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.note(format!("choose a trash name for {}: {e}", quoted(&path)))?;
+                    continue;
+                }
+            };
+            let (pd, name) = fsx::split_parent(&t.trash_rel);
+            let (tpd, tname) = fsx::split_parent(&rel);
+            let moved = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| {
+                let td = fsx::resolve_dir(self.ctx.dst_root.as_fd(), tpd)?;
+                fsx::rename_noreplace(d.as_fd(), name, td.as_fd(), tname)
+            });
+            match moved {
+                Ok(()) => {
+                    self.j.trash_moved_to(t.id, &rel)?;
+                    self.stats.trashed += 1;
+                }
+                Err(e) => self.note(format!(
+                    "move staged copy {} to the trash: {e}",
+                    quoted(&t.trash_rel)
+                ))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Names a claim gave a copy at DEST and that no link of the row's was recorded for (the
+    /// run stopped before the rename's flush): one extra name of a copy kept elsewhere, removed.
+    fn cut_short_claims(&mut self) -> Result<()> {
+        let mut after = 0;
+        loop {
+            let rows = self.j.unlinked_claims(after, 256)?;
+            let Some(last) = rows.last() else { break };
+            after = last.0;
+            for (id, path, ino) in rows {
+                // A single name is a placement's own copy, which recovery and placement handle.
+                let extra = dest_stat(self.ctx, &path)
+                    .is_some_and(|s| s.st_ino == ino && s.st_nlink > 1);
+                if !extra || !self.j.links_naming(self.run, &path)?.is_empty() {
+                    continue;
+                }
+                if crate::relocate::remove_dest_name(self.ctx, &path, ino).is_ok() {
+                    self.j.note_claim(id, None)?;
                 }
             }
         }
