@@ -395,7 +395,9 @@ impl Resync<'_> {
                         let stale = st.st_nlink > 1
                             && fsx::file_type(&st) == rustix::fs::FileType::RegularFile
                             && self.j.copy_known_elsewhere(st.st_ino, &l.path)?
-                            && !own.as_ref().map_or(Ok(false), |r| self.link_still_names(r))?;
+                            && !own
+                                .as_ref()
+                                .map_or(Ok(false), |r| self.link_still_names(r))?;
                         if !stale
                             || crate::relocate::remove_dest_name(self.ctx, &l.path, st.st_ino)
                                 .is_err()
@@ -813,7 +815,8 @@ impl Resync<'_> {
         fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
         self.j.begin()?;
         for (m, why) in &undone {
-            self.j.undo_take_over(m.link.id, &m.link.target, m.link.link_ino)?;
+            self.j
+                .undo_take_over(m.link.id, &m.link.target, m.link.link_ino)?;
             if let Origin::Trash { id, .. } = m.from.origin {
                 self.j.trash_unrestored(id)?;
             }
@@ -1103,8 +1106,8 @@ impl Resync<'_> {
             after = last.0;
             for (id, path, ino) in rows {
                 // A single name is a placement's own copy, which recovery and placement handle.
-                let extra = dest_stat(self.ctx, &path)
-                    .is_some_and(|s| s.st_ino == ino && s.st_nlink > 1);
+                let extra =
+                    dest_stat(self.ctx, &path).is_some_and(|s| s.st_ino == ino && s.st_nlink > 1);
                 if !extra || !self.j.links_naming(self.run, &path)?.is_empty() {
                     continue;
                 }

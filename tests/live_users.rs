@@ -37,7 +37,7 @@
 //!   EVAC_LIVE_SECS=12        suite 1: seconds of evac runs while writers work
 //!   EVAC_LIVE_KILLS=50       suite 3: kill -9s of evac while writers work
 //!   EVAC_LIVE_KEEP=1         on failure, print the problems and keep the workspace (exits)
-//!   EVAC_LIVE_RENAME=1       let the renamer rename relocated files (off by default: see renames_enabled)
+//!   EVAC_LIVE_RENAME=0       the renamer only appends (renames are on by default)
 //! Soak: EVAC_LIVE_FILES=6000 EVAC_LIVE_SECS=300 EVAC_LIVE_KILLS=1000 \
 //!   cargo test --release --test live_users -- --nocapture
 
@@ -692,11 +692,10 @@ fn role_create(w: &mut Writer) {
     }
 }
 
-/// Renames of relocated files are off by default: with them on (EVAC_LIVE_RENAME=1), a writer
-/// still sometimes reads a renamed file's link showing another file's copy, under kill -9 and
-/// renames every few milliseconds; that case is open (see the README's known limits).
+/// The renamer renames relocated files among reused names every few milliseconds (across
+/// directories too); EVAC_LIVE_RENAME=0 turns that off, leaving it an appender.
 fn renames_enabled() -> bool {
-    std::env::var_os("EVAC_LIVE_RENAME").is_some_and(|v| v != "0")
+    std::env::var_os("EVAC_LIVE_RENAME").map_or(true, |v| v != "0")
 }
 
 /// Rename files within the tree (across directories too), names reused.
@@ -1741,7 +1740,7 @@ fn setup(name: &str) -> Setup {
         ROLES
     );
     if !renames_enabled() {
-        eprintln!("{name}: NOTE the renamer only appends; EVAC_LIVE_RENAME=1 turns its renames on (see renames_enabled)");
+        eprintln!("{name}: NOTE EVAC_LIVE_RENAME=0: the renamer only appends");
     }
     Setup {
         e,

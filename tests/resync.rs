@@ -557,7 +557,10 @@ fn an_old_name_a_crash_kept_at_dest_is_released_later() {
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
     mv(&e.src, "a/x", "a/y");
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "run after the rename");
-    assert!(!e.dst.join("a/x").exists(), "(premise) the old name was released");
+    assert!(
+        !e.dst.join("a/x").exists(),
+        "(premise) the old name was released"
+    );
     std::fs::hard_link(e.dst.join("a/y"), e.dst.join("a/x")).unwrap();
     write(&e.src, "a/x", b"a new x");
     let mut runs = 0;
