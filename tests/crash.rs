@@ -226,8 +226,11 @@ fn kill_9_at_random_moments_then_resume() {
         let _ = std::fs::remove_dir_all(&dst);
         let _ = std::fs::remove_dir_all(&src);
     }
-    eprintln!(
-        "{landed} kills over {round} round(s) and {spawns} runs in {:?}",
-        started.elapsed()
+    figures(
+        "crash",
+        &format!(
+            "{landed} kill -9s over {round} round(s) and {spawns} runs in {:.0?}; files lost 0, copied twice 0, temporaries left 0, verify passed",
+            started.elapsed()
+        ),
     );
 }

@@ -318,13 +318,16 @@ fn status_text(journal: &Path, list: Option<&str>) -> String {
     o.stdout_str()
 }
 
-fn figures(case: &str, faults: &str, affected: usize, it: &Interim) {
-    eprintln!(
-        "FIGURES {case}: faults injected: {faults}; files affected: {affected}; data lost: {} ({} relocated, {} kept intact, {} problems)",
-        it.problems.len(),
-        it.relocated.len(),
-        it.kept.len(),
-        it.problems.len()
+fn storage_figures(case: &str, faults: &str, affected: usize, it: &Interim) {
+    figures(
+        &format!("failing_storage {case}"),
+        &format!(
+            "faults injected: {faults}; files affected: {affected}; data lost: {} ({} relocated, {} kept intact, {} problems)",
+            it.problems.len(),
+            it.relocated.len(),
+            it.kept.len(),
+            it.problems.len()
+        ),
     );
 }
 
@@ -460,7 +463,7 @@ fn dest_full_defers_the_rest_then_a_resume_finishes() {
             && listed.lines().all(|l| l.contains("\tdestination full")),
         "status --list deferred does not give the reason for each file:\n{listed}"
     );
-    figures(
+    storage_figures(
         T,
         &format!(
             "a 4 MiB DEST for {} bytes; files that met ENOSPC: {}",
@@ -556,7 +559,7 @@ fn dest_io_errors_fail_only_their_files() {
     assert!(it.dst_temps.is_empty(), "{:?}", it.dst_temps);
     assert_eq!(it.kept, victims);
     assert_eq!(it.relocated.len(), before.file_count() - victims.len());
-    figures(
+    storage_figures(
         T,
         "1 immutable DEST directory (EPERM), 1 read-only bind mount (EROFS)",
         failed.len(),
@@ -676,7 +679,7 @@ fn dest_that_stops_answering_ends_the_run() {
         "DEST temporaries {:?} of files not abandoned {abandoned_ids:?}",
         it.dst_temps.iter().map(|t| short(t)).collect::<Vec<_>>()
     );
-    figures(
+    storage_figures(
         T,
         &format!(
             "every open at DEST held after {relocated_then} files; {} workers given up on; exit after {:.1} s; {} deferred, {} never dispatched",
@@ -765,10 +768,13 @@ fn coordinator_blocked_at_dest_exits_instead_of_hanging() {
         .unwrap();
     drop(c);
     assert!(matches!(exit, None | Some(1)), "run recorded exit {exit:?}");
-    eprintln!(
-        "FIGURES {T}: faults injected: every open at DEST held from the start; files affected: 1; data lost: 0; exit 1 after {:.1} s; journal record of the exit: {}",
-        took.as_secs_f64(),
-        if exit.is_some() { "written" } else { "not written (journal busy)" }
+    figures(
+        &format!("failing_storage {T}"),
+        &format!(
+            "faults injected: every open at DEST held from the start; files affected: 1; data lost: 0; exit 1 after {:.1} s; journal record of the exit: {}",
+            took.as_secs_f64(),
+            if exit.is_some() { "written" } else { "not written (journal busy)" }
+        ),
     );
     let again = evac_resume(&e.journal, &[]);
     again.expect(0, "resume once DEST answers");
@@ -874,7 +880,7 @@ fn syncfs_that_does_not_return_ends_the_run() {
         left.values().any(|w| w.contains("syncfs")),
         "no file gives the hung syncfs as its reason: {left:?}"
     );
-    figures(
+    storage_figures(
         T,
         &format!(
             "every syncfs of DEST from the 3rd on never returns; exit after {:.1} s; {} swapped files put back",
@@ -973,7 +979,7 @@ fn source_read_errors_fail_only_their_files() {
         "files other than the unreadable ones were left"
     );
     assert!(denied >= victims.len() as u64, "{denied} reads denied");
-    figures(
+    storage_figures(
         T,
         &format!("{denied} reads failed with {how} ({answered} reads answered)"),
         failed.len(),
@@ -1069,7 +1075,7 @@ fn files_the_kernel_refuses_to_replace_are_left_alone() {
     assert_clean("after protected files", &it, &out);
     assert!(it.dst_temps.is_empty(), "{:?}", it.dst_temps);
     assert_eq!(it.kept, victims);
-    figures(
+    storage_figures(
         T,
         "2 immutable files, 2 append-only files, 1 append-only directory",
         failed.len(),

@@ -742,6 +742,12 @@ fn attack_run(test: &str, as_nobody: Option<String>) {
         ..Default::default()
     };
     check_relocated_opts(&all, &e.src, &e.dst, &o);
+    figures(
+        &format!("hostile {test}"),
+        &format!(
+            "attacker during run 1: {counts1}; during run 2: {counts2}; exit codes {codes:?}; outside files modified, replaced or deleted: 0; outside bytes at DEST: 0; SOURCE's own files relocated unharmed"
+        ),
+    );
 }
 
 #[test]
@@ -908,4 +914,8 @@ fn hijacked_dest_temporary_is_never_placed() {
         }
     }
     assert_no_problems(&format!("{test}: hijacked temporaries"), &problems);
+    figures(
+        &format!("hostile {test}"),
+        "a DEST temporary hijacked (replaced by a symlink to an outside file) during each copy; placed hijacks: 0",
+    );
 }

@@ -85,13 +85,16 @@ fn assert_refused(what: &str, out: &Out, journal: &Path, p: &[(&str, &Manifest, 
         "{what}: the error message does not name the journal {jp}\n{}",
         out.dump()
     );
-    eprintln!(
-        "{what}: exit 1: {}",
-        out.stderr_str()
-            .lines()
-            .filter(|l| l.contains("error"))
-            .collect::<Vec<_>>()
-            .join(" | ")
+    figures(
+        "journal_damage",
+        &format!(
+            "{what}: exit 1, SOURCE, DEST and the journal untouched: {}",
+            out.stderr_str()
+                .lines()
+                .filter(|l| l.contains("error"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ),
     );
 }
 

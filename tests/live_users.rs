@@ -1795,6 +1795,29 @@ fn converge(ctx: &Ctx, p: &mut Problems) -> usize {
 }
 
 fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &str) {
+    let renames: u64 = ctx
+        .results
+        .iter()
+        .filter_map(|w| w.stats.get("renames"))
+        .sum();
+    let mismatches: u64 = ctx
+        .results
+        .iter()
+        .filter_map(|w| w.stats.get("live_mismatches"))
+        .sum();
+    figures(
+        &format!("live_users {name}"),
+        &format!(
+            "writes performed {}, renames {renames}, writes lost {}, live read-backs {} ({mismatches} showing other content), writer open()s {} (max {:.1} ms, {} over 100 ms), {extra}{}",
+            fig.writes,
+            fig.lost,
+            fig.live_checks,
+            fig.opens,
+            fig.max_open_us as f64 / 1000.0,
+            fig.slow_opens,
+            if p.total() > 0 { "; FAILED (see the problems)" } else { "" }
+        ),
+    );
     eprintln!(
         "{name} FIGURES: writes performed {}, writes lost {}, writer open()s {} (max {:.1} ms, {} over 100 ms), writer live read-backs {}, {extra}; \
          renamed links left pointing at the old DEST name {}, DEST copies of removed names outside the trash {}, \

@@ -734,8 +734,11 @@ fn power_cuts_leave_every_path_resolving_and_resume_completes() {
             started.elapsed()
         );
     }
-    eprintln!(
-        "power cuts: {landed} in {chain} chain(s); paths relocated at each cut: {at_cut:?}; originals lost: 0; links to incomplete copies: 0; recorded as relocated before they were: {ahead_total}; {:?}",
-        started.elapsed()
+    figures(
+        "power_loss",
+        &format!(
+            "power cuts: {landed} in {chain} chain(s); paths relocated at each cut: {at_cut:?}; originals lost: 0; links to incomplete copies: 0; recorded as relocated before they were: {ahead_total}; {:.0?}",
+            started.elapsed()
+        ),
     );
 }

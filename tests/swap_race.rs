@@ -713,6 +713,13 @@ fn frozen_attempt(phase: Phase, attempt: u32) -> Option<()> {
     let st = status(&e.journal);
     assert_eq!(count(&st, "deferred"), 0, "{st:?}");
     assert_eq!(count(&st, "relocated"), 12, "{st:?}");
+    figures(
+        &format!("swap_race {name}"),
+        &format!(
+            "evac frozen at the chosen moment, one writer opened the file: open() returned {:.1} ms after evac went on; exit codes {codes:?}; write lost: no",
+            ms(latency)
+        ),
+    );
     Some(())
 }
 
@@ -1048,6 +1055,13 @@ fn appenders(test: &str, files: usize, writers: u32, extra: &[&str], seed: u64) 
         "{test}: a writer's open() took {:.1} ms (want < {:?})",
         max_lat_us as f64 / 1000.0,
         MAX_OPEN_LATENCY
+    );
+    figures(
+        &format!("swap_race {test}"),
+        &format!(
+            "{writers} writers appended {total} records to {files} files during the runs ({deferrals} swaps given up for them); records lost: 0; slowest open() {:.1} ms",
+            max_lat_us as f64 / 1000.0
+        ),
     );
 }
 

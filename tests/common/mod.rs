@@ -1428,6 +1428,22 @@ fn xattr_names(m: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<String> {
         .collect()
 }
 
+/// A suite's figures (what its adversaries did, kills, faults injected, data lost), printed and
+/// appended to `target/tmp/figures.txt`, which `.ci/run` prints after the tests (cargo test
+/// shows a passing test's output only with --nocapture).
+pub fn figures(suite: &str, line: &str) {
+    use std::io::Write;
+    eprintln!("FIGURES {suite}: {line}");
+    let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+    {
+        let _ = writeln!(f, "{suite}: {line}");
+    }
+}
+
 #[track_caller]
 pub fn assert_no_problems(what: &str, problems: &[String]) {
     if !problems.is_empty() {
