@@ -76,6 +76,16 @@ pub struct RunArgs {
     /// Relocate files that a process is running or has mapped (default: defer them).
     #[arg(long)]
     pub relocate_mapped: bool,
+    /// How to tell HSM stubs (staged-out files, never opened) from resident files, from
+    /// metadata alone: none, auto (Lustre's trusted.hsm, then the blocks rule), blocks (size
+    /// above zero, no data blocks), xattr:NAME=VALUE, lustre, or cmd:PROGRAM (paths
+    /// NUL-separated on its stdin, one state per line back: resident, premigrated, staged_out,
+    /// lost). Kept in the journal for later runs. [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub hsm: Option<String>,
+    /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
+    pub hsm_timeout: f64,
 }
 
 #[derive(Args, Debug)]

@@ -162,6 +162,8 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         retry_delay: 0.2,
         op_timeout: 600.0,
         relocate_mapped: false,
+        hsm: None,
+        hsm_timeout: 60.0,
         args_text: format!("demo --files {files}"),
     })?;
     println!("\n$ evac status --journal {}", journal.display());

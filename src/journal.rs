@@ -52,6 +52,9 @@ pub struct Seen {
     pub ctime_ns: i64,
     /// For symlinks: the target.
     pub target: Option<Vec<u8>>,
+    /// For regular files the HSM has moved away (or whose state is unknown): why evac must not
+    /// open them.
+    pub hsm: Option<crate::hsm::Classified>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,6 +426,40 @@ impl Journal {
             .map_err(self.e("read plan"))
     }
 
+    /// Files in `state` whose reason starts with `prefix`.
+    pub fn count_reason_prefix(&self, state: &str, prefix: &str) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM files WHERE state = ?1 AND substr(reason, 1, length(?2)) = ?2",
+                params![state, prefix],
+                |r| r.get(0),
+            )
+            .map_err(self.e("count files"))
+    }
+
+    /// One of the plan's options (a JSON object of settings kept for later runs).
+    pub fn plan_option(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT json_extract(options, '$.' || ?1) FROM plan WHERE id = 1",
+                [key],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(self.e("read plan"))
+    }
+
+    pub fn set_plan_option(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE plan SET options = json_set(options, '$.' || ?1, ?2) WHERE id = 1",
+                params![key, value],
+            )
+            .map_err(self.e("record plan"))?;
+        Ok(())
+    }
+
     pub fn create_plan(&self, p: &Plan, options: &str) -> Result<()> {
         self.conn
             .execute(
@@ -707,7 +744,11 @@ impl Journal {
             .flatten()
             .filter(|rel| !rel.is_empty());
         let (kind, state, reason): (&str, &str, Option<&str>) = match s.kind {
-            Kind::File => ("file", "pending", None),
+            Kind::File => match &s.hsm {
+                // I4: a stub is recorded, never dispatched.
+                Some(c) => ("file", "staged_out", Some(c.why.as_str())),
+                None => ("file", "pending", None),
+            },
             Kind::Symlink if already_linked => ("file", "relocated", None),
             Kind::Symlink if into_dest.is_some() => (
                 "symlink",

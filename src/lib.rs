@@ -9,6 +9,7 @@ pub mod escape;
 pub mod faults;
 pub mod fsx;
 pub mod holders;
+pub mod hsm;
 pub mod journal;
 pub mod lock;
 pub mod progress;

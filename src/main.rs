@@ -36,6 +36,8 @@ fn main() {
             retry_delay: a.retry_delay,
             op_timeout: a.op_timeout,
             relocate_mapped: a.relocate_mapped,
+            hsm: a.hsm,
+            hsm_timeout: a.hsm_timeout,
             args_text,
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),

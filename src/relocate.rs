@@ -24,6 +24,8 @@ pub struct Ctx {
     pub leases: Arc<Leases>,
     pub mapped: Arc<Mapped>,
     pub relocate_mapped: bool,
+    /// How HSM stubs are told apart (I4: never opened).
+    pub hsm: crate::hsm::Mode,
     pub stop: Arc<AtomicBool>,
     /// Set once a file's filesystem refused a lease; the run log says so once.
     pub no_lease_seen: AtomicBool,
@@ -133,6 +135,8 @@ pub enum Outcome {
     Copied(Box<Copied>),
     Deferred(Job, String),
     Failed(Job, String),
+    /// An HSM stub found at copy time (released since the walk, or during the copy).
+    StagedOut(Job, String),
     /// The path is no longer a regular file in SOURCE.
     Gone(Job),
     /// Stopped before it finished; back to pending.
@@ -144,6 +148,16 @@ fn is_gone(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
     )
+}
+
+/// Why `name` (stat'ed as `st`) must not be opened, if the HSM has moved it away (metadata
+/// modes only: an --hsm cmd:PROGRAM is asked during the walk).
+fn stub_reason(ctx: &Ctx, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Option<String> {
+    match crate::hsm::classify(&ctx.hsm, dir, name, st) {
+        Ok(c) if c.openable() => None,
+        Ok(c) => Some(c.why),
+        Err(e) => Some(crate::hsm::Classified::unknown(&e.to_string()).why),
+    }
 }
 
 fn same_content_identity(a: &Stat, b: &Stat) -> bool {
@@ -162,6 +176,7 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Step::Done(c)) => return Outcome::Copied(c),
             Ok(Step::Retry(why)) => last = why,
             Ok(Step::Defer(why)) => return Outcome::Deferred(job, why),
+            Ok(Step::StagedOut(why)) => return Outcome::StagedOut(job, why),
             Ok(Step::Gone) => return Outcome::Gone(job),
             Ok(Step::Aborted) => return Outcome::Aborted(job),
             Err(e) => return crate::faults::copy_failed(job, &e),
@@ -174,6 +189,8 @@ enum Step {
     Done(Box<Copied>),
     Retry(String),
     Defer(String),
+    /// An HSM stub (or its state unknown): never opened (I4).
+    StagedOut(String),
     Gone,
     Aborted,
 }
@@ -223,6 +240,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return Ok(Step::Defer(
             "a process is running or has mapped it (use --relocate-mapped to force)".into(),
         ));
+    }
+    // I4: the HSM state from metadata, again here, right before the open.
+    if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &st) {
+        return Ok(Step::StagedOut(why));
     }
     let fd = match fsx::open_read(src_dir.as_fd(), name) {
         Ok(fd) => fd,
@@ -328,6 +349,13 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let after = fsx::fstat(src.fd.as_fd()).ctx("stat", &first.path)?;
     if !same_content_identity(&st, &after) || fsx::ctime_ns(&st) != fsx::ctime_ns(&after) {
         cleanup(&dst_dir, &tmp);
+        // Released by the HSM while being read (its blocks freed): what was read may be the
+        // stub's zeros; it is a stub now, never to be copied as data.
+        if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &after) {
+            return Ok(Step::StagedOut(format!(
+                "{why}; released while being copied"
+            )));
+        }
         return Ok(Step::Retry("changed during the copy".into()));
     }
     let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);

@@ -136,6 +136,8 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         .unwrap_or_else(|| "none".into());
     let reasons = j.top_reasons(10)?;
     let cut = j.cutover()?;
+    let hsm_mode = j.plan_option("hsm")?.unwrap_or_else(|| "auto".into());
+    let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
     if json {
         let pairs = |v: &[(String, i64)]| {
             v.iter()
@@ -183,7 +185,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks}}}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -193,6 +195,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             eta.map(|e| format!("{e:.0}")).unwrap_or("null".into()),
             running_pid.as_deref().map(json_str).unwrap_or("null".into()),
             json_str(&throttle),
+            json_str(&hsm_mode),
         )
         .map_err(|e| Error::Setup(format!("write output: {e}")))?;
         return Ok(0);
@@ -245,6 +248,14 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
                 .join(", ")
         ),
     )?;
+    if by_blocks > 0 {
+        w(
+            &mut out,
+            format!(
+                "hsm     {by_blocks} files taken for HSM stubs by the blocks rule (size above zero, no data blocks; --hsm {hsm_mode}): never opened. On a filesystem without an HSM these are sparse files: rerun with --hsm none"
+            ),
+        )?;
+    }
     let pct = if counts.bytes_total > 0 {
         100.0 * counts.bytes_relocated as f64 / counts.bytes_total as f64
     } else {

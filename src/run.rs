@@ -44,6 +44,9 @@ pub struct RunOpts {
     /// Seconds one storage operation may block before the storage counts as not answering.
     pub op_timeout: f64,
     pub relocate_mapped: bool,
+    /// `--hsm` as given (None: the journal's, else auto).
+    pub hsm: Option<String>,
+    pub hsm_timeout: f64,
     /// The command line, for the START record.
     pub args_text: String,
 }
@@ -319,6 +322,15 @@ impl RateMeter {
 
 impl Runner {
     fn new(o: RunOpts, plan: Plan, j: Journal) -> Result<Runner> {
+        // --hsm as given is kept in the journal, so that a resume decides the same way.
+        let hsm_text = match &o.hsm {
+            Some(m) => {
+                j.set_plan_option("hsm", m)?;
+                m.clone()
+            }
+            None => j.plan_option("hsm")?.unwrap_or_else(|| "auto".into()),
+        };
+        let hsm_mode: crate::hsm::Mode = hsm_text.parse().map_err(Error::Setup)?;
         let src_root = fsx::open_root(&plan.source)
             .ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
         let dst_root = fsx::open_root(&plan.dest)
@@ -341,6 +353,7 @@ impl Runner {
             leases,
             mapped: Arc::new(Mapped::default()),
             relocate_mapped: o.relocate_mapped,
+            hsm: hsm_mode,
             stop: stop.clone(),
             no_lease_seen: AtomicBool::new(false),
             no_exchange_seen: AtomicBool::new(false),
@@ -515,6 +528,9 @@ impl Runner {
             root_dev: self.ctx.src_dev,
             prune: self.prune_list(),
             reserved_prefix: self.ctx.reserved_prefix(),
+            hsm: self.ctx.hsm.clone(),
+            hsm_timeout: Duration::from_secs_f64(self.o.hsm_timeout),
+            source_abs: self.plan.source.clone(),
         };
         let root = fsx::resolve_dir(self.ctx.src_root.as_fd(), b"").ctx("open SOURCE", b".")?;
         let wstop = self.stop.clone();
@@ -903,6 +919,10 @@ impl Runner {
                 self.report_failure(&job.names[0].path, &why);
                 self.forget(&ids);
                 self.outcomes.push((ids, "failed", Some(why)));
+            }
+            Outcome::StagedOut(_, why) => {
+                self.forget(&ids);
+                self.outcomes.push((ids, "staged_out", Some(why)));
             }
             Outcome::Gone(_) => {
                 self.forget(&ids);
@@ -1531,6 +1551,9 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
         root_dev,
         prune,
         reserved_prefix: b"\0".to_vec(),
+        hsm: crate::hsm::Mode::None,
+        hsm_timeout: Duration::from_secs(60),
+        source_abs: PathBuf::new(),
     };
     let mut files = 0u64;
     let mut bytes = 0u64;

@@ -3,6 +3,7 @@
 //! what it sees (memory is bounded by depth, not by the number of files).
 
 use crate::fsx;
+use crate::hsm;
 use crate::journal::{Kind, Seen};
 use crossbeam_channel::Sender;
 use rustix::fd::{AsFd, OwnedFd};
@@ -24,6 +25,11 @@ pub enum WalkMsg {
 }
 
 pub struct WalkOpts {
+    /// How HSM stubs are told apart (classified here, before anything could open them).
+    pub hsm: hsm::Mode,
+    pub hsm_timeout: std::time::Duration,
+    /// SOURCE's absolute path, for the paths given to an --hsm cmd:PROGRAM.
+    pub source_abs: std::path::PathBuf,
     pub root_dev: u64,
     /// (dev, ino) of directories never to enter: DEST and the journal's directory.
     pub prune: Vec<(u64, u64)>,
@@ -59,12 +65,51 @@ pub fn seen_from_stat(path: Vec<u8>, st: &fsx::Stat, kind: Kind, target: Option<
         mtime_ns: fsx::mtime_ns(st),
         ctime_ns: fsx::ctime_ns(st),
         target,
+        hsm: None,
     }
+}
+
+/// Regular files waiting for an --hsm cmd:PROGRAM answer, asked about in batches.
+const CMD_BATCH: usize = 256;
+
+/// Ask the operator's program about the batch and send it on; a program that fails or does
+/// not answer in time leaves the batch's state unknown (never opened this run).
+fn flush_cmd(opts: &WalkOpts, batch: &mut Vec<Seen>, tx: &Sender<WalkMsg>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let hsm::Mode::Cmd { program } = &opts.hsm else {
+        return true;
+    };
+    let paths: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|s| fsx::join(opts.source_abs.as_os_str().as_encoded_bytes(), &s.path))
+        .collect();
+    match hsm::ask_program(program, &paths, opts.hsm_timeout) {
+        Ok(states) => {
+            for (s, st) in batch.iter_mut().zip(states) {
+                let c = hsm::program_reason(program, st);
+                s.hsm = (!c.openable()).then_some(c);
+            }
+        }
+        Err(e) => {
+            for s in batch.iter_mut() {
+                s.hsm = Some(hsm::Classified::unknown(&e.to_string()));
+            }
+        }
+    }
+    for s in batch.drain(..) {
+        if tx.send(WalkMsg::Entry(s)).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Walk from `root`, sending every entry (directories before their contents).
 pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &AtomicBool) {
     let mut complete = true;
+    let mut cmd_batch: Vec<Seen> = Vec::new();
     let mut stack: Vec<(Dir, Vec<u8>)> = Vec::new();
     match fsx::resolve_dir(root.as_fd(), b"").and_then(|fd| Dir::new(fd).map_err(Into::into)) {
         Ok(d) => stack.push((d, Vec::new())),
@@ -185,6 +230,23 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
                     return;
                 }
             }
+            Kind::File if opts.hsm != hsm::Mode::None => {
+                let mut seen = seen_from_stat(path, &st, kind, None);
+                if matches!(opts.hsm, hsm::Mode::Cmd { .. }) {
+                    cmd_batch.push(seen);
+                    if cmd_batch.len() >= CMD_BATCH && !flush_cmd(opts, &mut cmd_batch, tx) {
+                        return;
+                    }
+                    continue;
+                }
+                seen.hsm = match hsm::classify(&opts.hsm, dfd, &name, &st) {
+                    Ok(c) => (!c.openable()).then_some(c),
+                    Err(e) => Some(hsm::Classified::unknown(&e.to_string())),
+                };
+                if tx.send(WalkMsg::Entry(seen)).is_err() {
+                    return;
+                }
+            }
             _ => {
                 if tx
                     .send(WalkMsg::Entry(seen_from_stat(path, &st, kind, None)))
@@ -194,6 +256,9 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
                 }
             }
         }
+    }
+    if !flush_cmd(opts, &mut cmd_batch, tx) {
+        return;
     }
     let _ = tx.send(WalkMsg::Done { complete });
 }

@@ -2108,9 +2108,12 @@ pub fn build_tree(root: &Path, spec: &TreeSpec) -> TreeInfo {
             d.pwrite(n, 0, &content(11, 4096))?;
             d.pwrite(n, 5 * mib, &content(12, 4096))
         });
-        let r2 = b.file_with(&sp, b"sparse", b"all-hole.bin", |d, n| {
+        // (A file that is all hole has no data blocks, which the default `--hsm auto` takes for
+        // an HSM stub: hsm_detect.rs relocates such files with --hsm none.)
+        let r2 = b.file_with(&sp, b"sparse", b"mostly-hole.bin", |d, n| {
             d.create(n, b"", 0o600)?;
-            d.set_len(n, 8 * mib)
+            d.set_len(n, 8 * mib)?;
+            d.pwrite(n, 4 * mib, b"x")
         });
         let r3 = b.file_with(&sp, b"sparse", b"tail.bin", |d, n| {
             d.create(n, b"", 0o600)?;
