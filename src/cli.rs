@@ -28,6 +28,37 @@ pub enum Command {
     Holders(HoldersArgs),
     /// Build an example tree in a temporary directory and relocate it.
     Demo(DemoArgs),
+    /// The HSM's database: import its listing of managed files.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HsmCommand {
+    /// Import the HSM's listing of the files it manages (state, tier, volume, position, size,
+    /// checksum) into the journal, for `evac stage` to recall in tape order. All or nothing;
+    /// importing again updates. Malformed lines are reported by number and skipped; entries
+    /// not under SOURCE, not in SOURCE, or already relocated are reported and not imported.
+    Import(HsmImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HsmImportArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// tsv (evac's own: path, state, tier, volume, position, size, checksum, tab-separated,
+    /// path escaped), tsv0 (the same fields NUL-terminated, raw paths), lfs (`lfs hsm_state`
+    /// output), dmls (DMF `dmls -l` or `-lR` output).
+    #[arg(long)]
+    pub format: String,
+    /// Where relative paths in the listing start [default: SOURCE].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Only the summary line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The listing file.
+    pub listing: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_link_handle",
         include_str!("../migrations/0003_link_handle.sql"),
     ),
+    ("0004_hsm_db", include_str!("../migrations/0004_hsm_db.sql")),
 ];
 
 pub fn now() -> f64 {
@@ -424,6 +425,72 @@ impl Journal {
             )
             .optional()
             .map_err(self.e("read plan"))
+    }
+
+    /// Begin an `evac hsm import` (inside the caller's transaction); its id.
+    pub fn start_hsm_import(&self, format: &str, listing: &[u8]) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO hsm_imports (at, format, listing, records, malformed, outside, missing, relocated)
+                 VALUES (?1, ?2, ?3, 0, 0, 0, 0, 0)",
+                params![now(), format, listing],
+            )
+            .map_err(self.e("record import"))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn finish_hsm_import(
+        &self,
+        id: i64,
+        records: usize,
+        malformed: usize,
+        (outside, missing, relocated): (usize, usize, usize),
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE hsm_imports SET records = ?2, malformed = ?3, outside = ?4, missing = ?5, relocated = ?6 WHERE id = ?1",
+                params![id, records as i64, malformed as i64, outside as i64, missing as i64, relocated as i64],
+            )
+            .map_err(self.e("record import"))?;
+        Ok(())
+    }
+
+    /// One record of the HSM's listing, replacing an earlier import's for the same path.
+    pub fn upsert_hsm_file(
+        &self,
+        rel: &[u8],
+        state: &str,
+        r: &crate::hsm_import::Record,
+        import_id: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO hsm_files (path, state, tier, volume, position, size, checksum, import_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(path) DO UPDATE SET state = excluded.state, tier = excluded.tier,
+                    volume = excluded.volume, position = excluded.position, size = excluded.size,
+                    checksum = excluded.checksum, import_id = excluded.import_id",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    rel, state, r.tier, r.volume, r.position, r.size, r.checksum, import_id
+                ])
+            })
+            .map_err(self.e("record HSM file"))?;
+        Ok(())
+    }
+
+    /// (files, staged out, distinct volumes of the staged-out ones) in the imported HSM listing.
+    pub fn hsm_db_counts(&self) -> Result<(i64, i64, i64)> {
+        self.conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(state = 'staged_out'), 0),
+                        count(DISTINCT CASE WHEN state = 'staged_out' THEN coalesce(volume, '') END)
+                 FROM hsm_files",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(self.e("count HSM files"))
     }
 
     /// Files in `state` whose reason starts with `prefix`.

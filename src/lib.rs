@@ -10,6 +10,7 @@ pub mod faults;
 pub mod fsx;
 pub mod holders;
 pub mod hsm;
+pub mod hsm_import;
 pub mod journal;
 pub mod lock;
 pub mod progress;

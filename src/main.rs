@@ -44,6 +44,12 @@ fn main() {
         Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => evac::report::holders(&a.source, a.json, a.null),
         Command::Demo(a) => evac::demo::demo(a.dir, a.files),
+        Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
+            Ok(f) => {
+                evac::hsm_import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)
+            }
+            Err(e) => Err(evac::error::Error::Setup(e)),
+        },
     };
     match result {
         Ok(code) => std::process::exit(code),

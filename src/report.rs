@@ -138,6 +138,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let cut = j.cutover()?;
     let hsm_mode = j.plan_option("hsm")?.unwrap_or_else(|| "auto".into());
     let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
+    let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
     if json {
         let pairs = |v: &[(String, i64)]| {
             v.iter()
@@ -185,7 +186,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks}}}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -248,6 +249,14 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
                 .join(", ")
         ),
     )?;
+    if hsm_n > 0 {
+        w(
+            &mut out,
+            format!(
+                "hsm db  {hsm_n} files in the imported HSM listing, {hsm_out} staged out on {hsm_vols} volumes"
+            ),
+        )?;
+    }
     if by_blocks > 0 {
         w(
             &mut out,
