@@ -9,7 +9,14 @@ CREATE TABLE hsm_files (
     position   INTEGER,
     size       INTEGER,
     checksum   TEXT,                    -- ALGORITHM:HEX as the listing gave it
-    import_id  INTEGER NOT NULL
+    import_id  INTEGER NOT NULL,
+    -- Phase 2 (`evac stage`): NULL (not tried), staging (a recall was started), staged
+    -- (resident again, not yet relocated), done (relocated), given_up (a leftover).
+    stage_state TEXT,
+    stage_tries INTEGER NOT NULL DEFAULT 0,
+    stage_after REAL,                   -- not before this time (backoff after a failure)
+    stage_error TEXT,
+    staged_at   REAL
 );
 CREATE INDEX hsm_files_order ON hsm_files(tier, volume, position) WHERE state = 'staged_out';
 

@@ -31,6 +31,72 @@ pub enum Command {
     /// The HSM's database: import its listing of managed files.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// Phase 2: recall the staged-out files of the imported HSM listing in tape order through
+    /// your stage command, and relocate each batch as soon as it is resident.
+    Stage(StageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StageArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Batches (one volume each) staged at once: the tape drives evac may keep busy.
+    #[arg(long, default_value_t = 1)]
+    pub drives: usize,
+    /// Only these tiers (comma-separated), e.g. the disk tier first on a wedged HSM.
+    #[arg(long, value_delimiter = ',')]
+    pub tiers: Option<Vec<i64>>,
+    /// Give the stage command the paths NUL-separated on its stdin instead of as arguments.
+    #[arg(long)]
+    pub stdin0: bool,
+    /// Seconds one run of the stage command may take; then it is killed with its process group
+    /// and its files are tried again later.
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0, value_parser = positive_seconds)]
+    pub stage_timeout: f64,
+    /// Most bytes staged at once and not yet relocated (suffixes K, M, G, T): a full first tier
+    /// is how an HSM wedges.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub stage_budget: Option<u64>,
+    /// Tries per file before it is left over with the reason.
+    #[arg(long, default_value_t = 3)]
+    pub max_tries: i64,
+    /// Seconds before a failed file is tried again (doubling with each try).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub stage_backoff: f64,
+    /// Seconds to wait, after the stage command returns, for its files to be resident.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub resident_wait: f64,
+    /// Files per run of the stage command (a volume with more is split, in position order).
+    #[arg(long, default_value_t = 256)]
+    pub batch_files: usize,
+    /// Copy workers for the relocation of staged files.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The stage command and its arguments (last on the command line: everything after it is
+    /// passed to it); the batch's absolute paths follow them.
+    #[arg(long, required = true, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARGS...]")]
+    pub stage_cmd: Vec<std::ffi::OsString>,
+}
+
+/// Bytes with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500G, 10M, 4096)"))?;
+    if n.is_nan() || n < 0.0 {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,7 +197,7 @@ pub struct StatusArgs {
     #[arg(long, value_name = "STATE")]
     pub list: Option<String>,
     /// With --list: NUL-separated raw paths.
-    #[arg(short = '0', long = "null")]
+    #[arg(short = '0', long = "null", alias = "print0")]
     pub null: bool,
 }
 

@@ -164,6 +164,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         relocate_mapped: false,
         hsm: None,
         hsm_timeout: 60.0,
+        skip_walk: false,
         args_text: format!("demo --files {files}"),
     })?;
     println!("\n$ evac status --journal {}", journal.display());

@@ -214,6 +214,33 @@ pub struct PathRow {
     pub link_seen_run: Option<i64>,
 }
 
+/// A staged-out file of the HSM listing, with what phase 1 and phase 2 know of it.
+#[derive(Debug, Clone)]
+pub struct StageRow {
+    pub path: Vec<u8>,
+    pub tier: Option<i64>,
+    pub volume: Option<String>,
+    pub position: Option<i64>,
+    pub size: u64,
+    pub file_id: Option<i64>,
+    pub file_state: Option<String>,
+    pub stage_state: Option<String>,
+    pub tries: i64,
+    pub after: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StageProgress {
+    pub volumes: i64,
+    pub volumes_done: i64,
+    pub staged: i64,
+    pub relocated: i64,
+    pub given_up: i64,
+    pub bytes_waiting: i64,
+    pub first: Option<f64>,
+    pub last: Option<f64>,
+}
+
 /// A copy evac moved into DEST's trash.
 #[derive(Debug, Clone)]
 pub struct TrashRow {
@@ -478,6 +505,94 @@ impl Journal {
             })
             .map_err(self.e("record HSM file"))?;
         Ok(())
+    }
+
+    /// Staged-out files of the imported HSM listing still to be recalled and relocated, in tape
+    /// order (tier, volume, position).
+    pub fn stage_candidates(&self) -> Result<Vec<StageRow>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT h.path, h.tier, h.volume, h.position, h.size, f.id, f.state, h.stage_state, h.stage_tries, h.stage_after
+                 FROM hsm_files h LEFT JOIN files f ON f.path = h.path
+                 WHERE h.state = 'staged_out' AND coalesce(h.stage_state, '') NOT IN ('done', 'given_up')
+                 ORDER BY h.tier, h.volume, h.position, h.path",
+            )
+            .map_err(self.e("list files to stage"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(StageRow {
+                    path: r.get(0)?,
+                    tier: r.get(1)?,
+                    volume: r.get(2)?,
+                    position: r.get(3)?,
+                    size: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
+                    file_id: r.get(5)?,
+                    file_state: r.get(6)?,
+                    stage_state: r.get(7)?,
+                    tries: r.get(8)?,
+                    after: r.get(9)?,
+                })
+            })
+            .map_err(self.e("list files to stage"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list files to stage"))
+    }
+
+    /// Phase 2's record of one file: its stage state, and (on a failure) one more try, the
+    /// error, and when it may be tried again.
+    pub fn stage_mark(&self, path: &[u8], state: &str, failure: Option<(&str, f64)>) -> Result<()> {
+        let t = now();
+        self.conn
+            .prepare_cached(
+                "UPDATE hsm_files SET stage_state = ?2,
+                    stage_tries = stage_tries + CASE WHEN ?3 IS NULL THEN 0 ELSE 1 END,
+                    stage_error = coalesce(?3, stage_error), stage_after = ?4,
+                    staged_at = CASE WHEN ?2 = 'staged' THEN ?5 ELSE staged_at END
+                 WHERE path = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    path,
+                    state,
+                    failure.map(|f| f.0),
+                    failure.map(|f| f.1),
+                    t
+                ])
+            })
+            .map_err(self.e("record staging"))?;
+        Ok(())
+    }
+
+    /// Phase 2's progress: (volumes, volumes done, files staged, relocated, given up, bytes
+    /// staged and waiting for relocation, first and last staging time).
+    pub fn stage_progress(&self) -> Result<StageProgress> {
+        self.conn
+            .query_row(
+                "SELECT
+                    count(DISTINCT coalesce(volume, '')),
+                    count(DISTINCT coalesce(volume, '')) - count(DISTINCT CASE WHEN coalesce(stage_state, '') NOT IN ('done', 'given_up') THEN coalesce(volume, '') END),
+                    coalesce(sum(staged_at IS NOT NULL), 0),
+                    coalesce(sum(stage_state = 'done'), 0),
+                    coalesce(sum(stage_state = 'given_up'), 0),
+                    coalesce(sum(CASE WHEN stage_state = 'staged' THEN size ELSE 0 END), 0),
+                    min(staged_at), max(staged_at)
+                 FROM hsm_files WHERE state = 'staged_out'",
+                [],
+                |r| {
+                    Ok(StageProgress {
+                        volumes: r.get(0)?,
+                        volumes_done: r.get(1)?,
+                        staged: r.get(2)?,
+                        relocated: r.get(3)?,
+                        given_up: r.get(4)?,
+                        bytes_waiting: r.get(5)?,
+                        first: r.get(6)?,
+                        last: r.get(7)?,
+                    })
+                },
+            )
+            .map_err(self.e("read staging progress"))
     }
 
     /// (files, staged out, distinct volumes of the staged-out ones) in the imported HSM listing.

@@ -19,5 +19,6 @@ pub mod report;
 pub mod resync;
 pub mod run;
 pub mod signals;
+pub mod stage;
 pub mod walk;
 pub mod watchdog;

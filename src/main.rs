@@ -38,12 +38,28 @@ fn main() {
             relocate_mapped: a.relocate_mapped,
             hsm: a.hsm,
             hsm_timeout: a.hsm_timeout,
+            skip_walk: false,
             args_text,
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),
         Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => evac::report::holders(&a.source, a.json, a.null),
         Command::Demo(a) => evac::demo::demo(a.dir, a.files),
+        Command::Stage(a) => evac::stage::stage(evac::stage::StageOpts {
+            journal: a.journal,
+            program: a.stage_cmd,
+            drives: a.drives,
+            tiers: a.tiers,
+            stdin0: a.stdin0,
+            stage_timeout: std::time::Duration::from_secs_f64(a.stage_timeout),
+            budget: a.stage_budget,
+            max_tries: a.max_tries.max(1),
+            backoff: std::time::Duration::from_secs_f64(a.stage_backoff.max(0.0)),
+            resident_wait: std::time::Duration::from_secs_f64(a.resident_wait.max(0.0)),
+            batch_files: a.batch_files,
+            workers: a.workers,
+            quiet: a.quiet,
+        }),
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => {
                 evac::hsm_import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)

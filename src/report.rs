@@ -139,6 +139,11 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let hsm_mode = j.plan_option("hsm")?.unwrap_or_else(|| "auto".into());
     let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
     let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
+    let sp = j.stage_progress()?;
+    let recall_rate = match (sp.first, sp.last) {
+        (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
+        _ => 0.0,
+    };
     if json {
         let pairs = |v: &[(String, i64)]| {
             v.iter()
@@ -186,7 +191,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -197,6 +202,12 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             running_pid.as_deref().map(json_str).unwrap_or("null".into()),
             json_str(&throttle),
             json_str(&hsm_mode),
+            sp.volumes,
+            sp.volumes_done,
+            sp.staged,
+            sp.relocated,
+            sp.given_up,
+            sp.bytes_waiting,
         )
         .map_err(|e| Error::Setup(format!("write output: {e}")))?;
         return Ok(0);
@@ -254,6 +265,20 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             &mut out,
             format!(
                 "hsm db  {hsm_n} files in the imported HSM listing, {hsm_out} staged out on {hsm_vols} volumes"
+            ),
+        )?;
+    }
+    if sp.staged > 0 || sp.given_up > 0 {
+        w(
+            &mut out,
+            format!(
+                "stage   phase 2: {}/{} volumes done, {} files staged ({} relocated, {} given up), {recall_rate:.1} files/min, {} staged and waiting",
+                sp.volumes_done,
+                sp.volumes,
+                sp.staged,
+                sp.relocated,
+                sp.given_up,
+                human_bytes(sp.bytes_waiting as f64)
             ),
         )?;
     }

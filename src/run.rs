@@ -14,7 +14,7 @@ use crate::lock::JournalLock;
 use crate::progress::{human_bytes, Stats, Ui};
 use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
 use crate::resync;
-use crate::signals::{self, Leases};
+use crate::signals;
 use crate::walk::{self, WalkMsg, WalkOpts};
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
@@ -47,6 +47,8 @@ pub struct RunOpts {
     /// `--hsm` as given (None: the journal's, else auto).
     pub hsm: Option<String>,
     pub hsm_timeout: f64,
+    /// Relocate the files waiting in the journal without walking SOURCE (`evac stage`).
+    pub skip_walk: bool,
     /// The command line, for the START record.
     pub args_text: String,
 }
@@ -225,6 +227,13 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
         refuse_journal_in_source(&o.journal, &s)?;
     }
     let lock = JournalLock::acquire(&o.journal)?;
+    let result = run_locked(o);
+    drop(lock);
+    result
+}
+
+/// A run by a caller that holds the journal's lock (`evac stage` relocates what it staged).
+pub fn run_locked(o: RunOpts) -> Result<i32> {
     let j = Journal::open(&o.journal, true)?;
     j.check_integrity()?;
     let (plan, fresh) = settle_plan(&o, j.plan()?)?;
@@ -238,9 +247,7 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
         );
         j.create_plan(&plan, &options)?;
     }
-    let result = Runner::new(o, plan, j)?.go();
-    drop(lock);
-    result
+    Runner::new(o, plan, j)?.go()
 }
 
 struct Runner {
@@ -338,11 +345,9 @@ impl Runner {
         let src_dev = fsx::fstat(src_root.as_fd())
             .ctx("stat SOURCE", plan.source.as_os_str().as_encoded_bytes())?
             .st_dev;
-        let stop = Arc::new(AtomicBool::new(false));
-        let leases = Arc::new(Leases::default());
         // Before any other thread exists: the signal mask is inherited.
-        signals::start(leases.clone(), stop.clone())
-            .map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
+        let (leases, stop) =
+            signals::process().map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
         let nofile = fsx::raise_nofile();
         let ctx = Arc::new(Ctx {
             src_root,
@@ -522,6 +527,10 @@ impl Runner {
         // Workers.
         self.start_workers(workers)?;
 
+        if self.o.skip_walk {
+            return self.body_pending_only(done);
+        }
+
         // Walker.
         let (wtx, wrx) = crossbeam_channel::bounded::<WalkMsg>(8192);
         let wopts = WalkOpts {
@@ -598,6 +607,30 @@ impl Runner {
         } else {
             Ok(EXIT_OK)
         }
+    }
+
+    /// The files waiting in the journal, without a walk (no resync, no judgement of SOURCE as a
+    /// whole): what `evac stage` has just made resident.
+    fn body_pending_only(&mut self, done: Arc<AtomicBool>) -> Result<i32> {
+        self.phase_pending()?;
+        self.phase_hardlinks()?;
+        for _ in 0..self.o.retry_rounds {
+            if self.stopping() || !self.requeue_deferred()? {
+                break;
+            }
+            self.phase_pending()?;
+            self.phase_hardlinks()?;
+        }
+        self.drain_all()?;
+        self.job_tx = None;
+        self.join_workers();
+        done.store(true, Ordering::Relaxed);
+        self.flush_outcomes()?;
+        Ok(if self.stopping() {
+            EXIT_INTERRUPTED
+        } else {
+            EXIT_OK
+        })
     }
 
     fn stopping(&self) -> bool {

@@ -65,9 +65,25 @@ fn sigset(sigs: &[i32]) -> libc::sigset_t {
     }
 }
 
+/// The process's signal handling, started once: the lease map and the stop flag it serves.
+/// (`evac stage` relocates several times in one process: every run shares them.)
+pub fn process() -> std::io::Result<(Arc<Leases>, Arc<AtomicBool>)> {
+    static ONCE: std::sync::OnceLock<(Arc<Leases>, Arc<AtomicBool>)> = std::sync::OnceLock::new();
+    static START: Mutex<()> = Mutex::new(());
+    let _g = START.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((l, s)) = ONCE.get() {
+        return Ok((l.clone(), s.clone()));
+    }
+    let leases = Arc::new(Leases::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    start(leases.clone(), stop.clone())?;
+    let _ = ONCE.set((leases.clone(), stop.clone()));
+    Ok((leases, stop))
+}
+
 /// Block our signals in the calling thread (inherited by threads spawned later) and start the
 /// thread that handles them.
-pub fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, lease_signal()];
     let set = sigset(&sigs);
     // SAFETY: standard signal-mask and signalfd calls with a valid set.
