@@ -360,3 +360,46 @@ fn kill_9_during_staging_then_resume() {
     ])
     .expect(0, "verify");
 }
+
+fn batch_starts(h: &Hsm) -> Vec<f64> {
+    std::fs::read_to_string(&h.log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn drives_run_volumes_at_once_and_the_budget_holds_them_back() {
+    // Two drives: the first two volumes' recalls overlap (each takes 1 s).
+    let h = setup(2);
+    let slow = stage_script(&h, "NOMATCH", "1");
+    stage(&h, &["--drives", "2"], &slow).expect(0, "two drives");
+    let t = batch_starts(&h);
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(
+        t[1] - t[0] < 0.7,
+        "the second volume waited for the first: {t:?}"
+    );
+    // The same with a budget that one batch fills: one at a time again.
+    let h = setup(2);
+    let slow = stage_script(&h, "NOMATCH", "1");
+    let one_batch = h.files.iter().take(2).map(|f| f.4.len()).sum::<usize>();
+    stage(
+        &h,
+        &[
+            "--drives",
+            "2",
+            "--stage-budget",
+            &(one_batch + 10).to_string(),
+        ],
+        &slow,
+    )
+    .expect(0, "two drives, budget of one batch");
+    let t = batch_starts(&h);
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(
+        t.windows(2).all(|w| w[1] - w[0] >= 0.9),
+        "a batch started while the budget was full: {t:?}"
+    );
+}
