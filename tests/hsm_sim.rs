@@ -824,6 +824,19 @@ fn serve_recalls_a_stub_for_its_reader() {
     assert_eq!(access_log(&tape).len(), n, "{:#?}", access_log(&tape));
     assert!(accesses_of(&tape, &plain).is_empty());
 
+    // The simulator's own commands on the served filesystem are the HSM at work: released and
+    // staged again while the daemon serves, neither waits for it nor is logged.
+    release(&tape, "V1", 1, &[&big]);
+    assert_eq!(states(&[&big]), ["staged_out"]);
+    sim(
+        ["stage".as_ref(), "--tape".as_ref(), os(&tape), os(&big)],
+        None,
+    )
+    .expect(0, "stage while serve runs");
+    assert_eq!(states(&[&big]), ["premigrated"]);
+    assert!(std::fs::read(&big).unwrap() == data);
+    assert_eq!(access_log(&tape).len(), n, "{:#?}", access_log(&tape));
+
     // SIGTERM: a clean stop.
     send_signal(d.pid(), libc::SIGTERM);
     let (st, _) = d.finish(Duration::from_secs(30));
@@ -1014,7 +1027,8 @@ fn serve_refuses_filesystems_it_cannot_serve() {
     out.expect(1, "serve on a tmpfs");
     let err = out.stderr_str();
     assert!(
-        err.contains("pre-content events are unavailable") && err.contains("tmpfs"),
+        err.contains("pre-content events are unavailable")
+            && err.contains("the tmpfs filesystem there does not support pre-content events"),
         "the message does not say why: {}",
         out.dump()
     );
