@@ -696,16 +696,38 @@ impl Tape {
 
     /// Exclusive use of the catalog and listings until the returned file is dropped.
     fn lock(&self) -> Result<File> {
+        self.lock_within(None)?
+            .ok_or_else(|| anyhow!("lock {}: not obtained", qp(&self.dir)))
+    }
+
+    /// The lock, waiting at most `patience` (None: as long as it takes); None if not had.
+    fn lock_within(&self, patience: Option<Duration>) -> Result<Option<File>> {
+        use rustix::fs::FlockOperation::{LockExclusive, NonBlockingLockExclusive};
         let p = self.dir.join(".lock");
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&p)
             .with_context(|| format!("open lock {}", qp(&p)))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(io::Error::from)
-            .with_context(|| format!("lock {}", qp(&p)))?;
-        Ok(f)
+        let Some(patience) = patience else {
+            rustix::fs::flock(&f, LockExclusive)
+                .map_err(io::Error::from)
+                .with_context(|| format!("lock {}", qp(&p)))?;
+            return Ok(Some(f));
+        };
+        let t0 = Instant::now();
+        loop {
+            match rustix::fs::flock(&f, NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(f)),
+                Err(rustix::io::Errno::WOULDBLOCK) if t0.elapsed() < patience => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => {
+                    return Err(io::Error::from(e)).with_context(|| format!("lock {}", qp(&p)))
+                }
+            }
+        }
     }
 
     fn unit(&self, volume: &str, position: u64) -> PathBuf {
@@ -773,6 +795,10 @@ impl Tape {
     /// Apply `updates` to the catalog as it is now (another process may have changed it).
     fn update(&self, updates: &mut Vec<Rec>) -> Result<()> {
         let _lock = self.lock()?;
+        self.update_locked(updates)
+    }
+
+    fn update_locked(&self, updates: &mut Vec<Rec>) -> Result<()> {
         let mut recs = self.load()?;
         for u in updates.drain(..) {
             upsert(&mut recs, u);
@@ -1277,8 +1303,10 @@ struct Shared {
     how: Behaviour,
     fan: RawFd,
     pid: i32,
-    /// (device, inode) of this program: its `release` and `stage` commands do the HSM's work.
+    /// (device, inode) and name of this program: its `release` and `stage` commands do the
+    /// HSM's work.
     exe: Option<(u64, u64)>,
+    comm: Vec<u8>,
     /// One drive: recalls go one at a time, and the volume last read needs no mount.
     drive: Mutex<Option<String>>,
     /// Events a wedged HSM took and never answers; kept open, as an HSM that hangs would.
@@ -1370,6 +1398,9 @@ fn serve(a: ServeArgs) -> Result<i32> {
         fan: fan.as_raw_fd(),
         pid: std::process::id() as i32,
         exe,
+        comm: std::fs::read("/proc/self/comm")
+            .map(|c| c.strip_suffix(b"\n").unwrap_or(&c).to_vec())
+            .unwrap_or_else(|_| b"evac-hsm-sim".to_vec()),
         drive: Mutex::new(None),
         wedged: Mutex::new(Vec::new()),
     });
@@ -1760,13 +1791,11 @@ fn handle(
     let Some(flags) = stub_flags(ev.fd.as_fd()) else {
         return allow(&ev);
     };
-    // This program's `release` (punching) and `stage` (writing back) are the HSM at work.
+    // This program's `release` (punching) and `stage` (writing back) are the HSM at work:
+    // known by its executable, or by its name when it was rebuilt since the daemon started.
     let exe = std::fs::metadata(format!("/proc/{}/exe", ev.pid))
         .ok()
         .map(|m| (m.dev(), m.ino()));
-    if exe.is_some() && exe == sh.exe {
-        return allow(&ev);
-    }
     let comm = std::fs::read(format!("/proc/{}/comm", ev.pid))
         .map(|mut c| {
             if c.last() == Some(&b'\n') {
@@ -1775,6 +1804,9 @@ fn handle(
             c
         })
         .unwrap_or_else(|_| b"?".to_vec());
+    if (exe.is_some() && exe == sh.exe) || comm == sh.comm {
+        return allow(&ev);
+    }
     let path = std::fs::read_link(format!("/proc/self/fd/{}", ev.fd.as_raw_fd()))
         .map(|p| p.into_os_string().into_vec())
         .unwrap_or_else(|_| b"?".to_vec());
@@ -1870,7 +1902,19 @@ fn serve_recall(sh: &Shared, ev: &Event, path: &[u8]) -> Result<()> {
     r.state = "premigrated".into();
     r.dev = md.dev();
     r.ino = md.ino();
-    sh.tape.update(&mut vec![r])
+    // Whoever holds the catalog may be waiting for this very read (a copy of the simulator
+    // this daemon does not recognise, holding it while it touches a stub): the recall is done,
+    // and the next update of the listing shows it, since states come from the files.
+    match sh.tape.lock_within(Some(Duration::from_secs(2)))? {
+        Some(_lock) => sh.tape.update_locked(&mut vec![r]),
+        None => {
+            sh.tape.log(&format!(
+                "serve: recall {}: the catalog is locked by another process; the listing shows it at its next update",
+                q(path)
+            ));
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
