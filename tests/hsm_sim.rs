@@ -570,6 +570,32 @@ fn stage_reads_nul_separated_paths_from_stdin() {
     );
 }
 
+#[test]
+fn lose_marks_data_lost_and_recalls_fail() {
+    const T: &str = "lose_marks_data_lost_and_recalls_fail";
+    skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
+    let e = env();
+    let tape = e.tmp.path().join("tape");
+    let f = e.src.join("gone");
+    std::fs::write(&f, content(90, 9000)).unwrap();
+    release(&tape, "V7", 5, &[&f]);
+    sim(
+        ["lose".as_ref(), "--tape".as_ref(), os(&tape), os(&f)],
+        None,
+    )
+    .expect(0, "lose");
+    assert_eq!(states(&[&f]), ["lost"]);
+    assert_eq!(hsm_of(&f), Some((RELEASED | 0x40, 5)));
+    assert_eq!(listed(&tape, &abs(&f))[1], "lost");
+    let out = sim(
+        ["stage".as_ref(), "--tape".as_ref(), os(&tape), os(&f)],
+        None,
+    );
+    out.expect(2, "stage of a lost file");
+    assert!(out.stderr_str().contains("lost its data"), "{}", out.dump());
+    assert_eq!(meta(&f).blocks(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // serve
 // ---------------------------------------------------------------------------
