@@ -119,21 +119,48 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Archive FILEs to tape volume VOL and release them: each keeps its size, atime and mtime,
-    /// loses its data blocks (holes punched) and gets trusted.hsm exists|archived|released with
-    /// archive id TIER.
+    /// Archive files to a tape volume and release them (make them real stubs)
+    ///
+    /// Each FILE's data is copied to DIR/VOL/NNNNNNNN (the next position on the volume; the same
+    /// data released again keeps its unit) and recorded in the catalog and listings; then the
+    /// file is marked in trusted.hsm (exists|archived|released, archive id TIER), its blocks
+    /// are freed with holes punched over all of it (size kept, st_blocks 0 unless the
+    /// filesystem keeps a block for its attributes) and its atime and mtime are restored. A
+    /// file already released is left as it is. Exit 0, 2 if some file failed, 1 on errors.
     Release(ReleaseArgs),
-    /// Recall stubs from the tape (the command to give `evac stage`): the data goes back into
-    /// the same inode, times kept, trusted.hsm exists|archived (premigrated). Files that are not
-    /// stubs are left as they are.
+    /// Recall stubs from the tape: the stage command to give `evac stage`
+    ///
+    /// Each stub's data goes back into the same inode, its times kept, trusted.hsm
+    /// exists|archived (premigrated), and the listings follow. The mount latency is slept once
+    /// per distinct volume of the batch, the per-MiB latency for each file. Files that are not
+    /// stubs are left as they are. --wedge takes the request and never returns: the caller
+    /// must kill it. Exit 0, 2 if some file failed (each named on stderr), 1 on errors.
     Stage(StageArgs),
-    /// Serve reads of stubs on the filesystem mounted at PATH: a read of a stub waits while it
-    /// is recalled. Every open and read of a stub by another process goes to DIR/access.log.
+    /// Serve reads of stubs on a filesystem, as an HSM does (fanotify pre-content events)
+    ///
+    /// A read of a stub under the filesystem mounted at PATH waits while its data is recalled
+    /// (one drive: one recall at a time; the mount latency whenever the volume changes), then
+    /// goes on; with --fail it fails with EIO; with --wedge it waits until the daemon dies.
+    /// Every open and read of a stub by another process goes to DIR/access.log; resident files,
+    /// the daemon's own accesses and this program's release and stage are let through at once.
+    /// PATH must be a mount point of a filesystem of its own: the whole filesystem is watched.
+    /// Needs root and Linux 6.14+ with ext4, xfs or btrfs (not tmpfs); otherwise it exits 1
+    /// saying why. SIGTERM or SIGINT stops it cleanly (exit 0): no new events, those queued are
+    /// served, then it exits. Killed (or wedged and stopped), the reads still waiting go on
+    /// when the kernel closes its fanotify group, and read the stubs' holes (zeros); so does
+    /// any read of a stub while no daemon runs.
     Serve(ServeArgs),
-    /// Print each FILE's state, one line each in order: resident, premigrated, staged_out or
-    /// lost (evac's --hsm cmd: protocol; wrap it as `exec evac-hsm-sim state --stdin0`).
+    /// Print each file's HSM state: resident, premigrated, staged_out or lost
+    ///
+    /// One line per FILE, in order, from trusted.hsm or else the blocks rule (size above zero,
+    /// no blocks): what evac's --hsm cmd:PROGRAM is told (wrap it in a script:
+    /// `exec evac-hsm-sim state --stdin0`). A file that cannot be examined prints `error` and
+    /// makes the exit status 2.
     State(StateArgs),
-    /// Mark FILEs' data as lost by the HSM (the lost flag of trusted.hsm): recalls of them fail.
+    /// Mark files' data as lost by the HSM: recalls of them fail
+    ///
+    /// Sets the lost flag of trusted.hsm; the listing says `lost`; stage fails such files and
+    /// serve fails their reads with EIO.
     Lose(LoseArgs),
 }
 
@@ -1664,10 +1691,10 @@ fn fanotify_setup(mount: &Path) -> Result<OwnedFd> {
     if r < 0 {
         let e = io::Error::last_os_error();
         let why = match e.raw_os_error() {
-            Some(libc::EINVAL) => {
-                "; this kernel has no pre-content events (FAN_PRE_ACCESS needs Linux 6.14 or later)"
-                    .to_string()
-            }
+            Some(libc::EINVAL) => format!(
+                "; this kernel has no pre-content events (FAN_PRE_ACCESS needs Linux 6.14 or later), or the {} filesystem there does not support them",
+                fs_name(mount)
+            ),
             Some(libc::EOPNOTSUPP) => format!(
                 "; the {} filesystem there does not support pre-content events (ext4, xfs and btrfs do; tmpfs does not)",
                 fs_name(mount)
