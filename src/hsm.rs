@@ -200,16 +200,20 @@ pub fn classify(
             .and_then(|a| lustre_state(&a))
             .unwrap_or_else(Classified::resident)),
         Mode::Auto => {
-            // Only a file that the blocks rule would call a stub is worth an attribute read:
-            // a file with its data blocks is resident whatever a marker says (premigrated).
-            let Some(by_blocks) = blocks_rule(st) else {
+            // Only a file with fewer blocks than its size needs is worth an attribute read: a
+            // file with all its data blocks is resident whatever a marker says (premigrated).
+            // A stub may keep a block or two (an attribute block, a resident head), so the
+            // marker is looked for in every such file, and the blocks rule applied after.
+            #[allow(clippy::unnecessary_cast)] // blkcnt_t and off_t are not i64 everywhere
+            let whole = (st.st_blocks as i64).saturating_mul(512) >= st.st_size as i64;
+            if whole {
                 return Ok(Classified::resident());
-            };
+            }
             if let Some(c) = lgetxattr_at(dir, name, "trusted.hsm")?.and_then(|a| lustre_state(&a))
             {
                 return Ok(c);
             }
-            Ok(by_blocks)
+            Ok(blocks_rule(st).unwrap_or_else(Classified::resident))
         }
     }
 }

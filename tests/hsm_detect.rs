@@ -292,10 +292,24 @@ fn lustre_hsm_attribute_released_archived_and_lost() {
         &attrs(0x1 | 0x4 | 0x8, 7),
     )
     .unwrap();
+    // A stub that keeps a resident head (some blocks, fewer than its size needs): auto still
+    // reads the marker.
+    let head = e2.src.join("with-head");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&head).unwrap();
+        f.write_all(&content(5, 8192)).unwrap();
+        f.set_len(1 << 20).unwrap();
+    }
+    set_xattr(&head, "trusted.hsm", &attrs(0x1 | 0x4 | 0x8, 7)).unwrap();
+    let watch = OpenWatch::new(&[e2.src.join("released"), head.clone()]);
     evac_run(&e2.src, &e2.dst, &e2.journal, &[]).expect(3, "auto mode");
-    let (s, why) = state_of(&e2.journal, "released");
-    assert_eq!(s, "staged_out");
-    assert!(why.contains("Lustre: released, archive 7"), "{why}");
+    assert!(watch.touched().is_empty(), "auto opened a Lustre stub (I4)");
+    for rel in ["released", "with-head"] {
+        let (s, why) = state_of(&e2.journal, rel);
+        assert_eq!(s, "staged_out", "{rel}");
+        assert!(why.contains("Lustre: released, archive 7"), "{rel}: {why}");
+    }
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
