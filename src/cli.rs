@@ -72,6 +72,9 @@ pub struct StageArgs {
     /// Copy workers for the relocation of staged files.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Try again the files earlier runs gave up on (once the HSM is repaired).
+    #[arg(long)]
+    pub retry_leftovers: bool,
     #[arg(long, short)]
     pub quiet: bool,
     /// The stage command and its arguments (last on the command line: everything after it is

@@ -509,18 +509,22 @@ impl Journal {
 
     /// Staged-out files of the imported HSM listing still to be recalled and relocated, in tape
     /// order (tier, volume, position).
-    pub fn stage_candidates(&self) -> Result<Vec<StageRow>> {
+    /// With `leftovers`, the files given up on by earlier runs too (their tries start again).
+    pub fn stage_candidates(&self, leftovers: bool) -> Result<Vec<StageRow>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT h.path, h.tier, h.volume, h.position, h.size, f.id, f.state, h.stage_state, h.stage_tries, h.stage_after
+                "SELECT h.path, h.tier, h.volume, h.position, h.size, f.id, f.state, h.stage_state,
+                        CASE WHEN h.stage_state = 'given_up' THEN 0 ELSE h.stage_tries END,
+                        CASE WHEN h.stage_state = 'given_up' THEN NULL ELSE h.stage_after END
                  FROM hsm_files h LEFT JOIN files f ON f.path = h.path
-                 WHERE h.state = 'staged_out' AND coalesce(h.stage_state, '') NOT IN ('done', 'given_up')
+                 WHERE h.state = 'staged_out' AND coalesce(h.stage_state, '') != 'done'
+                   AND (?1 OR coalesce(h.stage_state, '') != 'given_up')
                  ORDER BY h.tier, h.volume, h.position, h.path",
             )
             .map_err(self.e("list files to stage"))?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([leftovers], |r| {
                 Ok(StageRow {
                     path: r.get(0)?,
                     tier: r.get(1)?,

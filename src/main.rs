@@ -58,6 +58,7 @@ fn main() {
             resident_wait: std::time::Duration::from_secs_f64(a.resident_wait.max(0.0)),
             batch_files: a.batch_files,
             workers: a.workers,
+            retry_leftovers: a.retry_leftovers,
             quiet: a.quiet,
         }),
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {

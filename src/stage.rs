@@ -34,6 +34,8 @@ pub struct StageOpts {
     pub resident_wait: Duration,
     pub batch_files: usize,
     pub workers: Option<usize>,
+    /// Try again the files earlier runs left over (the HSM was repaired, a tape was found).
+    pub retry_leftovers: bool,
     pub quiet: bool,
 }
 
@@ -130,7 +132,13 @@ fn run_command(o: &StageOpts, paths: &[Vec<u8>]) -> std::result::Result<(), Stri
 fn stage_batch(o: &StageOpts, mode: &Mode, src: &OwnedFd, source: &[u8], b: Batch) -> Done {
     let paths: Vec<Vec<u8>> = b.rows.iter().map(|r| fsx::join(source, &r.path)).collect();
     let command = run_command(o, &paths);
-    let deadline = Instant::now() + o.resident_wait;
+    // A command that failed or was killed will not make more files resident: look once.
+    let wait = if command.is_ok() {
+        o.resident_wait
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
     let mut resident_now: Vec<bool> = b
         .rows
         .iter()
@@ -210,7 +218,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
     };
 
     let mut todo: Vec<StageRow> = j
-        .stage_candidates()?
+        .stage_candidates(o.retry_leftovers)?
         .into_iter()
         .filter(|r| {
             o.tiers
@@ -380,7 +388,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
     if stop.load(Ordering::Relaxed) {
         return Ok(run::EXIT_INTERRUPTED);
     }
-    let remaining = j.stage_candidates()?.len();
+    let remaining = j.stage_candidates(false)?.len();
     Ok(if remaining == 0 && left == 0 && p.given_up == 0 {
         run::EXIT_OK
     } else {
