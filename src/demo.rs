@@ -123,6 +123,117 @@ fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
     Ok((files + 11, total))
 }
 
+/// The HSM part of the demo: a third of `proj5` released to three tapes by the simulator (`evac
+/// hsm-sim`). Needs root (Lustre's `trusted.hsm` attribute) and a filesystem that punches holes;
+/// otherwise says what it skips. The evac binary to run the simulator from, if it was done.
+fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
+    if !crate::fsx::is_root() {
+        eprintln!("evac demo: skipping the HSM part (phases 1 and 2 with stubs): making stubs needs root (Lustre's trusted.hsm attribute); try it with sudo");
+        return Ok(None);
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!(
+            "evac demo: skipping the HSM part: cannot find the evac binary to run the simulator"
+        );
+        return Ok(None);
+    };
+    let mut batches: [Vec<PathBuf>; 3] = Default::default();
+    let mut k = 0;
+    for b in 0..6 {
+        let d = old.join("proj5").join(format!("src{b}"));
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for p in names.into_iter().step_by(3) {
+            batches[k % 3].push(p);
+            k += 1;
+        }
+    }
+    for (i, files) in batches.iter().enumerate() {
+        if files.is_empty() {
+            continue;
+        }
+        let out = std::process::Command::new(&exe)
+            .arg("hsm-sim")
+            .arg("release")
+            .arg("--tape")
+            .arg(tape)
+            .arg("--volume")
+            .arg(format!("TAPE{:02}", i + 1))
+            .args(files)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "evac demo: skipping the HSM part: the simulator could not release files here: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                eprintln!("evac demo: skipping the HSM part: cannot run the simulator: {e}");
+                return Ok(None);
+            }
+        }
+    }
+    eprintln!(
+        "evac demo: the simulated HSM released {k} files of proj5 to three tapes (stubs: size kept, no data blocks); phase 1 must not open them"
+    );
+    Ok(Some(exe))
+}
+
+/// Phase 2 of the demo: import the simulator's listing and stage the stubs in tape order.
+fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
+    let listing = tape.join("listing.tsv");
+    println!(
+        "\n$ evac hsm import --journal {} --format tsv {}",
+        journal.display(),
+        listing.display()
+    );
+    crate::hsm_import::import(
+        journal,
+        crate::hsm_import::Format::Tsv,
+        &listing,
+        None,
+        false,
+    )?;
+    println!(
+        "\n$ evac stage --journal {} --drives 2 --stage-cmd evac hsm-sim stage --tape {} --mount-latency-ms 200",
+        journal.display(),
+        tape.display()
+    );
+    let code = crate::stage::stage(crate::stage::StageOpts {
+        journal: journal.to_path_buf(),
+        program: vec![
+            exe.as_os_str().to_owned(),
+            "hsm-sim".into(),
+            "stage".into(),
+            "--tape".into(),
+            tape.as_os_str().to_owned(),
+            "--mount-latency-ms".into(),
+            "200".into(),
+        ],
+        drives: 2,
+        tiers: None,
+        stdin0: false,
+        stage_timeout: std::time::Duration::from_secs(300),
+        budget: None,
+        max_tries: 3,
+        backoff: std::time::Duration::from_secs(1),
+        resident_wait: std::time::Duration::from_secs(30),
+        batch_files: 256,
+        workers: None,
+        retry_leftovers: false,
+        quiet: false,
+    })?;
+    println!("\n$ evac status --journal {}", journal.display());
+    crate::report::status(journal, false, None, false)?;
+    Ok(code)
+}
+
 pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     let base = match dir {
         Some(d) => d,
@@ -146,6 +257,8 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         crate::progress::human_bytes(bytes as f64),
         quoted(new.as_os_str().as_bytes())
     );
+    let tape = top.join("hsm-tape");
+    let hsm = release_some(&old, &tape)?;
     let code = run::run(RunOpts {
         source: Some(old.clone()),
         dest: Some(new.clone()),
@@ -169,6 +282,10 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     })?;
     println!("\n$ evac status --journal {}", journal.display());
     crate::report::status(&journal, false, None, false)?;
+    let code = match hsm {
+        Some(exe) => phase2(&journal, &tape, &exe)?,
+        None => code,
+    };
     println!("\n$ evac verify --journal {}", journal.display());
     let v = crate::report::verify(&journal, false, None)?;
     println!(

@@ -246,13 +246,19 @@ struct LoseArgs {
 }
 
 fn main() {
+    std::process::exit(main_with(std::env::args_os()));
+}
+
+/// The simulator's command line (also reached as `evac hsm-sim`, so that `evac demo` has it
+/// whenever it has evac): the exit status.
+pub fn main_with(args: impl IntoIterator<Item = OsString>) -> i32 {
     // Usage errors exit 1: 2 means "some files failed" here.
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
             let _ = e.print();
-            std::process::exit(code);
+            return code;
         }
     };
     let (name, result) = match cli.cmd {
@@ -263,10 +269,10 @@ fn main() {
         Cmd::Lose(a) => ("lose", lose(a)),
     };
     match result {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("evac-hsm-sim {name}: {e:#}");
-            std::process::exit(1);
+            1
         }
     }
 }
