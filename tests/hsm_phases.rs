@@ -385,3 +385,73 @@ fn phase2_survives_a_failing_volume_a_wedged_command_and_kill_9() {
         ),
     );
 }
+
+/// When each volume's first file was recalled (seconds of the day, from the simulator's log).
+fn first_recall_by_volume(r: &Rig) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for l in std::fs::read_to_string(r.tape.join("log"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let Some(rest) = l.split("] recall ").nth(1) else {
+            continue;
+        };
+        let Some((_, from)) = rest.rsplit_once(" from ") else {
+            continue;
+        };
+        let vol = from.split(':').next().unwrap().to_string();
+        // 2026-11-21T18:19:20.123Z
+        let t = &l[11..23];
+        let secs = t[0..2].parse::<f64>().unwrap() * 3600.0
+            + t[3..5].parse::<f64>().unwrap() * 60.0
+            + t[6..12].parse::<f64>().unwrap();
+        out.entry(vol).or_insert(secs);
+    }
+    out
+}
+
+#[test]
+fn phase2_honours_drives_and_the_stage_budget() {
+    // Two drives: the two tier-1 volumes are mounted (500 ms each) at the same time.
+    let Some(r) = rig("phase2_honours_drives_and_the_stage_budget") else {
+        return;
+    };
+    phase1(&r);
+    import(&r);
+    evac(stage_args(
+        &r,
+        &["--drives", "2", "--tiers", "1"],
+        &["--mount-latency-ms", "500"],
+    ))
+    .expect(3, "two drives, tier 1");
+    let t = first_recall_by_volume(&r);
+    assert!(
+        (t["V1"] - t["V2"]).abs() < 0.4,
+        "the volumes were not recalled at once: {t:?}"
+    );
+    drop(r);
+    // Two drives, but a budget that one volume fills: one after the other.
+    let Some(r) = rig("phase2_honours_drives_and_the_stage_budget") else {
+        return;
+    };
+    phase1(&r);
+    import(&r);
+    let v1: u64 = r
+        .stubs
+        .iter()
+        .filter(|(_, v)| v.1 == "V1")
+        .map(|(k, _)| std::fs::metadata(r.src.join(k)).unwrap().len())
+        .sum();
+    let budget = (v1 + 1).to_string();
+    evac(stage_args(
+        &r,
+        &["--drives", "2", "--tiers", "1", "--stage-budget", &budget],
+        &["--mount-latency-ms", "500"],
+    ))
+    .expect(3, "two drives, a budget of one volume");
+    let t = first_recall_by_volume(&r);
+    assert!(
+        t["V2"] - t["V1"] >= 0.45,
+        "the second volume started while the budget was full: {t:?}"
+    );
+}
