@@ -67,10 +67,12 @@ struct Move {
     from: Claimable,
 }
 
-/// A fresh link made beside the one it will replace.
+/// A fresh link made beside the one it will replace, and the directory both are in (held, so
+/// that a directory a user renames in between is still the one exchanged in and cleaned up).
 struct Prepared {
     ino: u64,
     handle: Option<Vec<u8>>,
+    dir: rustix::fd::OwnedFd,
 }
 
 /// The links naming one path, and the copy standing there that they share.
@@ -796,8 +798,8 @@ impl Resync<'_> {
         self.j.commit()?;
         let mut done = Vec::new();
         let mut undone = Vec::new();
-        for (m, _) in prepared {
-            match self.exchange_link(&m.link) {
+        for (m, p) in prepared {
+            match self.exchange_link(&m.link, &p) {
                 Ok(()) => {
                     if matches!(m.from.origin, Origin::Trash { .. }) {
                         self.stats.restored += 1;
@@ -900,10 +902,10 @@ impl Resync<'_> {
     ) -> std::result::Result<(u64, Option<Vec<u8>>), String> {
         let p = self.prepare_link(l, to)?;
         if let Err(e) = before(p.ino, p.handle.as_deref()) {
-            self.drop_prepared(l);
+            self.drop_prepared(l, &p);
             return Err(e);
         }
-        self.exchange_link(l)?;
+        self.exchange_link(l, &p)?;
         Ok((p.ino, p.handle))
     }
 
@@ -911,9 +913,9 @@ impl Resync<'_> {
     /// old link's owner and times, once the old link is checked to be the one the walk saw.
     fn prepare_link(&self, l: &ElsewhereLink, to: &[u8]) -> std::result::Result<Prepared, String> {
         let (pd, name) = fsx::split_parent(&l.path);
-        let dir = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
+        let dir_fd = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd)
             .map_err(|e| format!("open SOURCE directory: {e}"))?;
-        let dir = dir.as_fd();
+        let dir = dir_fd.as_fd();
         let old = fsx::stat_at(dir, name).map_err(|e| format!("stat: {e}"))?;
         let was = self.ctx.link_target(&l.target);
         if old.st_ino != l.link_ino || fsx::readlink_at(dir, name).ok() != Some(was.clone()) {
@@ -943,29 +945,20 @@ impl Resync<'_> {
         Ok(Prepared {
             ino: fresh.st_ino,
             handle: fsx::handle_at(dir, &tmp).ok(),
+            dir: dir_fd,
         })
     }
 
     /// Remove a prepared link that will not be used.
-    fn drop_prepared(&self, l: &ElsewhereLink) {
-        let (pd, _) = fsx::split_parent(&l.path);
-        if let Ok(dir) = fsx::resolve_dir(self.ctx.src_root.as_fd(), pd) {
-            let _ = fsx::unlink_if_exists(dir.as_fd(), &self.ctx.tmp_name(l.id, "lnk"));
-        }
+    fn drop_prepared(&self, l: &ElsewhereLink, p: &Prepared) {
+        let _ = fsx::unlink_if_exists(p.dir.as_fd(), &self.ctx.tmp_name(l.id, "lnk"));
     }
 
     /// Exchange the prepared link with the old one, then check that what came out is the very
     /// link we decided on (else put it back).
-    fn exchange_link(&self, l: &ElsewhereLink) -> std::result::Result<(), String> {
-        let (pd, name) = fsx::split_parent(&l.path);
-        let dir = match fsx::resolve_dir(self.ctx.src_root.as_fd(), pd) {
-            Ok(d) => d,
-            Err(e) => {
-                self.drop_prepared(l);
-                return Err(format!("open SOURCE directory: {e}"));
-            }
-        };
-        let dir = dir.as_fd();
+    fn exchange_link(&self, l: &ElsewhereLink, p: &Prepared) -> std::result::Result<(), String> {
+        let (_, name) = fsx::split_parent(&l.path);
+        let dir = p.dir.as_fd();
         let tmp = self.ctx.tmp_name(l.id, "lnk");
         let swapped = match fsx::rename_exchange(dir, &tmp, dir, name) {
             Ok(()) => true,
