@@ -183,6 +183,14 @@ pub struct RunArgs {
     /// lost). Kept in the journal for later runs. [default: auto]
     #[arg(long, value_name = "MODE")]
     pub hsm: Option<String>,
+    /// Most bytes per second read from SOURCE (K, M, G, T), or a timetable by local time:
+    /// `08:00,10M 19:00,off` (each rate holds until the next time; `off` is unlimited). The cap
+    /// applies inside each file's copy.
+    #[arg(long, value_name = "RATE|TIMETABLE", value_parser = |s: &str| s.parse::<crate::throttle::Schedule>())]
+    pub bwlimit: Option<crate::throttle::Schedule>,
+    /// Most files started per second (metadata operations on the old server).
+    #[arg(long, value_name = "N")]
+    pub files_per_sec: Option<f64>,
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,

@@ -278,6 +278,8 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         hsm: None,
         hsm_timeout: 60.0,
         skip_walk: false,
+        bwlimit: None,
+        files_per_sec: None,
         args_text: format!("demo --files {files}"),
     })?;
     println!("\n$ evac status --journal {}", journal.display());

@@ -457,14 +457,15 @@ pub fn get_lease(fd: BorrowedFd<'_>) -> io::Result<i32> {
 }
 
 /// Copy `len` bytes from `src` to `dst`, keeping holes, hashing every byte (holes as zeros) in the
-/// same pass. `keep_going` is polled between chunks so a lease break is answered promptly.
+/// same pass. `keep_going` is asked before each chunk, with the chunk's size (so that a rate cap
+/// applies inside a file), and a lease break is answered promptly.
 pub fn copy_sparse(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     len: u64,
     hasher: &mut blake3::Hasher,
     buf: &mut [u8],
-    keep_going: &mut dyn FnMut() -> bool,
+    keep_going: &mut dyn FnMut(u64) -> bool,
 ) -> io::Result<CopyOutcome> {
     use rustix::fs::SeekFrom;
     let mut pos = 0u64;
@@ -490,10 +491,10 @@ pub fn copy_sparse(
             Err(e) => return Err(source_err(e)),
         };
         while pos < hole {
-            if !keep_going() {
+            let want = ((hole - pos) as usize).min(buf.len());
+            if !keep_going(want as u64) {
                 return Ok(CopyOutcome::Aborted);
             }
-            let want = ((hole - pos) as usize).min(buf.len());
             let n = match rustix::io::pread(src, &mut buf[..want], pos) {
                 Ok(n) => n,
                 Err(Errno::INTR) | Err(Errno::AGAIN) => continue,

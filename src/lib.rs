@@ -20,5 +20,6 @@ pub mod resync;
 pub mod run;
 pub mod signals;
 pub mod stage;
+pub mod throttle;
 pub mod walk;
 pub mod watchdog;

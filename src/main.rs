@@ -53,6 +53,8 @@ fn main() {
             hsm: a.hsm,
             hsm_timeout: a.hsm_timeout,
             skip_walk: false,
+            bwlimit: a.bwlimit,
+            files_per_sec: a.files_per_sec,
             args_text,
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),

@@ -26,6 +26,8 @@ pub struct Ctx {
     pub relocate_mapped: bool,
     /// How HSM stubs are told apart (I4: never opened).
     pub hsm: crate::hsm::Mode,
+    /// --bwlimit and --files-per-sec, shared by the copy workers.
+    pub limiter: Arc<crate::throttle::Limiter>,
     pub stop: Arc<AtomicBool>,
     /// Set once a file's filesystem refused a lease; the run log says so once.
     pub no_lease_seen: AtomicBool,
@@ -245,6 +247,9 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &st) {
         return Ok(Step::StagedOut(why));
     }
+    if !ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) {
+        return Ok(Step::Aborted);
+    }
     let fd = match fsx::open_read(src_dir.as_fd(), name) {
         Ok(fd) => fd,
         Err(e) if is_gone(&e) => return Ok(Step::Gone),
@@ -306,21 +311,25 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     };
 
     let mut hasher = blake3::Hasher::new();
+    let chunk = ctx.limiter.chunk(buf.len());
     let mut stopped_by_user = false;
     let outcome = {
-        let mut keep_going = || {
-            if ctx.stop.load(Ordering::Relaxed) {
-                stopped_by_user = true;
-                return false;
-            }
-            !src.broken.load(Ordering::Relaxed)
+        let mut keep_going = |n: u64| {
+            let mut go_on = || {
+                if ctx.stop.load(Ordering::Relaxed) {
+                    stopped_by_user = true;
+                    return false;
+                }
+                !src.broken.load(Ordering::Relaxed)
+            };
+            ctx.limiter.bytes(n, &mut go_on) && go_on()
         };
         fsx::copy_sparse(
             src.fd.as_fd(),
             dst.as_fd(),
             st.st_size as u64,
             &mut hasher,
-            buf,
+            &mut buf[..chunk],
             &mut keep_going,
         )
     };

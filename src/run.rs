@@ -49,6 +49,8 @@ pub struct RunOpts {
     pub hsm_timeout: f64,
     /// Relocate the files waiting in the journal without walking SOURCE (`evac stage`).
     pub skip_walk: bool,
+    pub bwlimit: Option<crate::throttle::Schedule>,
+    pub files_per_sec: Option<f64>,
     /// The command line, for the START record.
     pub args_text: String,
 }
@@ -359,6 +361,12 @@ impl Runner {
             mapped: Arc::new(Mapped::default()),
             relocate_mapped: o.relocate_mapped,
             hsm: hsm_mode,
+            limiter: Arc::new(crate::throttle::Limiter::new(
+                o.bwlimit
+                    .clone()
+                    .unwrap_or_else(crate::throttle::Schedule::unlimited),
+                o.files_per_sec,
+            )),
             stop: stop.clone(),
             no_lease_seen: AtomicBool::new(false),
             no_exchange_seen: AtomicBool::new(false),

@@ -427,6 +427,8 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         hsm: None,
         hsm_timeout: 60.0,
         skip_walk: true,
+        bwlimit: None,
+        files_per_sec: None,
         args_text: "stage (relocating staged files)".into(),
     })?;
     let mut n = 0;

@@ -1,0 +1,203 @@
+//! Hard caps on what evac asks of the old disks: bytes per second (`--bwlimit`, a rate or a
+//! timetable of rates by local time of day) and files per second (`--files-per-sec`), shared by
+//! all copy workers and applied inside a file's copy, so a large file cannot defeat them.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A rate in bytes per second by time of day: `10M`, `off`, or `08:00,10M 19:00,off` (each
+/// entry holds from its time until the next; the last one wraps around midnight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// (minute of the day, bytes per second; None = unlimited), sorted by minute.
+    entries: Vec<(u32, Option<u64>)>,
+}
+
+fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+    match s {
+        "off" | "0" | "none" | "unlimited" => Ok(None),
+        _ => crate::cli::parse_bytes(s).map(|b| (b != 0).then_some(b)),
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Schedule, String> {
+        let s = s.trim();
+        if !s.contains(',') {
+            return Ok(Schedule {
+                entries: vec![(0, parse_rate(s)?)],
+            });
+        }
+        let mut entries = Vec::new();
+        for part in s.split_whitespace() {
+            let (t, r) = part
+                .split_once(',')
+                .ok_or_else(|| format!("--bwlimit {s}: {part:?} is not HH:MM,RATE"))?;
+            let (h, m) = t
+                .split_once(':')
+                .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
+                .filter(|(h, m)| *h < 24 && *m < 60)
+                .ok_or_else(|| format!("--bwlimit {s}: {t:?} is not a time HH:MM"))?;
+            entries.push((
+                h * 60 + m,
+                parse_rate(r).map_err(|e| format!("--bwlimit {s}: {e}"))?,
+            ));
+        }
+        entries.sort_by_key(|e| e.0);
+        Ok(Schedule { entries })
+    }
+}
+
+impl Schedule {
+    pub fn unlimited() -> Schedule {
+        Schedule {
+            entries: vec![(0, None)],
+        }
+    }
+
+    /// The rate at `minute` of the day.
+    pub fn rate_at(&self, minute: u32) -> Option<u64> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.0 <= minute)
+            .or(self.entries.last())
+            .and_then(|e| e.1)
+    }
+}
+
+/// The local minute of the day now.
+fn local_minute() -> u32 {
+    // SAFETY: time(2) and localtime_r(3) with a zeroed tm to fill.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return 0;
+        }
+        (tm.tm_hour * 60 + tm.tm_min) as u32
+    }
+}
+
+/// One pacing line: the earliest time the next unit may go (GCRA); a short burst is allowed.
+struct Pace {
+    next: Instant,
+}
+
+impl Pace {
+    /// Reserve `units` at `rate` per second; the instant they may start.
+    fn reserve(&mut self, units: f64, rate: f64, burst: Duration) -> Instant {
+        let now = Instant::now();
+        let start = self.next.max(now.checked_sub(burst).unwrap_or(now));
+        self.next = start + Duration::from_secs_f64(units / rate);
+        start
+    }
+}
+
+/// The caps, shared by all copy workers.
+pub struct Limiter {
+    bw: Schedule,
+    files_per_sec: Option<f64>,
+    bytes: Mutex<Pace>,
+    files: Mutex<Pace>,
+}
+
+const BURST: Duration = Duration::from_millis(100);
+
+impl Limiter {
+    pub fn new(bw: Schedule, files_per_sec: Option<f64>) -> Limiter {
+        let now = Instant::now();
+        Limiter {
+            bw,
+            files_per_sec: files_per_sec.filter(|f| *f > 0.0),
+            bytes: Mutex::new(Pace { next: now }),
+            files: Mutex::new(Pace { next: now }),
+        }
+    }
+
+    pub fn unlimited() -> Limiter {
+        Limiter::new(Schedule::unlimited(), None)
+    }
+
+    /// Wait until `n` more bytes may be read. Returns false (at once) if `go_on` says stop.
+    pub fn bytes(&self, n: u64, go_on: &mut dyn FnMut() -> bool) -> bool {
+        let Some(rate) = self.bw.rate_at(local_minute()) else {
+            return true;
+        };
+        let start = match self.bytes.lock() {
+            Ok(mut p) => p.reserve(n as f64, rate as f64, BURST),
+            Err(_) => return true,
+        };
+        wait_until(start, go_on)
+    }
+
+    /// How much to read at a time under the current cap: a tenth of a second's worth (at least
+    /// 64 KiB), so the old disk sees an even stream rather than bursts of `max`.
+    pub fn chunk(&self, max: usize) -> usize {
+        match self.bw.rate_at(local_minute()) {
+            Some(rate) => max.min(((rate / 10) as usize).max(64 << 10)),
+            None => max,
+        }
+    }
+
+    /// Wait until one more file may be started.
+    pub fn file(&self, go_on: &mut dyn FnMut() -> bool) -> bool {
+        let Some(rate) = self.files_per_sec else {
+            return true;
+        };
+        let start = match self.files.lock() {
+            Ok(mut p) => p.reserve(1.0, rate, Duration::ZERO),
+            Err(_) => return true,
+        };
+        wait_until(start, go_on)
+    }
+}
+
+/// Sleep until `t` in short slices, so that a stop request or a lease break is seen at once.
+fn wait_until(t: Instant, go_on: &mut dyn FnMut() -> bool) -> bool {
+    loop {
+        if !go_on() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= t {
+            return true;
+        }
+        std::thread::sleep((t - now).min(Duration::from_millis(20)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        let s: Schedule = "08:00,10M 19:00,off".parse().unwrap();
+        assert_eq!(s.rate_at(7 * 60 + 59), None, "wraps from 19:00");
+        assert_eq!(s.rate_at(8 * 60), Some(10 << 20));
+        assert_eq!(s.rate_at(18 * 60 + 59), Some(10 << 20));
+        assert_eq!(s.rate_at(19 * 60), None);
+        assert_eq!("5M".parse::<Schedule>().unwrap().rate_at(0), Some(5 << 20));
+        assert_eq!("off".parse::<Schedule>().unwrap().rate_at(600), None);
+        assert!("25:00,1M".parse::<Schedule>().is_err());
+        assert!("08:00".parse::<Schedule>().is_err());
+        assert!("08:00,fast".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn pace_holds_the_rate() {
+        let mut p = Pace {
+            next: Instant::now(),
+        };
+        let mut last = Instant::now();
+        for _ in 0..100 {
+            last = p.reserve(1000.0, 10_000.0, Duration::ZERO);
+        }
+        // 100 x 1000 units at 10000/s: the last may start 9.9 s after the first.
+        let span = last.duration_since(Instant::now()).as_secs_f64();
+        assert!((9.8..=9.95).contains(&span), "{span}");
+    }
+}

@@ -1,0 +1,122 @@
+//! Hard caps: `--bwlimit` holds the copy rate inside one large file (measured from the growth of
+//! its DEST temporary), `--files-per-sec` holds the rate of files relocated (measured from the
+//! journal's relocation times); each within ±15%.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The DEST temporary being written, if any.
+fn temporary(dst: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dst).ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        (n.starts_with(".evac-") && n.ends_with(".tmp")).then(|| e.path())
+    })
+}
+
+/// Least-squares slope of (t, y).
+fn slope(pts: &[(f64, f64)]) -> f64 {
+    let n = pts.len() as f64;
+    let (mt, my) = pts
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (t, y)| (a + t / n, b + y / n));
+    let num: f64 = pts.iter().map(|(t, y)| (t - mt) * (y - my)).sum();
+    let den: f64 = pts.iter().map(|(t, _)| (t - mt) * (t - mt)).sum();
+    num / den
+}
+
+#[test]
+fn bwlimit_holds_inside_one_large_file() {
+    let e = env();
+    let len = 12usize << 20;
+    std::fs::write(e.src.join("big.bin"), content(31, len)).unwrap();
+    let mut bg = spawn_evac(run_args(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &["--bwlimit", "3M", "--workers", "1"],
+    ));
+    let t0 = Instant::now();
+    let mut pts = Vec::new();
+    while bg.poll().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        if let Some(t) = temporary(&e.dst) {
+            if let Ok(m) = std::fs::metadata(&t) {
+                let y = m.len() as f64;
+                if y > 0.1 * len as f64 && y < 0.9 * len as f64 {
+                    pts.push((t0.elapsed().as_secs_f64(), y));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bg.wait().expect(0, "a throttled run");
+    assert!(
+        pts.len() >= 20,
+        "too few samples of the copy: {}",
+        pts.len()
+    );
+    let rate = slope(&pts) / (1 << 20) as f64;
+    eprintln!(
+        "bwlimit 3M: measured {rate:.2} MiB/s over {} samples",
+        pts.len()
+    );
+    assert!(
+        (2.55..=3.45).contains(&rate),
+        "measured {rate:.2} MiB/s for --bwlimit 3M"
+    );
+    assert_eq!(
+        std::fs::read(e.src.join("big.bin")).unwrap(),
+        content(31, len)
+    );
+}
+
+#[test]
+fn files_per_sec_holds_the_rate_of_files() {
+    let e = env();
+    for i in 0..60 {
+        std::fs::write(e.src.join(format!("f{i:02}")), format!("file {i}")).unwrap();
+    }
+    evac_run(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &[
+            "--files-per-sec",
+            "20",
+            "--batch-files",
+            "1",
+            "--workers",
+            "2",
+        ],
+    )
+    .expect(0, "a run at 20 files per second");
+    let c = rusqlite::Connection::open_with_flags(
+        &e.journal,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = c
+        .prepare("SELECT at FROM events WHERE event = 'relocated' ORDER BY at")
+        .unwrap();
+    let at: Vec<f64> = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(at.len(), 60);
+    // The middle of the run (start-up and the last batch aside).
+    let pts: Vec<(f64, f64)> = at[10..50]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, i as f64))
+        .collect();
+    let rate = slope(&pts);
+    eprintln!("files-per-sec 20: measured {rate:.1} files/s");
+    assert!(
+        (17.0..=23.0).contains(&rate),
+        "measured {rate:.1} files/s for --files-per-sec 20"
+    );
+}
