@@ -31,9 +31,35 @@ pub enum Command {
     /// The HSM's database: import its listing of managed files.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// Pause a running evac (in-flight copies stop within a fraction of a second; it stays
+    /// paused, also across restarts, until `evac resume`). SIGUSR1 does the same.
+    Pause(ControlArgs),
+    /// Let a paused evac go on. SIGUSR2 does the same.
+    Resume(ControlArgs),
+    /// Change the caps of a running evac (they hold for the rest of the run and the next ones,
+    /// until a run is given its own on the command line).
+    Throttle(ThrottleArgs),
     /// Phase 2: recall the staged-out files of the imported HSM listing in tape order through
     /// your stage command, and relocate each batch as soon as it is resident.
     Stage(StageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ThrottleArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// New --bwlimit: a rate, a timetable, or `off`.
+    #[arg(long, value_name = "RATE|TIMETABLE")]
+    pub bwlimit: Option<String>,
+    /// New --files-per-sec (0: no cap).
+    #[arg(long, value_name = "N")]
+    pub files_per_sec: Option<f64>,
 }
 
 #[derive(Args, Debug)]

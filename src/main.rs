@@ -61,6 +61,18 @@ fn main() {
         Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => evac::report::holders(&a.source, a.json, a.null),
         Command::Demo(a) => evac::demo::demo(a.dir, a.files),
+        Command::Pause(a) => evac::report::control(&a.journal, &[("paused", "1".into())]),
+        Command::Resume(a) => evac::report::control(&a.journal, &[("paused", "0".into())]),
+        Command::Throttle(a) => {
+            let mut v = Vec::new();
+            if let Some(b) = a.bwlimit {
+                v.push(("bwlimit", b));
+            }
+            if let Some(f) = a.files_per_sec {
+                v.push(("files_per_sec", f.to_string()));
+            }
+            evac::report::control(&a.journal, &v)
+        }
         Command::Stage(a) => evac::stage::stage(evac::stage::StageOpts {
             journal: a.journal,
             program: a.stage_cmd,

@@ -75,6 +75,41 @@ fn public_state(s: &str) -> &str {
     }
 }
 
+/// `evac pause`, `resume`, `throttle`: record the command for the running evac (and the next).
+pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
+    if set.is_empty() {
+        return Err(Error::Setup(
+            "evac throttle: give --bwlimit and/or --files-per-sec".into(),
+        ));
+    }
+    for (k, v) in set {
+        if *k == "bwlimit" {
+            v.parse::<crate::throttle::Schedule>()
+                .map_err(Error::Setup)?;
+        }
+    }
+    let j = Journal::open(journal, false)?;
+    need_plan(&j)?;
+    for (k, v) in set {
+        j.set_control(k, v)?;
+    }
+    let running = crate::lock::running_pid(journal);
+    let what = set
+        .iter()
+        .map(|(k, v)| match (*k, v.as_str()) {
+            ("paused", "1") => "paused".to_string(),
+            ("paused", _) => "resumed".to_string(),
+            (k, v) => format!("{} {v}", k.replace('_', "-")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    match running {
+        Some(pid) => println!("{what}: the run (pid {pid}) applies it within a second"),
+        None => println!("{what}: no run is going; the next run starts with it"),
+    }
+    Ok(0)
+}
+
 pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Result<i32> {
     let j = Journal::open_read(journal)?;
     let plan = need_plan(&j)?;
@@ -140,6 +175,17 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
     let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
     let sp = j.stage_progress()?;
+    let controls = j.controls()?;
+    let paused = controls.get("paused").is_some_and(|v| v == "1");
+    let caps: Vec<String> = ["bwlimit", "files_per_sec"]
+        .iter()
+        .filter_map(|k| {
+            controls
+                .get(*k)
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("--{} {v}", k.replace('_', "-")))
+        })
+        .collect();
     let recall_rate = match (sp.first, sp.last) {
         (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
         _ => 0.0,
@@ -191,7 +237,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"paused\":{paused},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -265,6 +311,24 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             &mut out,
             format!(
                 "hsm db  {hsm_n} files in the imported HSM listing, {hsm_out} staged out on {hsm_vols} volumes"
+            ),
+        )?;
+    }
+    if paused || !caps.is_empty() {
+        w(
+            &mut out,
+            format!(
+                "control {}{}",
+                if paused {
+                    "PAUSED by `evac pause` or SIGUSR1 (`evac resume` goes on)"
+                } else {
+                    "running"
+                },
+                if caps.is_empty() {
+                    String::new()
+                } else {
+                    format!("; caps set by `evac throttle`: {}", caps.join(", "))
+                }
             ),
         )?;
     }

@@ -534,6 +534,7 @@ impl Runner {
 
         // Workers.
         self.start_workers(workers)?;
+        self.start_control(done.clone())?;
 
         if self.o.skip_walk {
             return self.body_pending_only(done);
@@ -643,6 +644,39 @@ impl Runner {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Commands from another terminal (`evac pause`, `resume`, `throttle`), read from the
+    /// journal's control table every 200 ms by a thread with its own connection. The command
+    /// line's caps win over an earlier `evac throttle`; a pause lasts until resumed.
+    fn start_control(&mut self, done: Arc<AtomicBool>) -> Result<()> {
+        if self.o.bwlimit.is_some() {
+            self.j.set_control("bwlimit", "")?;
+        }
+        if self.o.files_per_sec.is_some() {
+            self.j.set_control("files_per_sec", "")?;
+        }
+        let path = self.o.journal.clone();
+        let limiter = self.ctx.limiter.clone();
+        std::thread::Builder::new()
+            .name("evac-control".into())
+            .spawn(move || {
+                let Ok(j) = Journal::open_read(&path) else {
+                    return;
+                };
+                let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(c) = j.controls() {
+                        if c != seen {
+                            apply_controls(&c, &seen, &limiter);
+                            seen = c;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .map_err(|e| Error::Setup(format!("start control thread: {e}")))?;
+        Ok(())
     }
 
     fn prune_list(&self) -> Vec<(u64, u64)> {
@@ -1666,4 +1700,45 @@ fn pause_after_swap() -> Option<Duration> {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
     })
+}
+
+/// Apply what changed in the control table.
+fn apply_controls(
+    c: &std::collections::BTreeMap<String, String>,
+    before: &std::collections::BTreeMap<String, String>,
+    limiter: &crate::throttle::Limiter,
+) {
+    let changed = |k: &str| c.get(k) != before.get(k);
+    if changed("paused") {
+        let p = c.get("paused").is_some_and(|v| v == "1");
+        crate::throttle::set_paused(p);
+        eprintln!(
+            "evac: {}",
+            if p {
+                "paused (evac pause)"
+            } else {
+                "resumed (evac resume)"
+            }
+        );
+    }
+    if changed("bwlimit") {
+        if let Some(Ok(s)) = c
+            .get("bwlimit")
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<crate::throttle::Schedule>())
+        {
+            limiter.set(Some(s), None);
+            eprintln!("evac: --bwlimit now {}", c["bwlimit"]);
+        }
+    }
+    if changed("files_per_sec") {
+        if let Some(Ok(f)) = c
+            .get("files_per_sec")
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<f64>())
+        {
+            limiter.set(None, Some(Some(f)));
+            eprintln!("evac: --files-per-sec now {f}");
+        }
+    }
 }

@@ -84,7 +84,14 @@ pub fn process() -> std::io::Result<(Arc<Leases>, Arc<AtomicBool>)> {
 /// Block our signals in the calling thread (inherited by threads spawned later) and start the
 /// thread that handles them.
 fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, lease_signal()];
+    let sigs = [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        lease_signal(),
+    ];
     let set = sigset(&sigs);
     // SAFETY: standard signal-mask and signalfd calls with a valid set.
     let sfd = unsafe {
@@ -122,6 +129,12 @@ fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
             let sig = info.ssi_signo as i32;
             if sig == lease_signal() {
                 leases.broken(info.ssi_fd);
+            } else if sig == libc::SIGUSR1 {
+                crate::throttle::set_paused(true);
+                eprintln!("evac: paused (SIGUSR1); SIGUSR2 or `evac resume` goes on");
+            } else if sig == libc::SIGUSR2 {
+                crate::throttle::set_paused(false);
+                eprintln!("evac: resumed (SIGUSR2)");
             } else {
                 let n = stopper.count.fetch_add(1, Ordering::SeqCst);
                 stopper.stop.store(true, Ordering::SeqCst);

@@ -2,8 +2,21 @@
 //! timetable of rates by local time of day) and files per second (`--files-per-sec`), shared by
 //! all copy workers and applied inside a file's copy, so a large file cannot defeat them.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// Paused (SIGUSR1, `evac pause`) until resumed (SIGUSR2, `evac resume`): process-wide, so the
+/// signal thread can set it.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_paused(p: bool) {
+    PAUSED.store(p, Ordering::SeqCst);
+}
+
+pub fn paused() -> bool {
+    PAUSED.load(Ordering::SeqCst)
+}
 
 /// A rate in bytes per second by time of day: `10M`, `off`, or `08:00,10M 19:00,off` (each
 /// entry holds from its time until the next; the last one wraps around midnight).
@@ -98,8 +111,8 @@ impl Pace {
 
 /// The caps, shared by all copy workers.
 pub struct Limiter {
-    bw: Schedule,
-    files_per_sec: Option<f64>,
+    bw: RwLock<Schedule>,
+    files_per_sec: RwLock<Option<f64>>,
     bytes: Mutex<Pace>,
     files: Mutex<Pace>,
 }
@@ -110,11 +123,36 @@ impl Limiter {
     pub fn new(bw: Schedule, files_per_sec: Option<f64>) -> Limiter {
         let now = Instant::now();
         Limiter {
-            bw,
-            files_per_sec: files_per_sec.filter(|f| *f > 0.0),
+            bw: RwLock::new(bw),
+            files_per_sec: RwLock::new(files_per_sec.filter(|f| *f > 0.0)),
             bytes: Mutex::new(Pace { next: now }),
             files: Mutex::new(Pace { next: now }),
         }
+    }
+
+    /// New caps from `evac throttle` while running.
+    pub fn set(&self, bw: Option<Schedule>, files_per_sec: Option<Option<f64>>) {
+        if let (Some(b), Ok(mut w)) = (bw, self.bw.write()) {
+            *w = b;
+        }
+        if let (Some(f), Ok(mut w)) = (files_per_sec, self.files_per_sec.write()) {
+            *w = f.filter(|f| *f > 0.0);
+        }
+    }
+
+    fn rate(&self) -> Option<u64> {
+        self.bw.read().ok().and_then(|s| s.rate_at(local_minute()))
+    }
+
+    /// While paused: wait (in slices, so that a stop or a lease break is seen at once).
+    fn while_paused(go_on: &mut dyn FnMut() -> bool) -> bool {
+        while paused() {
+            if !go_on() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     pub fn unlimited() -> Limiter {
@@ -123,7 +161,10 @@ impl Limiter {
 
     /// Wait until `n` more bytes may be read. Returns false (at once) if `go_on` says stop.
     pub fn bytes(&self, n: u64, go_on: &mut dyn FnMut() -> bool) -> bool {
-        let Some(rate) = self.bw.rate_at(local_minute()) else {
+        if !Self::while_paused(go_on) {
+            return false;
+        }
+        let Some(rate) = self.rate() else {
             return true;
         };
         let start = match self.bytes.lock() {
@@ -136,7 +177,7 @@ impl Limiter {
     /// How much to read at a time under the current cap: a tenth of a second's worth (at least
     /// 64 KiB), so the old disk sees an even stream rather than bursts of `max`.
     pub fn chunk(&self, max: usize) -> usize {
-        match self.bw.rate_at(local_minute()) {
+        match self.rate() {
             Some(rate) => max.min(((rate / 10) as usize).max(64 << 10)),
             None => max,
         }
@@ -144,7 +185,10 @@ impl Limiter {
 
     /// Wait until one more file may be started.
     pub fn file(&self, go_on: &mut dyn FnMut() -> bool) -> bool {
-        let Some(rate) = self.files_per_sec else {
+        if !Self::while_paused(go_on) {
+            return false;
+        }
+        let Some(rate) = self.files_per_sec.read().ok().and_then(|f| *f) else {
             return true;
         };
         let start = match self.files.lock() {

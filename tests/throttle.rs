@@ -120,3 +120,81 @@ fn files_per_sec_holds_the_rate_of_files() {
         "measured {rate:.1} files/s for --files-per-sec 20"
     );
 }
+
+fn tmp_size(dst: &Path) -> u64 {
+    temporary(dst)
+        .and_then(|t| std::fs::metadata(t).ok())
+        .map_or(0, |m| m.len())
+}
+
+fn control(journal: &Path, args: &[&str]) {
+    let mut v: Vec<std::ffi::OsString> = args.iter().map(|a| (*a).into()).collect();
+    v.insert(1, "--journal".into());
+    v.insert(2, journal.into());
+    evac(v).expect(0, &format!("evac {args:?}"));
+}
+
+/// The temporary's growth over `secs`, after letting `settle` pass.
+fn growth(dst: &Path, settle: f64, secs: f64) -> u64 {
+    std::thread::sleep(Duration::from_secs_f64(settle));
+    let a = tmp_size(dst);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    tmp_size(dst).saturating_sub(a)
+}
+
+#[test]
+fn pause_resume_and_throttle_take_effect_within_a_second() {
+    let e = env();
+    let len = 40usize << 20;
+    std::fs::write(e.src.join("big.bin"), content(32, len)).unwrap();
+    let bg = spawn_evac(run_args(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &["--bwlimit", "2M", "--workers", "1"],
+    ));
+    wait_until("the copy to start", Duration::from_secs(30), || {
+        tmp_size(&e.dst) > 0
+    });
+    // `evac pause`: within a second, the copy stands still.
+    control(&e.journal, &["pause"]);
+    let paused = growth(&e.dst, 1.0, 1.0);
+    assert!(
+        paused <= 256 << 10,
+        "still copying {paused} bytes/s after evac pause"
+    );
+    let st = evac([
+        std::ffi::OsStr::new("status"),
+        std::ffi::OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ])
+    .stdout_str();
+    assert!(st.contains("PAUSED"), "{st}");
+    // `evac resume`: going again within a second, at the cap.
+    control(&e.journal, &["resume"]);
+    let resumed = growth(&e.dst, 1.0, 1.0) as f64 / (1 << 20) as f64;
+    assert!(
+        (1.5..=2.5).contains(&resumed),
+        "{resumed:.2} MiB/s after evac resume (cap 2M)"
+    );
+    // `evac throttle --bwlimit 6M`: the new cap within a second.
+    control(&e.journal, &["throttle", "--bwlimit", "6M"]);
+    let faster = growth(&e.dst, 1.0, 1.0) as f64 / (1 << 20) as f64;
+    assert!(
+        (4.5..=7.5).contains(&faster),
+        "{faster:.2} MiB/s after throttle 6M"
+    );
+    // SIGUSR1 pauses, SIGUSR2 resumes.
+    send_signal(bg.pid(), libc::SIGUSR1);
+    let sig_paused = growth(&e.dst, 1.0, 1.0);
+    assert!(
+        sig_paused <= 768 << 10,
+        "still copying {sig_paused} bytes/s after SIGUSR1"
+    );
+    send_signal(bg.pid(), libc::SIGUSR2);
+    bg.wait().expect(0, "the run, resumed");
+    assert_eq!(
+        std::fs::read(e.src.join("big.bin")).unwrap(),
+        content(32, len)
+    );
+}
