@@ -217,6 +217,13 @@ pub struct RunArgs {
     /// Most files started per second (metadata operations on the old server).
     #[arg(long, value_name = "N")]
     pub files_per_sec: Option<f64>,
+    /// Start new files only inside this window of local time, e.g. 19:00-07:00 (repeatable).
+    /// Outside, files in flight finish and evac idles until the next window opens.
+    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = |s: &str| s.parse::<crate::throttle::Window>())]
+    pub window: Vec<crate::throttle::Window>,
+    /// Outside the windows, exit with status 4 instead of idling (for cron).
+    #[arg(long)]
+    pub exit_outside_window: bool,
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,

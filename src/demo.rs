@@ -280,6 +280,8 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         skip_walk: false,
         bwlimit: None,
         files_per_sec: None,
+        windows: Vec::new(),
+        exit_outside_window: false,
         args_text: format!("demo --files {files}"),
     })?;
     println!("\n$ evac status --journal {}", journal.display());

@@ -55,6 +55,8 @@ fn main() {
             skip_walk: false,
             bwlimit: a.bwlimit,
             files_per_sec: a.files_per_sec,
+            windows: a.window,
+            exit_outside_window: a.exit_outside_window,
             args_text,
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),

@@ -314,6 +314,9 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             ),
         )?;
     }
+    if let Some(wst) = controls.get("window").filter(|v| !v.is_empty()) {
+        w(&mut out, format!("window  {wst}"))?;
+    }
     if paused || !caps.is_empty() {
         w(
             &mut out,

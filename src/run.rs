@@ -51,6 +51,8 @@ pub struct RunOpts {
     pub skip_walk: bool,
     pub bwlimit: Option<crate::throttle::Schedule>,
     pub files_per_sec: Option<f64>,
+    pub windows: Vec<crate::throttle::Window>,
+    pub exit_outside_window: bool,
     /// The command line, for the START record.
     pub args_text: String,
 }
@@ -361,11 +363,12 @@ impl Runner {
             mapped: Arc::new(Mapped::default()),
             relocate_mapped: o.relocate_mapped,
             hsm: hsm_mode,
-            limiter: Arc::new(crate::throttle::Limiter::new(
+            limiter: Arc::new(crate::throttle::Limiter::with_windows(
                 o.bwlimit
                     .clone()
                     .unwrap_or_else(crate::throttle::Schedule::unlimited),
                 o.files_per_sec,
+                o.windows.clone(),
             )),
             stop: stop.clone(),
             no_lease_seen: AtomicBool::new(false),
@@ -524,6 +527,15 @@ impl Runner {
     }
 
     fn body(&mut self, workers: usize) -> Result<i32> {
+        if self.o.exit_outside_window
+            && !crate::throttle::in_windows(&self.o.windows, crate::throttle::local_minute())
+        {
+            self.say(format!(
+                "evac: outside the run windows ({}); exit 4 (--exit-outside-window)",
+                window_state(&self.o.windows)
+            ));
+            return Ok(EXIT_INTERRUPTED);
+        }
         self.recover_in_flight()?;
         self.recover_abandoned()?;
         self.ctx.mapped.refresh(self.ctx.src_dev);
@@ -658,13 +670,17 @@ impl Runner {
         }
         let path = self.o.journal.clone();
         let limiter = self.ctx.limiter.clone();
+        let windows = self.o.windows.clone();
+        let exit_outside = self.o.exit_outside_window;
+        let stop = self.stop.clone();
         std::thread::Builder::new()
             .name("evac-control".into())
             .spawn(move || {
-                let Ok(j) = Journal::open_read(&path) else {
+                let Ok(j) = Journal::open(&path, false) else {
                     return;
                 };
                 let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+                let mut window_said = String::new();
                 while !done.load(Ordering::Relaxed) {
                     if let Ok(c) = j.controls() {
                         if c != seen {
@@ -672,7 +688,22 @@ impl Runner {
                             seen = c;
                         }
                     }
+                    if !windows.is_empty() {
+                        let said = window_state(&windows);
+                        if said != window_said {
+                            let _ = j.set_control("window", &said);
+                            eprintln!("evac: run window: {said}");
+                            window_said = said;
+                        }
+                        let m = crate::throttle::local_minute();
+                        if exit_outside && !crate::throttle::in_windows(&windows, m) {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                    }
                     std::thread::sleep(Duration::from_millis(200));
+                }
+                if !windows.is_empty() {
+                    let _ = j.set_control("window", "");
                 }
             })
             .map_err(|e| Error::Setup(format!("start control thread: {e}")))?;
@@ -1740,5 +1771,18 @@ fn apply_controls(
             limiter.set(None, Some(Some(f)));
             eprintln!("evac: --files-per-sec now {f}");
         }
+    }
+}
+
+/// "inside a window until HH:MM" / "outside the windows: …", for the run log and `status`.
+fn window_state(ws: &[crate::throttle::Window]) -> String {
+    let m = crate::throttle::local_minute();
+    let next = crate::throttle::next_window_change(ws, m)
+        .map(crate::throttle::fmt_minute)
+        .unwrap_or_else(|| "never".into());
+    if crate::throttle::in_windows(ws, m) {
+        format!("inside a window until {next}")
+    } else {
+        format!("outside the windows: no new file starts before {next}")
     }
 }

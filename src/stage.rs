@@ -429,6 +429,8 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         skip_walk: true,
         bwlimit: None,
         files_per_sec: None,
+        windows: Vec::new(),
+        exit_outside_window: false,
         args_text: "stage (relocating staged files)".into(),
     })?;
     let mut n = 0;

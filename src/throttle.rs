@@ -81,8 +81,64 @@ impl Schedule {
     }
 }
 
+/// Run windows by local time (`--window 19:00-07:00`, repeatable): new files start only inside
+/// one; a window may span midnight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    from: u32,
+    to: u32,
+}
+
+fn hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+impl std::str::FromStr for Window {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Window, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("--window {s}: expected HH:MM-HH:MM"))?;
+        match (hhmm(a.trim()), hhmm(b.trim())) {
+            (Some(from), Some(to)) if from != to => Ok(Window { from, to }),
+            _ => Err(format!(
+                "--window {s}: expected HH:MM-HH:MM (two different times)"
+            )),
+        }
+    }
+}
+
+impl Window {
+    fn contains(&self, m: u32) -> bool {
+        if self.from < self.to {
+            (self.from..self.to).contains(&m)
+        } else {
+            m >= self.from || m < self.to
+        }
+    }
+}
+
+/// Whether minute `m` is inside one of `ws` (no windows: always).
+pub fn in_windows(ws: &[Window], m: u32) -> bool {
+    ws.is_empty() || ws.iter().any(|w| w.contains(m))
+}
+
+/// The next minute of the day at which `ws` changes from inside to outside or back.
+pub fn next_window_change(ws: &[Window], m: u32) -> Option<u32> {
+    let now = in_windows(ws, m);
+    (1..=1440)
+        .map(|d| (m + d) % 1440)
+        .find(|x| in_windows(ws, *x) != now)
+}
+
+pub fn fmt_minute(m: u32) -> String {
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
 /// The local minute of the day now.
-fn local_minute() -> u32 {
+pub fn local_minute() -> u32 {
     // SAFETY: time(2) and localtime_r(3) with a zeroed tm to fill.
     unsafe {
         let t = libc::time(std::ptr::null_mut());
@@ -111,6 +167,7 @@ impl Pace {
 
 /// The caps, shared by all copy workers.
 pub struct Limiter {
+    windows: Vec<Window>,
     bw: RwLock<Schedule>,
     files_per_sec: RwLock<Option<f64>>,
     bytes: Mutex<Pace>,
@@ -121,8 +178,13 @@ const BURST: Duration = Duration::from_millis(100);
 
 impl Limiter {
     pub fn new(bw: Schedule, files_per_sec: Option<f64>) -> Limiter {
+        Limiter::with_windows(bw, files_per_sec, Vec::new())
+    }
+
+    pub fn with_windows(bw: Schedule, files_per_sec: Option<f64>, windows: Vec<Window>) -> Limiter {
         let now = Instant::now();
         Limiter {
+            windows,
             bw: RwLock::new(bw),
             files_per_sec: RwLock::new(files_per_sec.filter(|f| *f > 0.0)),
             bytes: Mutex::new(Pace { next: now }),
@@ -188,6 +250,13 @@ impl Limiter {
         if !Self::while_paused(go_on) {
             return false;
         }
+        // Outside the run windows no new file starts (those in flight finish).
+        while !in_windows(&self.windows, local_minute()) {
+            if !go_on() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let Some(rate) = self.files_per_sec.read().ok().and_then(|f| *f) else {
             return true;
         };
@@ -229,6 +298,21 @@ mod tests {
         assert!("25:00,1M".parse::<Schedule>().is_err());
         assert!("08:00".parse::<Schedule>().is_err());
         assert!("08:00,fast".parse::<Schedule>().is_err());
+    }
+
+    #[test]
+    fn windows() {
+        let night: Window = "19:00-07:00".parse().unwrap();
+        let ws = vec![night];
+        assert!(in_windows(&ws, 23 * 60));
+        assert!(in_windows(&ws, 6 * 60 + 59));
+        assert!(!in_windows(&ws, 7 * 60));
+        assert!(!in_windows(&ws, 12 * 60));
+        assert_eq!(next_window_change(&ws, 12 * 60), Some(19 * 60));
+        assert_eq!(next_window_change(&ws, 23 * 60), Some(7 * 60));
+        assert!(in_windows(&[], 0));
+        assert!("19:00".parse::<Window>().is_err());
+        assert!("10:00-10:00".parse::<Window>().is_err());
     }
 
     #[test]

@@ -198,3 +198,75 @@ fn pause_resume_and_throttle_take_effect_within_a_second() {
         content(32, len)
     );
 }
+
+/// A window of local time starting `from` minutes from now and lasting `len` minutes.
+fn window_from_now(from: u32, len: u32) -> String {
+    let now = String::from_utf8(
+        std::process::Command::new("date")
+            .arg("+%H %M")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut it = now.split_whitespace().map(|x| x.parse::<u32>().unwrap());
+    let m = it.next().unwrap() * 60 + it.next().unwrap();
+    let f = |x: u32| format!("{:02}:{:02}", (x % 1440) / 60, x % 60);
+    format!("{}-{}", f(m + from), f(m + from + len))
+}
+
+#[test]
+fn a_window_not_yet_open_exits_4_or_idles() {
+    let e = env();
+    for i in 0..5 {
+        std::fs::write(e.src.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let later = window_from_now(120, 60);
+    // For cron: exit 4 at once, nothing copied.
+    let t0 = Instant::now();
+    let out = evac_run(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &["--window", &later, "--exit-outside-window"],
+    );
+    out.expect(4, "outside the window, --exit-outside-window");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    assert!(
+        out.text().contains("outside the run windows"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(count(&status(&e.journal), "relocated"), 0);
+    // Without it: idle (nothing starts), and status says until when.
+    let mut bg = spawn_evac(run_args(&e.src, &e.dst, &e.journal, &["--window", &later]));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        bg.poll().is_none(),
+        "evac ended instead of idling outside its window"
+    );
+    assert_eq!(
+        count(&status(&e.journal), "relocated"),
+        0,
+        "a file started outside the window"
+    );
+    let text = evac([
+        std::ffi::OsStr::new("status"),
+        std::ffi::OsStr::new("--journal"),
+        e.journal.as_os_str(),
+    ])
+    .stdout_str();
+    let opens = later.split('-').next().unwrap();
+    assert!(
+        text.contains(&format!(
+            "outside the windows: no new file starts before {opens}"
+        )),
+        "{text}"
+    );
+    send_signal(bg.pid(), libc::SIGTERM);
+    let code = bg.wait().code();
+    assert_eq!(code, 4, "a stopped idle run");
+    // Inside a window (one that opened a minute ago): the run goes.
+    let now = window_from_now(1439, 120);
+    evac_run(&e.src, &e.dst, &e.journal, &["--window", &now]).expect(0, "inside the window");
+}
