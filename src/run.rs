@@ -575,21 +575,9 @@ impl Runner {
         if resynced {
             self.phase_resync()?;
             // Files that became pending behind the dispatch cursor (seen again by this walk).
-            self.phase_pending()?;
-            self.phase_hardlinks()?;
-            for _ in 0..self.o.retry_rounds {
-                if self.stopping() || !self.requeue_deferred()? {
-                    break;
-                }
-                self.phase_pending()?;
-                self.phase_hardlinks()?;
-            }
+            self.dispatch_waiting()?;
         }
-        self.drain_all()?;
-        self.job_tx = None;
-        self.join_workers();
-        done.store(true, Ordering::Relaxed);
-        self.flush_outcomes()?;
+        self.wind_down(&done)?;
         if complete && !self.stopping() {
             let gone = self.j.mark_unseen_gone(self.run_id)?;
             if gone > 0 {
@@ -633,6 +621,18 @@ impl Runner {
     /// The files waiting in the journal, without a walk (no resync, no judgement of SOURCE as a
     /// whole): what `evac stage` has just made resident.
     fn body_pending_only(&mut self, done: Arc<AtomicBool>) -> Result<i32> {
+        self.dispatch_waiting()?;
+        self.wind_down(&done)?;
+        Ok(if self.stopping() {
+            EXIT_INTERRUPTED
+        } else {
+            EXIT_OK
+        })
+    }
+
+    /// Dispatch the journal's pending files and hard-link groups, then the retry rounds of the
+    /// deferred ones.
+    fn dispatch_waiting(&mut self) -> Result<()> {
         self.phase_pending()?;
         self.phase_hardlinks()?;
         for _ in 0..self.o.retry_rounds {
@@ -642,16 +642,16 @@ impl Runner {
             self.phase_pending()?;
             self.phase_hardlinks()?;
         }
+        Ok(())
+    }
+
+    /// Let the last copies finish and be committed, stop the workers and the helper threads.
+    fn wind_down(&mut self, done: &AtomicBool) -> Result<()> {
         self.drain_all()?;
         self.job_tx = None;
         self.join_workers();
         done.store(true, Ordering::Relaxed);
-        self.flush_outcomes()?;
-        Ok(if self.stopping() {
-            EXIT_INTERRUPTED
-        } else {
-            EXIT_OK
-        })
+        self.flush_outcomes()
     }
 
     fn stopping(&self) -> bool {

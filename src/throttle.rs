@@ -70,6 +70,14 @@ impl Schedule {
         }
     }
 
+    /// The rate now (the clock is read only for a timetable).
+    fn rate_now(&self) -> Option<u64> {
+        match self.entries.as_slice() {
+            [(_, r)] => *r,
+            _ => self.rate_at(local_minute()),
+        }
+    }
+
     /// The rate at `minute` of the day.
     pub fn rate_at(&self, minute: u32) -> Option<u64> {
         self.entries
@@ -203,7 +211,7 @@ impl Limiter {
     }
 
     fn rate(&self) -> Option<u64> {
-        self.bw.read().ok().and_then(|s| s.rate_at(local_minute()))
+        self.bw.read().ok().and_then(|s| s.rate_now())
     }
 
     /// While paused: wait (in slices, so that a stop or a lease break is seen at once).
@@ -251,7 +259,7 @@ impl Limiter {
             return false;
         }
         // Outside the run windows no new file starts (those in flight finish).
-        while !in_windows(&self.windows, local_minute()) {
+        while !self.windows.is_empty() && !in_windows(&self.windows, local_minute()) {
             if !go_on() {
                 return false;
             }
