@@ -60,6 +60,11 @@ pub struct ThrottleArgs {
     /// New --files-per-sec (0: no cap).
     #[arg(long, value_name = "N")]
     pub files_per_sec: Option<f64>,
+    /// Most copy workers active at once (at most the run's --workers; 0: all of them).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub governor: GovernorArgs,
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +232,74 @@ pub struct RunArgs {
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,
+    #[command(flatten)]
+    pub governor: GovernorArgs,
+    /// Write each governor tick (signals, workers allowed, rate) to FILE, tab-separated.
+    #[arg(long, value_name = "FILE")]
+    pub governor_log: Option<PathBuf>,
+}
+
+/// The load governor's options (`evac run`, and live through `evac throttle`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct GovernorArgs {
+    /// The load governor: `on` lets fewer copy workers work (down to one, then one part of the
+    /// time) while the machine or its disks are over a target below; `off` keeps --workers busy.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub governor: Option<bool>,
+    /// Most tasks running or waiting for I/O per CPU, averaged over 5 s, or `off`. [default: 2]
+    #[arg(long, value_name = "N|off")]
+    pub max_load: Option<crate::governor::Target>,
+    /// Most share of the time some task waits for I/O (/proc/pressure/io "some"), percent, or
+    /// `off`. [default: 60]
+    #[arg(long, value_name = "PCT|off")]
+    pub max_io_pressure: Option<crate::governor::Target>,
+    /// Most share of the time a disk behind SOURCE or DEST is busy (/proc/diskstats), percent,
+    /// or `off`. [default: 90]
+    #[arg(long, value_name = "PCT|off")]
+    pub max_util: Option<crate::governor::Target>,
+    /// Most average time an I/O request takes on those disks (or an NFS mount's round trip),
+    /// milliseconds (or with `s`), or `off`. [default: 50]
+    #[arg(long, value_name = "MS|off")]
+    pub max_latency: Option<crate::governor::Target>,
+}
+
+impl GovernorArgs {
+    /// The options given, as control-table entries (key, value).
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let t = |v: &crate::governor::Target| v.0.map_or("off".to_string(), |x| x.to_string());
+        let mut v = Vec::new();
+        if let Some(g) = self.governor {
+            v.push(("governor", if g { "on" } else { "off" }.to_string()));
+        }
+        for (k, x) in [
+            ("max_load", &self.max_load),
+            ("max_io_pressure", &self.max_io_pressure),
+            ("max_util", &self.max_util),
+            ("max_latency", &self.max_latency),
+        ] {
+            if let Some(x) = x {
+                v.push((k, t(x)));
+            }
+        }
+        v
+    }
+
+    /// The governor's settings for a run: the defaults, then what was given.
+    pub fn settings(&self) -> crate::governor::Settings {
+        let mut s = crate::governor::Settings::default();
+        for (k, v) in self.entries() {
+            s.apply(k, &v);
+        }
+        s
+    }
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected on or off")),
+    }
 }
 
 #[derive(Args, Debug)]

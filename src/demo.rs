@@ -281,6 +281,9 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         bwlimit: None,
         files_per_sec: None,
         windows: Vec::new(),
+        governor: Default::default(),
+        governor_given: Vec::new(),
+        governor_log: None,
         exit_outside_window: false,
         args_text: format!("demo --files {files}"),
     })?;

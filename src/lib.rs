@@ -4,10 +4,12 @@
 pub mod busy;
 pub mod cli;
 pub mod demo;
+pub mod disks;
 pub mod error;
 pub mod escape;
 pub mod faults;
 pub mod fsx;
+pub mod governor;
 pub mod holders;
 pub mod hsm;
 pub mod hsm_import;

@@ -57,6 +57,9 @@ fn main() {
             files_per_sec: a.files_per_sec,
             windows: a.window,
             exit_outside_window: a.exit_outside_window,
+            governor: a.governor.settings(),
+            governor_given: a.governor.entries(),
+            governor_log: a.governor_log,
             args_text,
         }),
         Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),
@@ -73,6 +76,10 @@ fn main() {
             if let Some(f) = a.files_per_sec {
                 v.push(("files_per_sec", f.to_string()));
             }
+            if let Some(n) = a.workers {
+                v.push(("workers", n.to_string()));
+            }
+            v.extend(a.governor.entries());
             evac::report::control(&a.journal, &v)
         }
         Command::Stage(a) => evac::stage::stage(evac::stage::StageOpts {

@@ -19,6 +19,8 @@ pub struct Stats {
     pub busy_workers: AtomicU64,
     pub workers: AtomicU64,
     pub walk_done: AtomicBool,
+    /// The governor's state in a few words ("gov 2/8 util 97%").
+    pub governor: std::sync::Mutex<String>,
 }
 
 impl Stats {
@@ -128,8 +130,13 @@ fn draw(
         } else {
             " (still counting)"
         };
+        let gov = stats
+            .governor
+            .lock()
+            .map(|g| if g.is_empty() { String::new() } else { format!(" {g}") })
+            .unwrap_or_default();
         let busy = format!(
-            "workers {}/{} deferred {} failed {}",
+            "workers {}/{}{gov} deferred {} failed {}",
             Stats::get(&stats.busy_workers),
             Stats::get(&stats.workers),
             Stats::get(&stats.deferred),

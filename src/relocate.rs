@@ -247,9 +247,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &st) {
         return Ok(Step::StagedOut(why));
     }
-    if !ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) {
+    // Held to the end of this copy: the governor counts it as an active worker.
+    let Some(_turn) = ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) else {
         return Ok(Step::Aborted);
-    }
+    };
     let fd = match fsx::open_read(src_dir.as_fd(), name) {
         Ok(fd) => fd,
         Err(e) if is_gone(&e) => return Ok(Step::Gone),
@@ -331,6 +332,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
             &mut hasher,
             &mut buf[..chunk],
             &mut keep_going,
+            ctx.limiter.streaming(),
         )
     };
     let outcome = match outcome {

@@ -79,7 +79,7 @@ fn public_state(s: &str) -> &str {
 pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
     if set.is_empty() {
         return Err(Error::Setup(
-            "evac throttle: give --bwlimit and/or --files-per-sec".into(),
+            "evac throttle: give one or more of --bwlimit, --files-per-sec, --workers, --governor, --max-load, --max-io-pressure, --max-util, --max-latency".into(),
         ));
     }
     for (k, v) in set {
@@ -177,7 +177,16 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let sp = j.stage_progress()?;
     let controls = j.controls()?;
     let paused = controls.get("paused").is_some_and(|v| v == "1");
-    let caps: Vec<String> = ["bwlimit", "files_per_sec"]
+    let caps: Vec<String> = [
+        "bwlimit",
+        "files_per_sec",
+        "workers",
+        "governor",
+        "max_load",
+        "max_io_pressure",
+        "max_util",
+        "max_latency",
+    ]
         .iter()
         .filter_map(|k| {
             controls
@@ -190,6 +199,15 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
         _ => 0.0,
     };
+    // The governor's state is written by the run every second, and only while it runs.
+    let governor = controls
+        .get("gov_state")
+        .filter(|v| !v.is_empty() && running_pid.is_some());
+    let governor_j = controls
+        .get("gov_json")
+        .filter(|v| !v.is_empty() && running_pid.is_some())
+        .cloned()
+        .unwrap_or_else(|| "null".into());
     if json {
         let pairs = |v: &[(String, i64)]| {
             v.iter()
@@ -237,7 +255,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"paused\":{paused},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"paused\":{paused},\"governor\":{},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -248,6 +266,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             running_pid.as_deref().map(json_str).unwrap_or("null".into()),
             json_str(&throttle),
             json_str(&hsm_mode),
+            governor_j,
             sp.volumes,
             sp.volumes_done,
             sp.staged,
@@ -316,6 +335,9 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     }
     if let Some(wst) = controls.get("window").filter(|v| !v.is_empty()) {
         w(&mut out, format!("window  {wst}"))?;
+    }
+    if let Some(g) = governor {
+        w(&mut out, format!("governor {g}"))?;
     }
     if paused || !caps.is_empty() {
         w(

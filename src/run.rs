@@ -53,6 +53,11 @@ pub struct RunOpts {
     pub files_per_sec: Option<f64>,
     pub windows: Vec<crate::throttle::Window>,
     pub exit_outside_window: bool,
+    /// The load governor's settings as given on the command line (defaults otherwise), and the
+    /// control-table entries they make (which replace earlier `evac throttle` ones).
+    pub governor: crate::governor::Settings,
+    pub governor_given: Vec<(&'static str, String)>,
+    pub governor_log: Option<PathBuf>,
     /// The command line, for the START record.
     pub args_text: String,
 }
@@ -546,7 +551,7 @@ impl Runner {
 
         // Workers.
         self.start_workers(workers)?;
-        self.start_control(done.clone())?;
+        self.start_control(done.clone(), workers)?;
 
         if self.o.skip_walk {
             return self.body_pending_only(done);
@@ -659,17 +664,78 @@ impl Runner {
     }
 
     /// Commands from another terminal (`evac pause`, `resume`, `throttle`), read from the
-    /// journal's control table every 200 ms by a thread with its own connection. The command
-    /// line's caps win over an earlier `evac throttle`; a pause lasts until resumed.
-    fn start_control(&mut self, done: Arc<AtomicBool>) -> Result<()> {
+    /// journal's control table by a thread with its own connection, which also runs the load
+    /// governor four times a second. The command line's caps win over an earlier `evac
+    /// throttle`; a pause lasts until resumed.
+    fn start_control(&mut self, done: Arc<AtomicBool>, workers: usize) -> Result<()> {
         if self.o.bwlimit.is_some() {
             self.j.set_control("bwlimit", "")?;
         }
         if self.o.files_per_sec.is_some() {
             self.j.set_control("files_per_sec", "")?;
         }
+        for (k, _) in &self.o.governor_given {
+            self.j.set_control(k, "")?;
+        }
+        let settings = crate::governor::Settings {
+            log: self.o.governor_log.clone(),
+            ..self.o.governor.clone()
+        };
+        let gov = crate::governor::Governor::new(&settings, workers, &self.plan.source, &self.plan.dest);
+        let said = format!(
+            "governor {}: {}; targets: {}",
+            if settings.enabled { "on" } else { "off" },
+            gov.sampler.describe(),
+            settings.describe_targets()
+        );
+        self.log("info", &said)?;
+        // The governor has a thread of its own: the control thread waits on the journal, which
+        // is slowest exactly when the disks are under pressure.
+        let state = Arc::new(std::sync::Mutex::new((String::new(), String::new())));
+        let (gov_tx, gov_rx) = crossbeam_channel::unbounded::<std::collections::BTreeMap<String, String>>();
+        {
+            let (limiter, stats, state) =
+                (self.ctx.limiter.clone(), self.stats.clone(), state.clone());
+            let (done, windows) = (done.clone(), self.o.windows.clone());
+            let mut gov = gov;
+            let mut controls = self.j.controls()?;
+            let rx = gov_rx;
+            std::thread::Builder::new()
+                .name("evac-governor".into())
+                .spawn(move || {
+                    let mut tick = 0u64;
+                    apply_controls(&controls, &Default::default(), &limiter, &mut gov);
+                    while !done.load(Ordering::Relaxed) {
+                        if let Some(c) = rx.try_iter().last() {
+                            apply_controls(&c, &controls, &limiter, &mut gov);
+                            controls = c;
+                        }
+                        let d = gov
+                            .tick(
+                                limiter.bytes_read.load(Ordering::Relaxed),
+                                limiter.files_started.load(Ordering::Relaxed),
+                                limiter.active(),
+                            )
+                            .clone();
+                        limiter.govern(d.allowed.min(gov.max()), d.duty);
+                        limiter.set_streaming(gov.settings.enabled);
+                        if tick % 4 == 0 {
+                            let w = (!windows.is_empty()).then(|| window_state(&windows));
+                            let st = governor_state(&gov, &d, limiter.active(), w.as_deref());
+                            if let Ok(mut g) = stats.governor.lock() {
+                                g.clone_from(&st.short);
+                            }
+                            if let Ok(mut s) = state.lock() {
+                                *s = (st.line, st.json);
+                            }
+                        }
+                        tick += 1;
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                })
+                .map_err(|e| Error::Setup(format!("start governor thread: {e}")))?;
+        }
         let path = self.o.journal.clone();
-        let limiter = self.ctx.limiter.clone();
         let windows = self.o.windows.clone();
         let exit_outside = self.o.exit_outside_window;
         let stop = self.stop.clone();
@@ -681,10 +747,28 @@ impl Runner {
                 };
                 let mut seen: std::collections::BTreeMap<String, String> = Default::default();
                 let mut window_said = String::new();
+                let mut state_said = (String::new(), String::new());
                 while !done.load(Ordering::Relaxed) {
                     if let Ok(c) = j.controls() {
+                        // The governor's own entries change every second; only commands count.
+                        let c: std::collections::BTreeMap<_, _> = c
+                            .into_iter()
+                            .filter(|(k, _)| !k.starts_with("gov_") && k != "window")
+                            .collect();
                         if c != seen {
-                            apply_controls(&c, &seen, &limiter);
+                            if c.get("paused") != seen.get("paused") {
+                                let p = c.get("paused").is_some_and(|v| v == "1");
+                                crate::throttle::set_paused(p);
+                                eprintln!(
+                                    "evac: {}",
+                                    if p {
+                                        "paused (evac pause)"
+                                    } else {
+                                        "resumed (evac resume)"
+                                    }
+                                );
+                            }
+                            let _ = gov_tx.send(c.clone());
                             seen = c;
                         }
                     }
@@ -700,10 +784,16 @@ impl Runner {
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
+                    let now = state.lock().map(|s| s.clone()).unwrap_or_default();
+                    if now != state_said {
+                        let _ = j.set_control("gov_state", &now.0);
+                        let _ = j.set_control("gov_json", &now.1);
+                        state_said = now;
+                    }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                if !windows.is_empty() {
-                    let _ = j.set_control("window", "");
+                for k in ["window", "gov_state", "gov_json"] {
+                    let _ = j.set_control(k, "");
                 }
             })
             .map_err(|e| Error::Setup(format!("start control thread: {e}")))?;
@@ -1733,45 +1823,111 @@ fn pause_after_swap() -> Option<Duration> {
     })
 }
 
-/// Apply what changed in the control table.
+/// Apply what changed in the control table's caps and targets (on the governor's thread).
 fn apply_controls(
     c: &std::collections::BTreeMap<String, String>,
     before: &std::collections::BTreeMap<String, String>,
     limiter: &crate::throttle::Limiter,
+    gov: &mut crate::governor::Governor,
 ) {
     let changed = |k: &str| c.get(k) != before.get(k);
-    if changed("paused") {
-        let p = c.get("paused").is_some_and(|v| v == "1");
-        crate::throttle::set_paused(p);
-        eprintln!(
-            "evac: {}",
-            if p {
-                "paused (evac pause)"
-            } else {
-                "resumed (evac resume)"
-            }
-        );
-    }
-    if changed("bwlimit") {
-        if let Some(Ok(s)) = c
-            .get("bwlimit")
-            .filter(|v| !v.is_empty())
-            .map(|v| v.parse::<crate::throttle::Schedule>())
-        {
+    let given = |k: &str| c.get(k).filter(|v| !v.is_empty() && changed(k));
+    if let Some(v) = given("bwlimit") {
+        if let Ok(s) = v.parse::<crate::throttle::Schedule>() {
             limiter.set(Some(s), None);
-            eprintln!("evac: --bwlimit now {}", c["bwlimit"]);
+            eprintln!("evac: --bwlimit now {v}");
         }
     }
-    if changed("files_per_sec") {
-        if let Some(Ok(f)) = c
-            .get("files_per_sec")
-            .filter(|v| !v.is_empty())
-            .map(|v| v.parse::<f64>())
-        {
+    if let Some(v) = given("files_per_sec") {
+        if let Ok(f) = v.parse::<f64>() {
             limiter.set(None, Some(Some(f)));
             eprintln!("evac: --files-per-sec now {f}");
         }
     }
+    if let Some(v) = given("workers") {
+        if let Ok(n) = v.parse::<usize>() {
+            gov.set_max(n);
+            eprintln!("evac: at most {} copy workers now", gov.max());
+        }
+    }
+    for k in ["governor", "max_load", "max_io_pressure", "max_util", "max_latency"] {
+        if let Some(v) = given(k) {
+            if gov.settings.apply(k, v) {
+                eprintln!("evac: --{} now {v}", k.replace('_', "-"));
+            }
+        }
+    }
+}
+
+/// The governor's state for `status` (a line and a JSON object) and the progress display.
+struct GovState {
+    line: String,
+    json: String,
+    short: String,
+}
+
+fn governor_state(
+    gov: &crate::governor::Governor,
+    d: &crate::governor::Decision,
+    active: usize,
+    window: Option<&str>,
+) -> GovState {
+    use crate::report::json_str;
+    let (bps, fps) = gov.rate();
+    let on = gov.settings.enabled;
+    let allowed = d.allowed.min(gov.max());
+    let duty = if d.duty < 1.0 {
+        format!(" at {:.0}% of the time", d.duty * 100.0)
+    } else {
+        String::new()
+    };
+    let paused = crate::throttle::paused();
+    let over = d.worst.as_ref().filter(|w| w.ratio() > 1.0);
+    let why = match (&d.worst, over) {
+        (_, Some(w)) => format!("limited by {}", w.describe()),
+        (Some(w), None) => format!("highest {}", w.describe()),
+        (None, None) => "nothing measured".into(),
+    };
+    let line = format!(
+        "{}{allowed} of {} workers allowed{duty}, {active} active, {}/s, {fps:.1} files/s; {why}",
+        if paused { "paused; " } else if on { "" } else { "off; " },
+        gov.max(),
+        crate::progress::human_bytes(bps),
+    );
+    let short = format!(
+        "gov {allowed}/{}{}{}",
+        gov.max(),
+        if d.duty < 1.0 { format!("@{:.0}%", d.duty * 100.0) } else { String::new() },
+        over.map(|w| format!(" {} {}", w.signal.name(), w.signal.fmt(w.value)))
+            .unwrap_or_default()
+    );
+    let reading = |w: &crate::governor::Reading| {
+        format!(
+            "{{\"signal\":{},\"value\":{:.3},\"target\":{},\"device\":{}}}",
+            json_str(w.signal.name()),
+            w.value,
+            w.target,
+            w.device.as_deref().map_or("null".into(), json_str)
+        )
+    };
+    let s = &gov.last_signals;
+    let num = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v:.3}"));
+    let json = format!(
+        "{{\"enabled\":{on},\"paused\":{paused},\"allowed\":{allowed},\"max\":{},\"duty\":{:.2},\"active\":{active},\"bytes_per_sec\":{bps:.0},\"files_per_sec\":{fps:.2},\"limiting\":{},\"highest\":{},\"signals\":{{\"load\":{},\"io_some\":{},\"io_full\":{},\"util\":{},\"latency_ms\":{}}},\"source\":{},\"dest\":{},\"window\":{}}}",
+        gov.max(),
+        d.duty,
+        over.map_or("null".into(), reading),
+        d.worst.as_ref().map_or("null".into(), reading),
+        num(s.load),
+        num(s.io_some),
+        num(s.io_full),
+        num(s.util.as_ref().map(|u| u.0)),
+        num(s.latency.as_ref().map(|u| u.0)),
+        json_str(&gov.sampler.source.describe()),
+        json_str(&gov.sampler.dest.describe()),
+        window.map_or("null".into(), json_str),
+    );
+    GovState { line, json, short }
 }
 
 /// "inside a window until HH:MM" / "outside the windows: …", for the run log and `status`.

@@ -430,6 +430,9 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         bwlimit: None,
         files_per_sec: None,
         windows: Vec::new(),
+        governor: Default::default(),
+        governor_given: Vec::new(),
+        governor_log: None,
         exit_outside_window: false,
         args_text: "stage (relocating staged files)".into(),
     })?;

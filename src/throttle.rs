@@ -1,8 +1,10 @@
 //! Hard caps on what evac asks of the old disks: bytes per second (`--bwlimit`, a rate or a
 //! timetable of rates by local time of day) and files per second (`--files-per-sec`), shared by
-//! all copy workers and applied inside a file's copy, so a large file cannot defeat them.
+//! all copy workers and applied inside a file's copy, so a large file cannot defeat them; and
+//! the gate through which the governor's worker count and duty cycle take effect.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -180,6 +182,45 @@ pub struct Limiter {
     files_per_sec: RwLock<Option<f64>>,
     bytes: Mutex<Pace>,
     files: Mutex<Pace>,
+    /// Workers that may copy at once (the governor's count, or `evac throttle --workers`).
+    allowed: AtomicUsize,
+    /// Workers copying now (holding a `Turn`).
+    active: AtomicUsize,
+    /// Below 1: the share of the time the one allowed worker may work (f64 bits).
+    duty: AtomicU64,
+    /// With a duty below 1: no new file starts before this instant.
+    rest_until: Mutex<Instant>,
+    /// Bytes read and files started so far, for the governor's rate.
+    pub bytes_read: AtomicU64,
+    pub files_started: AtomicU64,
+    streaming: AtomicBool,
+}
+
+thread_local! {
+    /// Since when this worker has worked without resting (for the duty cycle).
+    static BUSY_FROM: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// A worker's permission to copy one file; the slot is given back when it is dropped.
+pub struct Turn<'a> {
+    limiter: &'a Limiter,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let l = self.limiter;
+        // The rest this file's work has earned is taken before the next file starts (not here:
+        // the file may still be leased, and a lease break must be answered at once).
+        if let Some(from) = BUSY_FROM.with(|b| b.take()) {
+            let owed = l.owed(from.elapsed());
+            if !owed.is_zero() {
+                if let Ok(mut r) = l.rest_until.lock() {
+                    *r = (*r).max(Instant::now() + owed);
+                }
+            }
+        }
+        l.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 const BURST: Duration = Duration::from_millis(100);
@@ -197,7 +238,99 @@ impl Limiter {
             files_per_sec: RwLock::new(files_per_sec.filter(|f| *f > 0.0)),
             bytes: Mutex::new(Pace { next: now }),
             files: Mutex::new(Pace { next: now }),
+            allowed: AtomicUsize::new(usize::MAX),
+            active: AtomicUsize::new(0),
+            duty: AtomicU64::new(1f64.to_bits()),
+            rest_until: Mutex::new(now),
+            bytes_read: AtomicU64::new(0),
+            files_started: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
         }
+    }
+
+    /// The governor's decision: how many workers may copy at once, and below one worker, what
+    /// share of the time the one may work.
+    pub fn govern(&self, allowed: usize, duty: f64) {
+        self.allowed.store(allowed.max(1), Ordering::SeqCst);
+        self.duty
+            .store(duty.clamp(0.01, 1.0).to_bits(), Ordering::SeqCst);
+    }
+
+    /// Whether copies should write back as they go (see `fsx::copy_sparse`): when the governor
+    /// or a cap paces them, the pace must reach the disk, not only the page cache.
+    pub fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed)
+    }
+
+    pub fn set_streaming(&self, on: bool) {
+        self.streaming.store(on, Ordering::Relaxed);
+    }
+
+    pub fn allowed(&self) -> usize {
+        self.allowed.load(Ordering::SeqCst)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    pub fn duty(&self) -> f64 {
+        f64::from_bits(self.duty.load(Ordering::Relaxed))
+    }
+
+    /// The rest that `busy` of work earns at the current duty.
+    fn owed(&self, busy: Duration) -> Duration {
+        let d = self.duty();
+        if d >= 1.0 {
+            return Duration::ZERO;
+        }
+        busy.mul_f64((1.0 - d) / d)
+    }
+
+    /// Take one of the allowed slots (waiting for one), then any rest owed.
+    fn take_turn(&self, go_on: &mut dyn FnMut() -> bool) -> Option<Turn<'_>> {
+        loop {
+            let a = self.active.load(Ordering::SeqCst);
+            if a < self.allowed() {
+                if self
+                    .active
+                    .compare_exchange(a, a + 1, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    break;
+                }
+                continue;
+            }
+            if !go_on() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let turn = Turn { limiter: self };
+        let rest = self.rest_until.lock().map(|r| *r).unwrap_or_else(|_| Instant::now());
+        if !wait_until(rest, go_on) {
+            return None;
+        }
+        BUSY_FROM.with(|b| b.set(Some(Instant::now())));
+        Some(turn)
+    }
+
+    /// Inside a copy, at a duty below 1: rest for what the work since the last rest earned.
+    fn rest_in_copy(&self, go_on: &mut dyn FnMut() -> bool) -> bool {
+        let Some(from) = BUSY_FROM.with(|b| b.get()) else {
+            return true;
+        };
+        let busy = from.elapsed();
+        if busy < Duration::from_millis(50) {
+            return true;
+        }
+        let owed = self.owed(busy);
+        if owed.is_zero() {
+            return true;
+        }
+        let ok = wait_until(Instant::now() + owed, go_on);
+        BUSY_FROM.with(|b| b.set(Some(Instant::now())));
+        ok
     }
 
     /// New caps from `evac throttle` while running.
@@ -231,7 +364,8 @@ impl Limiter {
 
     /// Wait until `n` more bytes may be read. Returns false (at once) if `go_on` says stop.
     pub fn bytes(&self, n: u64, go_on: &mut dyn FnMut() -> bool) -> bool {
-        if !Self::while_paused(go_on) {
+        self.bytes_read.fetch_add(n, Ordering::Relaxed);
+        if !Self::while_paused(go_on) || !self.rest_in_copy(go_on) {
             return false;
         }
         let Some(rate) = self.rate() else {
@@ -253,26 +387,30 @@ impl Limiter {
         }
     }
 
-    /// Wait until one more file may be started.
-    pub fn file(&self, go_on: &mut dyn FnMut() -> bool) -> bool {
+    /// Wait until one more file may be started: not paused, inside a run window, a worker
+    /// slot free, under --files-per-sec. None if `go_on` says stop first. The slot is held
+    /// until the `Turn` is dropped, when the file's copy is over.
+    pub fn file(&self, go_on: &mut dyn FnMut() -> bool) -> Option<Turn<'_>> {
         if !Self::while_paused(go_on) {
-            return false;
+            return None;
         }
         // Outside the run windows no new file starts (those in flight finish).
         while !self.windows.is_empty() && !in_windows(&self.windows, local_minute()) {
             if !go_on() {
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        let turn = self.take_turn(go_on)?;
+        self.files_started.fetch_add(1, Ordering::Relaxed);
         let Some(rate) = self.files_per_sec.read().ok().and_then(|f| *f) else {
-            return true;
+            return Some(turn);
         };
         let start = match self.files.lock() {
             Ok(mut p) => p.reserve(1.0, rate, Duration::ZERO),
-            Err(_) => return true,
+            Err(_) => return Some(turn),
         };
-        wait_until(start, go_on)
+        wait_until(start, go_on).then_some(turn)
     }
 }
 

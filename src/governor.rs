@@ -1,0 +1,1013 @@
+//! The load governor: several times a second it reads the machine's load, its I/O pressure and
+//! the utilisation and latency of the disks behind SOURCE and DEST, and sets how many copy
+//! workers may be active (and, below one, what share of the time the last one may work), backing
+//! off fast when a signal is over its target and coming back slowly when all are under.
+
+use crate::disks::{self, Backing, Counters, Roots};
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the governor keeps under: each `None` is not watched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Targets {
+    /// Runnable and I/O-waiting tasks per CPU.
+    pub load: Option<f64>,
+    /// Percent of the time some task waited for I/O (/proc/pressure/io "some").
+    pub io_pressure: Option<f64>,
+    /// Percent of the time a disk behind SOURCE or DEST was busy.
+    pub util: Option<f64>,
+    /// Average milliseconds an I/O request took on those disks.
+    pub latency_ms: Option<f64>,
+}
+
+impl Default for Targets {
+    fn default() -> Targets {
+        Targets {
+            load: Some(DEFAULT_LOAD),
+            io_pressure: Some(DEFAULT_IO_PRESSURE),
+            util: Some(DEFAULT_UTIL),
+            latency_ms: Some(DEFAULT_LATENCY_MS),
+        }
+    }
+}
+
+pub const DEFAULT_LOAD: f64 = 2.0;
+pub const DEFAULT_IO_PRESSURE: f64 = 60.0;
+pub const DEFAULT_UTIL: f64 = 90.0;
+pub const DEFAULT_LATENCY_MS: f64 = 50.0;
+
+/// A target as given on the command line (`off`: not watched).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Target(pub Option<f64>);
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        parse_target(s).map(Target)
+    }
+}
+
+/// A target from the command line: a number, or `off`.
+pub fn parse_target(s: &str) -> Result<Option<f64>, String> {
+    let t = s.trim();
+    if matches!(t, "off" | "none") {
+        return Ok(None);
+    }
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('%') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Some(v * scale)),
+        _ => Err(format!("{s:?} is not a target above 0 (or `off`)")),
+    }
+}
+
+/// The governor's options for a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub enabled: bool,
+    pub targets: Targets,
+    /// Where to write every sample and decision (tab-separated), for the operator to look at
+    /// and for the control law's tests to replay.
+    pub log: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Apply one control-table entry (`governor`, `max_load`, ...); false if `key` is not the
+    /// governor's or `value` does not parse.
+    pub fn apply(&mut self, key: &str, value: &str) -> bool {
+        let target = || parse_target(value).ok();
+        match key {
+            "governor" => match value {
+                "on" => self.enabled = true,
+                "off" => self.enabled = false,
+                _ => return false,
+            },
+            "max_load" => match target() {
+                Some(t) => self.targets.load = t,
+                None => return false,
+            },
+            "max_io_pressure" => match target() {
+                Some(t) => self.targets.io_pressure = t,
+                None => return false,
+            },
+            "max_util" => match target() {
+                Some(t) => self.targets.util = t,
+                None => return false,
+            },
+            "max_latency" => match target() {
+                Some(t) => self.targets.latency_ms = t,
+                None => return false,
+            },
+            _ => return false,
+        }
+        true
+    }
+
+    /// "util 90%, latency 50.0 ms, ..." (the targets watched).
+    pub fn describe_targets(&self) -> String {
+        let t = &self.targets;
+        let v: Vec<String> = [
+            (Signal::Load, t.load),
+            (Signal::IoPressure, t.io_pressure),
+            (Signal::Util, t.util),
+            (Signal::Latency, t.latency_ms),
+        ]
+        .iter()
+        .filter_map(|(s, v)| v.map(|v| format!("{} {}", s.name(), s.fmt(v))))
+        .collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join(", ")
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            enabled: true,
+            targets: Targets::default(),
+            log: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Load,
+    IoPressure,
+    Util,
+    Latency,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Load => "load",
+            Signal::IoPressure => "io-pressure",
+            Signal::Util => "util",
+            Signal::Latency => "latency",
+        }
+    }
+
+    /// Seconds after a change of the worker count before this signal shows its effect: the
+    /// window it is averaged over, and a little.
+    fn settle(self) -> f64 {
+        match self {
+            Signal::Load => LOAD_WINDOW + 0.5,
+            _ => FAST_WINDOW + 0.5,
+        }
+    }
+
+    pub fn fmt(self, v: f64) -> String {
+        match self {
+            Signal::Load => format!("{v:.2} per CPU"),
+            Signal::IoPressure | Signal::Util => format!("{v:.0}%"),
+            Signal::Latency => format!("{v:.1} ms"),
+        }
+    }
+}
+
+/// One measured signal against its target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    pub signal: Signal,
+    pub value: f64,
+    pub target: f64,
+    /// The disk it was measured on (util, latency).
+    pub device: Option<String>,
+}
+
+impl Reading {
+    pub fn ratio(&self) -> f64 {
+        self.value / self.target
+    }
+
+    pub fn describe(&self) -> String {
+        let on = self.device.as_deref().map(|d| format!(" of {d}")).unwrap_or_default();
+        format!(
+            "{}{on} {} (target {})",
+            self.signal.name(),
+            self.signal.fmt(self.value),
+            self.signal.fmt(self.target)
+        )
+    }
+}
+
+/// The signals at one instant (None: not measurable here, or not yet).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Signals {
+    pub load: Option<f64>,
+    pub io_some: Option<f64>,
+    pub io_full: Option<f64>,
+    pub util: Option<(f64, String)>,
+    pub latency: Option<(f64, String)>,
+}
+
+impl Signals {
+    pub fn readings(&self, t: &Targets) -> Vec<Reading> {
+        let mut v = Vec::new();
+        let mut add = |signal, value: Option<f64>, target: Option<f64>, device: Option<&String>| {
+            if let (Some(value), Some(target)) = (value, target) {
+                v.push(Reading {
+                    signal,
+                    value,
+                    target,
+                    device: device.cloned(),
+                });
+            }
+        };
+        add(Signal::Load, self.load, t.load, None);
+        add(Signal::IoPressure, self.io_some, t.io_pressure, None);
+        add(
+            Signal::Util,
+            self.util.as_ref().map(|u| u.0),
+            t.util,
+            self.util.as_ref().map(|u| &u.1),
+        );
+        add(
+            Signal::Latency,
+            self.latency.as_ref().map(|u| u.0),
+            t.latency_ms,
+            self.latency.as_ref().map(|u| &u.1),
+        );
+        v
+    }
+
+    /// The signal closest to (or furthest over) its target.
+    pub fn worst(&self, t: &Targets) -> Option<Reading> {
+        self.readings(t)
+            .into_iter()
+            .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+    }
+}
+
+/// Under this share of every target the governor may add a worker; between it and the target
+/// it holds: the band that keeps a steady load from making it swing.
+pub const HOLD: f64 = 0.85;
+/// Seconds all signals must stay under HOLD before a worker is added.
+pub const CALM: f64 = 2.0;
+/// Longest wait before trying again a worker count that was once too many.
+pub const MAX_PROBE_WAIT: f64 = 300.0;
+/// Under this share of every target for CLEAR_FOR seconds, the load that forced a backoff is
+/// taken to have gone, and the governor forgets where it was too many.
+pub const CLEAR: f64 = 0.5;
+pub const CLEAR_FOR: f64 = 30.0;
+/// Below one worker, the one works at least this share of the time: evac always progresses.
+pub const MIN_DUTY: f64 = 0.1;
+const DUTY_STEP: f64 = 0.1;
+
+/// What the control law decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub allowed: usize,
+    /// Below 1: the share of the time the single worker may work.
+    pub duty: f64,
+    /// The signal nearest or over its target.
+    pub worst: Option<Reading>,
+    pub change: Change,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Down,
+    /// A step up just made a signal go over: back to the count before it.
+    Undo,
+    Up,
+}
+
+/// The control law: additive increase, multiplicative decrease, with a hold band and a growing
+/// wait before retrying a worker count that was too many.
+pub struct Law {
+    max: usize,
+    /// Workers when at least 1, else the duty of the one.
+    level: f64,
+    last_change: f64,
+    /// When and from what level the last step up was made.
+    last_up: Option<(f64, f64)>,
+    calm_since: Option<f64>,
+    clear_since: Option<f64>,
+    /// The lowest level that was too many, until the load that made it so is gone.
+    ceiling: Option<f64>,
+    probe_wait: f64,
+}
+
+impl Law {
+    pub fn new(max: usize) -> Law {
+        Law {
+            max: max.max(1),
+            level: max.max(1) as f64,
+            last_change: f64::NEG_INFINITY,
+            last_up: None,
+            calm_since: None,
+            clear_since: None,
+            ceiling: None,
+            probe_wait: CALM,
+        }
+    }
+
+    /// A new cap from `evac throttle --workers` (the pool size at most).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+        self.level = self.level.min(self.max as f64);
+    }
+
+    pub fn level(&self) -> f64 {
+        self.level
+    }
+
+    fn down(level: f64) -> f64 {
+        if level > 1.0 {
+            (level * 0.5).floor().max(1.0)
+        } else {
+            (level * 0.5).max(MIN_DUTY)
+        }
+    }
+
+    fn up(&self) -> f64 {
+        if self.level < 1.0 {
+            (((self.level + DUTY_STEP) * 100.0).round() / 100.0).min(1.0)
+        } else {
+            (self.level.floor() + 1.0).min(self.max as f64)
+        }
+    }
+
+    /// One step at time `t` (seconds, increasing) with the signals measured then.
+    pub fn step(&mut self, t: f64, s: &Signals, targets: &Targets) -> Decision {
+        let readings = s.readings(targets);
+        let worst = readings
+            .iter()
+            .max_by(|a, b| a.ratio().total_cmp(&b.ratio()))
+            .cloned();
+        let ratio = worst.as_ref().map_or(0.0, Reading::ratio);
+        let mut change = Change::None;
+        if ratio > 1.0 {
+            self.calm_since = None;
+            self.clear_since = None;
+            // A fast signal over its target shows the effect of a step sooner than the load
+            // average does: go by the fastest of those over.
+            let settle = readings
+                .iter()
+                .filter(|r| r.ratio() > 1.0)
+                .map(|r| r.signal.settle())
+                .fold(f64::INFINITY, f64::min);
+            if t - self.last_change >= settle {
+                match self.last_up {
+                    // The last step up did it: back to the count before, and a longer wait
+                    // before that count is tried again.
+                    Some((at, before)) if t - at <= settle + CALM => {
+                        self.ceiling = Some(self.level);
+                        self.level = before;
+                        self.probe_wait = (self.probe_wait * 2.0).min(MAX_PROBE_WAIT);
+                        change = Change::Undo;
+                    }
+                    _ => {
+                        self.ceiling = Some(self.level);
+                        self.level = Law::down(self.level);
+                        change = Change::Down;
+                    }
+                }
+                self.last_up = None;
+                self.last_change = t;
+            }
+        } else if ratio < HOLD {
+            let calm = *self.calm_since.get_or_insert(t);
+            if ratio < CLEAR {
+                let clear = *self.clear_since.get_or_insert(t);
+                if t - clear >= CLEAR_FOR {
+                    self.ceiling = None;
+                    self.probe_wait = CALM;
+                }
+            } else {
+                self.clear_since = None;
+            }
+            let next = self.up();
+            if next > self.level {
+                // Standing at or above the old ceiling since the last step: it holds now.
+                if self.ceiling.is_some_and(|c| self.level >= c) {
+                    self.ceiling = None;
+                    self.probe_wait = CALM;
+                }
+                let wait = match self.ceiling {
+                    Some(c) if next >= c => self.probe_wait,
+                    _ => CALM,
+                };
+                if t - calm >= wait && t - self.last_change >= wait {
+                    self.last_up = Some((t, self.level));
+                    self.level = next;
+                    self.last_change = t;
+                    self.calm_since = Some(t);
+                    change = Change::Up;
+                }
+            }
+        } else {
+            self.calm_since = None;
+            self.clear_since = None;
+        }
+        Decision {
+            allowed: if self.level >= 1.0 {
+                self.level as usize
+            } else {
+                1
+            },
+            duty: self.level.min(1.0),
+            worst,
+            change,
+        }
+    }
+}
+
+/// Seconds the fast signals (pressure, disks) are averaged over.
+const FAST_WINDOW: f64 = 1.0;
+/// Seconds the task count is averaged over: the kernel's load average reacts in a minute, too
+/// slowly to steer by.
+const LOAD_WINDOW: f64 = 5.0;
+
+/// Counters read at one instant.
+struct Raw {
+    t: f64,
+    some_us: Option<u64>,
+    full_us: Option<u64>,
+    tasks: Option<f64>,
+    disks: HashMap<String, Counters>,
+}
+
+/// /proc/pressure/io's cumulative stall microseconds (some, full).
+fn parse_psi(text: &str) -> (Option<u64>, Option<u64>) {
+    let total = |kind: &str| {
+        text.lines()
+            .find(|l| l.starts_with(kind))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+            .and_then(|v| v.parse().ok())
+    };
+    (total("some "), total("full "))
+}
+
+/// Tasks running or waiting for I/O now, from /proc/stat (less the one reading it).
+fn parse_tasks(text: &str) -> Option<f64> {
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((get("procs_running ")? + get("procs_blocked ")? - 1.0).max(0.0))
+}
+
+/// Reads the signals from /proc for the disks behind SOURCE and DEST.
+pub struct Sampler {
+    roots: Roots,
+    pub source: Backing,
+    pub dest: Backing,
+    hist: VecDeque<Raw>,
+    cpus: f64,
+    start: Instant,
+}
+
+impl Sampler {
+    pub fn new(roots: Roots, source: &Path, dest: &Path) -> Sampler {
+        let source_b = disks::backing_of(&roots, source);
+        let dest_b = disks::backing_of(&roots, dest);
+        // SAFETY: sysconf has no memory effects.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as f64;
+        Sampler {
+            roots,
+            source: source_b,
+            dest: dest_b,
+            hist: VecDeque::new(),
+            cpus,
+            start: Instant::now(),
+        }
+    }
+
+    /// "SOURCE on vda, DEST on loop2+vda", for the run log.
+    pub fn describe(&self) -> String {
+        format!(
+            "SOURCE on {}, DEST on {}",
+            self.source.describe(),
+            self.dest.describe()
+        )
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Read the counters now and return the signals over their windows.
+    pub fn sample(&mut self) -> Signals {
+        let t = self.elapsed();
+        let read = |p: &str| std::fs::read_to_string(self.roots.proc_.join(p)).ok();
+        let (some_us, full_us) = read("pressure/io")
+            .map(|s| parse_psi(&s))
+            .unwrap_or((None, None));
+        let tasks = read("stat").and_then(|s| parse_tasks(&s));
+        let mut disks_now = HashMap::new();
+        for b in [&self.source, &self.dest] {
+            for (n, c) in disks::read(&self.roots, b) {
+                disks_now.insert(n, c);
+            }
+        }
+        self.hist.push_back(Raw {
+            t,
+            some_us,
+            full_us,
+            tasks,
+            disks: disks_now,
+        });
+        while self
+            .hist
+            .front()
+            .is_some_and(|r| t - r.t > LOAD_WINDOW + 1.0)
+        {
+            self.hist.pop_front();
+        }
+        self.signals()
+    }
+
+    fn signals(&self) -> Signals {
+        let Some(now) = self.hist.back() else {
+            return Signals::default();
+        };
+        // The latest sample at least FAST_WINDOW old, else the oldest there is.
+        let then = self
+            .hist
+            .iter()
+            .rev()
+            .find(|r| now.t - r.t >= FAST_WINDOW)
+            .or_else(|| self.hist.front().filter(|r| r.t < now.t));
+        let mut s = Signals::default();
+        let load: Vec<f64> = self
+            .hist
+            .iter()
+            .filter(|r| now.t - r.t <= LOAD_WINDOW)
+            .filter_map(|r| r.tasks)
+            .collect();
+        if !load.is_empty() {
+            s.load = Some(load.iter().sum::<f64>() / load.len() as f64 / self.cpus);
+        }
+        let Some(then) = then else {
+            return s;
+        };
+        let dt = now.t - then.t;
+        let pct = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if a >= b => Some(((a - b) as f64 / (dt * 1e6) * 100.0).min(100.0)),
+            _ => None,
+        };
+        s.io_some = pct(now.some_us, then.some_us);
+        s.io_full = pct(now.full_us, then.full_us);
+        for (name, c) in &now.disks {
+            let Some(p) = then.disks.get(name) else {
+                continue;
+            };
+            if let (Some(a), Some(b)) = (c.busy_ms, p.busy_ms) {
+                let u = (a.saturating_sub(b) as f64 / (dt * 1000.0) * 100.0).min(100.0);
+                if s.util.as_ref().map_or(true, |x| u > x.0) {
+                    s.util = Some((u, name.clone()));
+                }
+            }
+            let ios = c.ios.saturating_sub(p.ios);
+            let l = if ios > 0 {
+                c.ticks_ms.saturating_sub(p.ticks_ms) as f64 / ios as f64
+            } else {
+                0.0
+            };
+            if s.latency.as_ref().map_or(true, |x| l > x.0) {
+                s.latency = Some((l, name.clone()));
+            }
+        }
+        s
+    }
+}
+
+/// The header of a governor log; each later line is one tick.
+pub const LOG_HEADER: &str = "t\tload\tio_some\tio_full\tutil\tutil_dev\tlatency_ms\tlatency_dev\tallowed\tduty\tactive\tlimiting\tbytes_per_s\tfiles_per_s";
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+/// One log line: the signals, then what was decided and done.
+pub fn log_line(t: f64, s: &Signals, d: &Decision, active: usize, rate: (f64, f64)) -> String {
+    let dev = |x: &Option<(f64, String)>| x.as_ref().map_or("-".into(), |x| x.1.clone());
+    format!(
+        "{t:.3}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.2}\t{active}\t{}\t{:.0}\t{:.1}",
+        opt(s.load),
+        opt(s.io_some),
+        opt(s.io_full),
+        opt(s.util.as_ref().map(|u| u.0)),
+        dev(&s.util),
+        opt(s.latency.as_ref().map(|u| u.0)),
+        dev(&s.latency),
+        d.allowed,
+        d.duty,
+        match &d.worst {
+            Some(w) if w.ratio() > 1.0 => w.signal.name(),
+            _ => "-",
+        },
+        rate.0,
+        rate.1,
+    )
+}
+
+/// The time and signals of one log line (to replay a recorded trace).
+pub fn parse_log_line(l: &str) -> Option<(f64, Signals)> {
+    let f: Vec<&str> = l.split('\t').collect();
+    if f.len() < 8 || f[0] == "t" {
+        return None;
+    }
+    let num = |i: usize| f[i].parse::<f64>().ok();
+    let with = |i: usize, d: usize| num(i).map(|v| (v, f[d].to_string()));
+    Some((
+        num(0)?,
+        Signals {
+            load: num(1),
+            io_some: num(2),
+            io_full: num(3),
+            util: with(4, 5),
+            latency: with(6, 7),
+        },
+    ))
+}
+
+/// The governor of one run: the sampler, the law, the log, and the measured copy rate.
+pub struct Governor {
+    pub sampler: Sampler,
+    law: Law,
+    pub settings: Settings,
+    pool: usize,
+    log: Option<std::fs::File>,
+    last: Option<(f64, u64, u64)>,
+    rate: (f64, f64),
+    pub last_decision: Option<Decision>,
+    pub last_signals: Signals,
+}
+
+impl Governor {
+    pub fn new(settings: &Settings, pool: usize, source: &Path, dest: &Path) -> Governor {
+        let log = settings.log.as_ref().and_then(|p| {
+            let mut f = std::fs::File::create(p)
+                .map_err(|e| {
+                    eprintln!(
+                        "evac: governor log {}: {e}",
+                        crate::escape::quoted(p.as_os_str().as_encoded_bytes())
+                    )
+                })
+                .ok()?;
+            let _ = writeln!(f, "{LOG_HEADER}");
+            Some(f)
+        });
+        Governor {
+            sampler: Sampler::new(Roots::default(), source, dest),
+            law: Law::new(pool),
+            settings: settings.clone(),
+            pool: pool.max(1),
+            log,
+            last: None,
+            rate: (0.0, 0.0),
+            last_decision: None,
+            last_signals: Signals::default(),
+        }
+    }
+
+    /// `evac throttle --workers N` (0: the whole pool).
+    pub fn set_max(&mut self, n: usize) {
+        self.law.set_max(if n == 0 { self.pool } else { n.min(self.pool) });
+    }
+
+    pub fn max(&self) -> usize {
+        self.law.max
+    }
+
+    /// One tick: sample, decide, log. `bytes` and `files` are the cumulative counts copied and
+    /// started; `active` the workers copying now.
+    pub fn tick(&mut self, bytes: u64, files: u64, active: usize) -> &Decision {
+        let s = self.sampler.sample();
+        let t = self.sampler.elapsed();
+        if let Some((t0, b0, f0)) = self.last {
+            let dt = (t - t0).max(1e-3);
+            let a = 0.3;
+            self.rate.0 = (1.0 - a) * self.rate.0 + a * (bytes.saturating_sub(b0) as f64 / dt);
+            self.rate.1 = (1.0 - a) * self.rate.1 + a * (files.saturating_sub(f0) as f64 / dt);
+        }
+        self.last = Some((t, bytes, files));
+        let d = if self.settings.enabled {
+            self.law.step(t, &s, &self.settings.targets)
+        } else {
+            Decision {
+                allowed: self.law.max,
+                duty: 1.0,
+                worst: s.worst(&self.settings.targets),
+                change: Change::None,
+            }
+        };
+        if let Some(f) = &mut self.log {
+            let _ = writeln!(f, "{}", log_line(t, &s, &d, active, self.rate));
+        }
+        self.last_signals = s;
+        self.last_decision.insert(d)
+    }
+
+    pub fn rate(&self) -> (f64, f64) {
+        self.rate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn util(v: f64) -> Signals {
+        Signals {
+            util: Some((v, "sda".into())),
+            ..Default::default()
+        }
+    }
+
+    /// Step the law every 0.25 s for `secs` with signals from `f(t, allowed, duty)`; the
+    /// (time, allowed, duty) after each step.
+    fn drive(
+        law: &mut Law,
+        t0: f64,
+        secs: f64,
+        targets: &Targets,
+        mut f: impl FnMut(f64, usize, f64) -> Signals,
+    ) -> Vec<(f64, usize, f64)> {
+        let mut out = Vec::new();
+        let (mut allowed, mut duty) = (law.level().max(1.0) as usize, law.level().min(1.0));
+        let mut t = t0;
+        while t < t0 + secs {
+            let d = law.step(t, &f(t, allowed, duty), targets);
+            allowed = d.allowed;
+            duty = d.duty;
+            out.push((t, allowed, duty));
+            t += 0.25;
+        }
+        out
+    }
+
+    fn changes(v: &[(f64, usize, f64)]) -> usize {
+        v.windows(2)
+            .filter(|w| (w[0].1, w[0].2) != (w[1].1, w[1].2))
+            .count()
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(parse_target("off"), Ok(None));
+        assert_eq!(parse_target("2.5"), Ok(Some(2.5)));
+        assert_eq!(parse_target("80%"), Ok(Some(80.0)));
+        assert_eq!(parse_target("20ms"), Ok(Some(20.0)));
+        assert_eq!(parse_target("0.1s"), Ok(Some(100.0)));
+        assert!(parse_target("0").is_err());
+        assert!(parse_target("fast").is_err());
+    }
+
+    #[test]
+    fn a_step_over_target_halves_at_once_and_recovery_is_one_worker_at_a_time() {
+        let t = Targets::default();
+        let mut law = Law::new(16);
+        // Quiet, then the disk jumps to 100% busy at t=10 s, then quiet again at t=30 s.
+        let run = drive(&mut law, 0.0, 60.0, &t, |t, _, _| {
+            util(if (10.0..30.0).contains(&t) { 100.0 } else { 20.0 })
+        });
+        let at = |x: f64| run.iter().rev().find(|r| r.0 <= x).unwrap();
+        assert_eq!(at(9.75).1, 16, "full pool while quiet");
+        assert_eq!(at(10.0).1, 8, "halved on the first sample over target");
+        // Every FAST settle time it halves again, down to one worker and then the duty floor.
+        assert_eq!(at(11.5).1, 4);
+        assert_eq!(at(13.0).1, 2);
+        assert_eq!(at(14.5).1, 1);
+        assert_eq!(at(29.9).2, MIN_DUTY, "floor: one worker at {MIN_DUTY} of the time");
+        assert!(run.iter().all(|r| r.1 >= 1 && r.2 >= MIN_DUTY), "never below the floor");
+        // Recovery: one step per CALM seconds, never two at once.
+        let rec: Vec<_> = run.iter().filter(|r| r.0 >= 30.0).collect();
+        for w in rec.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let level = |r: &(f64, usize, f64)| if r.2 < 1.0 { r.2 } else { r.1 as f64 };
+            let step = level(b) - level(a);
+            assert!(step <= 1.0 + 1e-9 && step >= 0.0, "{a:?} -> {b:?}");
+        }
+        let ups = changes(&run.iter().filter(|r| r.0 >= 30.0).cloned().collect::<Vec<_>>());
+        assert!(ups >= 9, "duty 0.1..1 then workers 1..: {ups} steps in 30 s");
+        assert!(run.last().unwrap().1 < 16, "slow: not back to 16 within 30 s");
+    }
+
+    #[test]
+    fn the_pool_size_caps_and_a_lower_cap_applies_at_once() {
+        let t = Targets::default();
+        let mut law = Law::new(4);
+        let run = drive(&mut law, 0.0, 20.0, &t, |_, _, _| util(1.0));
+        assert!(run.iter().all(|r| r.1 == 4));
+        law.set_max(2);
+        let run = drive(&mut law, 20.0, 10.0, &t, |_, _, _| util(1.0));
+        assert!(run.iter().all(|r| r.1 == 2));
+    }
+
+    #[test]
+    fn nothing_measured_means_full_pool() {
+        let t = Targets::default();
+        let mut law = Law::new(8);
+        let run = drive(&mut law, 0.0, 10.0, &t, |_, _, _| Signals::default());
+        assert!(run.iter().all(|r| r.1 == 8 && r.2 == 1.0));
+    }
+
+    /// A disk whose utilisation is an outside load plus what each evac worker adds: the law
+    /// must settle and then keep still, not saw up and down.
+    #[test]
+    fn no_oscillation_on_a_steady_load() {
+        let t = Targets::default();
+        // 30% from others, 17% per worker: 3 workers give 81% (under target, in the hold band
+        // from 76.5%), 4 give 98% (over). Hold band keeps 3.
+        let mut law = Law::new(16);
+        let run = drive(&mut law, 0.0, 600.0, &t, |_, w, d| {
+            util(30.0 + 17.0 * w as f64 * d)
+        });
+        let settled: Vec<_> = run.iter().filter(|r| r.0 >= 60.0).cloned().collect();
+        assert_eq!(changes(&settled), 0, "{:?}", &settled[..8]);
+        assert_eq!(settled[0].1, 3);
+
+        // 30% + 21% per worker: 2 give 72% (calm, under the band), 3 give 93% (over): the
+        // classic sawtooth. The law must go back to 2 after each failed try of 3 and wait
+        // twice as long each time before trying again.
+        let mut law = Law::new(16);
+        let run = drive(&mut law, 0.0, 1200.0, &t, |_, w, d| {
+            util(30.0 + 21.0 * w as f64 * d)
+        });
+        let settled: Vec<_> = run.iter().filter(|r| r.0 >= 60.0).cloned().collect();
+        assert!(settled.iter().all(|r| r.1 == 2 || r.1 == 3), "never lower than 2");
+        let tries = settled
+            .windows(2)
+            .filter(|w| w[0].1 == 2 && w[1].1 == 3)
+            .count();
+        // Waits 4, 8, ..., 256, then 300 s: about 9 tries in 1140 s instead of ~250.
+        assert!(tries <= 10, "{tries} tries of 3 workers in 19 minutes");
+        let at3: f64 = settled.iter().filter(|r| r.1 == 3).count() as f64 * 0.25;
+        assert!(at3 < 60.0, "{at3} s spent over target");
+    }
+
+    #[test]
+    fn noise_inside_the_hold_band_changes_nothing() {
+        let t = Targets::default();
+        let mut law = Law::new(6);
+        let mut x: u64 = 12345;
+        let run = drive(&mut law, 0.0, 300.0, &t, |_, _, _| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // 78..89.9% busy: within the hold band of the 90% target.
+            util(78.0 + ((x >> 33) % 119) as f64 / 10.0)
+        });
+        assert_eq!(changes(&run), 0);
+    }
+
+    #[test]
+    fn a_slow_signal_is_not_backed_off_from_twice_before_it_can_show_the_first() {
+        let targets = Targets::default();
+        let mut law = Law::new(8);
+        // Load over target for 3 s; it takes its LOAD window to show a change, so one halving.
+        let run = drive(&mut law, 0.0, 3.0, &targets, |_, _, _| Signals {
+            load: Some(3.0),
+            ..Default::default()
+        });
+        assert_eq!(run.last().unwrap().1, 4);
+    }
+
+    #[test]
+    fn the_limiting_signal_is_named() {
+        let targets = Targets::default();
+        let s = Signals {
+            load: Some(1.0),
+            io_some: Some(70.0),
+            io_full: Some(10.0),
+            util: Some((50.0, "sdb".into())),
+            latency: Some((80.0, "sdb".into())),
+        };
+        let w = s.worst(&targets).unwrap();
+        assert_eq!(w.signal, Signal::Latency);
+        assert_eq!(w.describe(), "latency of sdb 80.0 ms (target 50.0 ms)");
+        let off = Targets {
+            latency_ms: None,
+            ..targets
+        };
+        assert_eq!(s.worst(&off).unwrap().signal, Signal::IoPressure);
+    }
+
+    #[test]
+    fn psi_and_stat_parse() {
+        let psi = "some avg10=1.00 avg60=2.68 avg300=4.69 total=2467738553\n\
+                   full avg10=0.00 avg60=1.90 avg300=3.15 total=1120870412\n";
+        assert_eq!(parse_psi(psi), (Some(2467738553), Some(1120870412)));
+        let stat = "cpu  1 2 3\nprocs_running 3\nprocs_blocked 2\n";
+        assert_eq!(parse_tasks(stat), Some(4.0));
+    }
+
+    #[test]
+    fn log_lines_replay() {
+        let s = Signals {
+            load: Some(0.5),
+            io_some: Some(12.0),
+            io_full: None,
+            util: Some((40.0, "vda".into())),
+            latency: Some((3.5, "vda".into())),
+        };
+        let d = Law::new(4).step(0.0, &s, &Targets::default());
+        let l = log_line(1.5, &s, &d, 2, (1e6, 10.0));
+        assert_eq!(LOG_HEADER.split('\t').count(), l.split('\t').count());
+        assert_eq!(parse_log_line(&l), Some((1.5, s)));
+    }
+
+    /// A recorded trace: (time, signals) per tick.
+    fn trace(text: &str) -> Vec<(f64, Signals)> {
+        text.lines().filter_map(parse_log_line).collect()
+    }
+
+    /// Signals recorded on a real machine while evac copied flat out with the governor off
+    /// (`--governor-log`, bench/governor.sh) and a reader measured its latency: replayed, the
+    /// law must back off at the first sample over a target, keep halving while over, never go
+    /// up while any signal is over, and never under one worker at MIN_DUTY.
+    #[test]
+    fn replay_of_a_recorded_full_speed_run() {
+        let tr = trace(include_str!("../tests/data/governor/full_speed.tsv"));
+        assert!(tr.len() > 50, "the trace has {} ticks", tr.len());
+        let targets = Targets::default();
+        let mut law = Law::new(8);
+        let mut first_over = None;
+        let mut first_down = None;
+        let mut prev = (8usize, 1.0f64);
+        for (t, s) in &tr {
+            let over = s.readings(&targets).iter().any(|r| r.ratio() > 1.0);
+            if over && first_over.is_none() {
+                first_over = Some(*t);
+            }
+            let d = law.step(*t, s, &targets);
+            if d.change == Change::Down && first_down.is_none() {
+                first_down = Some(*t);
+            }
+            assert!(d.allowed >= 1 && d.duty >= MIN_DUTY);
+            if over {
+                assert!(
+                    (d.allowed, d.duty) <= prev,
+                    "went up at {t} while over: {prev:?} -> {:?}",
+                    (d.allowed, d.duty)
+                );
+            }
+            prev = (d.allowed, d.duty);
+        }
+        assert_eq!(first_down, first_over, "backs off on the first sample over target");
+        assert!(prev.0 < 8, "ends below the full pool: {prev:?}");
+    }
+
+    /// An idle machine, recorded: nothing changes, the whole pool stays allowed.
+    #[test]
+    fn replay_of_a_recorded_idle_machine() {
+        let tr = trace(include_str!("../tests/data/governor/idle.tsv"));
+        assert!(tr.len() > 100);
+        let mut law = Law::new(8);
+        for (t, s) in &tr {
+            let d = law.step(*t, s, &Targets::default());
+            assert_eq!((d.allowed, d.duty, d.change), (8, 1.0, Change::None), "at {t}");
+        }
+    }
+
+    /// The recorded full-speed run, then the recorded idle machine: recovery is slow (one step
+    /// per CALM) and reaches the full pool again.
+    #[test]
+    fn replay_of_load_then_quiet_recovers_slowly() {
+        let busy = trace(include_str!("../tests/data/governor/full_speed.tsv"));
+        let idle = trace(include_str!("../tests/data/governor/idle.tsv"));
+        let targets = Targets::default();
+        let mut law = Law::new(8);
+        let mut t_end = 0.0;
+        for (t, s) in &busy {
+            law.step(*t, s, &targets);
+            t_end = *t;
+        }
+        let low = law.level();
+        assert!(low < 8.0);
+        let mut ups = Vec::new();
+        // The idle trace, looped to a minute.
+        let mut t0 = t_end + 0.25;
+        while t0 < t_end + 90.0 {
+            for (t, s) in &idle {
+                let d = law.step(t0 + t, s, &targets);
+                if d.change == Change::Up {
+                    ups.push(t0 + t);
+                }
+                assert_ne!(d.change, Change::Down);
+            }
+            t0 += idle.last().unwrap().0 + 0.25;
+        }
+        assert_eq!(law.level(), 8.0, "back to the full pool");
+        for w in ups.windows(2) {
+            assert!(w[1] - w[0] >= CALM - 1e-9, "steps {} s apart", w[1] - w[0]);
+        }
+    }
+}
