@@ -109,14 +109,21 @@ fn backing_depth(roots: &Roots, dev: u64, depth: u32) -> Backing {
         let mut names = Vec::new();
         block_names(roots, &format!("{maj}:{min}"), depth, &mut names);
         return if names.is_empty() {
-            Backing::Unmeasured(format!("device {maj}:{min} is not in {}", roots.sys.display()))
+            Backing::Unmeasured(format!(
+                "device {maj}:{min} is not in {}",
+                roots.sys.display()
+            ))
         } else {
             Backing::Block(names)
         };
     }
     // No device number of its own (btrfs subvolumes, NFS, tmpfs, FUSE): the mount says more.
     let mounts = mountinfo(roots);
-    let Some(m) = mounts.iter().rev().find(|m| m.majmin == format!("{maj}:{min}")) else {
+    let Some(m) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.majmin == format!("{maj}:{min}"))
+    else {
         return Backing::Unmeasured(format!("no mount with device 0:{min}"));
     };
     if m.fstype.starts_with("nfs") {
@@ -163,7 +170,11 @@ fn block_names(roots: &Roots, majmin: &str, depth: u32, out: &mut Vec<String>) {
     out.push(name);
     // A partition: its disk is the one that seeks.
     if dir.join("partition").exists() {
-        if let Some(disk) = dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()) {
+        if let Some(disk) = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+        {
             if !out.iter().any(|n| n == disk) {
                 out.push(disk.to_string());
             }
@@ -326,7 +337,11 @@ mod tests {
             std::fs::create_dir_all(&bl).unwrap();
             symlink(devs.join(p), bl.join(dev)).unwrap();
         }
-        for p in ["pci/block/sda/sda2", "pci/block/sdc/sdc1", "pci/block/sdd/sdd1"] {
+        for p in [
+            "pci/block/sda/sda2",
+            "pci/block/sdc/sdc1",
+            "pci/block/sdd/sdd1",
+        ] {
             std::fs::write(devs.join(p).join("partition"), "1\n").unwrap();
         }
         symlink(

@@ -133,7 +133,13 @@ fn draw(
         let gov = stats
             .governor
             .lock()
-            .map(|g| if g.is_empty() { String::new() } else { format!(" {g}") })
+            .map(|g| {
+                if g.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {g}")
+                }
+            })
             .unwrap_or_default();
         let busy = format!(
             "workers {}/{}{gov} deferred {} failed {}",

@@ -187,14 +187,14 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         "max_util",
         "max_latency",
     ]
-        .iter()
-        .filter_map(|k| {
-            controls
-                .get(*k)
-                .filter(|v| !v.is_empty())
-                .map(|v| format!("--{} {v}", k.replace('_', "-")))
-        })
-        .collect();
+    .iter()
+    .filter_map(|k| {
+        controls
+            .get(*k)
+            .filter(|v| !v.is_empty())
+            .map(|v| format!("--{} {v}", k.replace('_', "-")))
+    })
+    .collect();
     let recall_rate = match (sp.first, sp.last) {
         (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
         _ => 0.0,

@@ -681,7 +681,8 @@ impl Runner {
             log: self.o.governor_log.clone(),
             ..self.o.governor.clone()
         };
-        let gov = crate::governor::Governor::new(&settings, workers, &self.plan.source, &self.plan.dest);
+        let gov =
+            crate::governor::Governor::new(&settings, workers, &self.plan.source, &self.plan.dest);
         let said = format!(
             "governor {}: {}; targets: {}",
             if settings.enabled { "on" } else { "off" },
@@ -692,7 +693,8 @@ impl Runner {
         // The governor has a thread of its own: the control thread waits on the journal, which
         // is slowest exactly when the disks are under pressure.
         let state = Arc::new(std::sync::Mutex::new((String::new(), String::new())));
-        let (gov_tx, gov_rx) = crossbeam_channel::unbounded::<std::collections::BTreeMap<String, String>>();
+        let (gov_tx, gov_rx) =
+            crossbeam_channel::unbounded::<std::collections::BTreeMap<String, String>>();
         {
             let (limiter, stats, state) =
                 (self.ctx.limiter.clone(), self.stats.clone(), state.clone());
@@ -1850,7 +1852,13 @@ fn apply_controls(
             eprintln!("evac: at most {} copy workers now", gov.max());
         }
     }
-    for k in ["governor", "max_load", "max_io_pressure", "max_util", "max_latency"] {
+    for k in [
+        "governor",
+        "max_load",
+        "max_io_pressure",
+        "max_util",
+        "max_latency",
+    ] {
         if let Some(v) = given(k) {
             if gov.settings.apply(k, v) {
                 eprintln!("evac: --{} now {v}", k.replace('_', "-"));
@@ -1888,7 +1896,8 @@ fn governor_state(
         (Some(w), None) => format!("highest {}", w.describe()),
         (None, None) => "nothing measured".into(),
     };
-    let line = format!(
+    let line =
+        format!(
         "{}{allowed} of {} workers allowed{duty}, {active} active, {}/s, {fps:.1} files/s; {why}",
         if paused { "paused; " } else if on { "" } else { "off; " },
         gov.max(),
@@ -1897,7 +1906,11 @@ fn governor_state(
     let short = format!(
         "gov {allowed}/{}{}{}",
         gov.max(),
-        if d.duty < 1.0 { format!("@{:.0}%", d.duty * 100.0) } else { String::new() },
+        if d.duty < 1.0 {
+            format!("@{:.0}%", d.duty * 100.0)
+        } else {
+            String::new()
+        },
         over.map(|w| format!(" {} {}", w.signal.name(), w.signal.fmt(w.value)))
             .unwrap_or_default()
     );

@@ -307,7 +307,11 @@ impl Limiter {
             std::thread::sleep(Duration::from_millis(10));
         }
         let turn = Turn { limiter: self };
-        let rest = self.rest_until.lock().map(|r| *r).unwrap_or_else(|_| Instant::now());
+        let rest = self
+            .rest_until
+            .lock()
+            .map(|r| *r)
+            .unwrap_or_else(|_| Instant::now());
         if !wait_until(rest, go_on) {
             return None;
         }

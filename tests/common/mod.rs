@@ -274,6 +274,9 @@ where
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(err.try_clone().unwrap()))
         .env("NO_COLOR", "1")
+        // The governor would slow every test on a machine the tests load; its own tests turn it
+        // on with --governor on.
+        .env("EVAC_TEST_GOVERNOR", "off")
         .envs(envs.iter().map(|(k, v)| (*k, *v)))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", evac_bin()));
