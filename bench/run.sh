@@ -665,12 +665,13 @@ w("")
 
 out[summary_at:summary_at] = ["## Summary: targets\n", "| target | measured | verdict |", "|---|---:|---|"] + summary + [""]
 text = "\n".join(out)
-# Sections other benchmarks keep in the same file (bench/stage_order.sh) survive this rewrite.
+# Sections other benchmarks keep in the same file (bench/stage_order.sh, bench/governor.sh, ...:
+# each between "<!-- NAME: written by ..." and "<!-- /NAME -->") survive this rewrite.
+import re
 try:
     old = open(E["RESULTS"]).read()
-    a, b = old.find("<!-- stage-order"), old.find("<!-- /stage-order -->")
-    if a >= 0 and b > a:
-        text = text.rstrip("\n") + "\n\n" + old[a:b + len("<!-- /stage-order -->")] + "\n"
+    for m in re.finditer(r"<!-- ([a-z-]+): written by .*?<!-- /\1 -->", old, re.S):
+        text = text.rstrip("\n") + "\n\n" + m.group(0) + "\n"
 except FileNotFoundError:
     pass
 with open(E["RESULTS"], "w") as f:
