@@ -144,6 +144,18 @@ pub fn open_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     }
 }
 
+/// A handle on a file that does not open its data (O_PATH): for an HSM stub, which a read open
+/// could recall.
+pub fn open_path(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)
+}
+
 /// Create a new file that did not exist, readable by its creator only.
 pub fn create_excl(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     rfs::openat(
@@ -358,9 +370,32 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// All xattrs of an open file as (name, value) pairs; an fs without xattrs yields none.
 pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    read_xattrs_with(
+        &mut |b| rfs::flistxattr(fd, b),
+        &mut |n, b| rfs::fgetxattr(fd, n, b),
+    )
+}
+
+/// The attributes of a file open only with O_PATH (an HSM stub, which must not be opened for
+/// reading), through its /proc/self/fd link.
+pub fn read_xattrs_opath(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    read_xattrs_with(
+        &mut |b| rfs::listxattr(p.as_str(), b),
+        &mut |n, b| rfs::getxattr(p.as_str(), n, b),
+    )
+}
+
+type ListFn<'a> = dyn FnMut(&mut [u8]) -> rustix::io::Result<usize> + 'a;
+type GetFn<'a> = dyn FnMut(&[u8], &mut [u8]) -> rustix::io::Result<usize> + 'a;
+
+fn read_xattrs_with(
+    list_fn: &mut ListFn<'_>,
+    get_fn: &mut GetFn<'_>,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut list = vec![0u8; 1024];
     let n = loop {
-        match rfs::flistxattr(fd, &mut list[..]) {
+        match list_fn(&mut list[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => list.resize(list.len() * 4, 0),
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
@@ -371,7 +406,7 @@ pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     for name in list[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let mut val = vec![0u8; 256];
         loop {
-            match rfs::fgetxattr(fd, name, &mut val[..]) {
+            match get_fn(name, &mut val[..]) {
                 Ok(len) => {
                     val.truncate(len);
                     out.push((name.to_vec(), val));

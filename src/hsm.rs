@@ -312,6 +312,23 @@ pub fn program_reason(program: &str, s: State) -> Classified {
     Classified { state: s, why }
 }
 
+/// Whether attribute `name` is the HSM's bookkeeping (the stub marker `mode` reads, Lustre's
+/// layout and HSM state, DMAPI's regions): not part of a file's data or metadata, and not to be
+/// carried to a copy recovered from elsewhere.
+pub fn is_hsm_attribute(mode: &Mode, name: &[u8]) -> bool {
+    if let Mode::Xattr { name: marker, .. } = mode {
+        if name == marker.as_bytes() {
+            return true;
+        }
+    }
+    matches!(
+        name,
+        b"trusted.hsm" | b"trusted.lov" | b"trusted.lma" | b"trusted.link" | b"trusted.som"
+    ) || name.starts_with(b"lustre.")
+        || name.starts_with(b"trusted.SGI_DMI")
+        || name.starts_with(b"trusted.dmapi")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

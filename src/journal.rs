@@ -19,7 +19,21 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_control",
         include_str!("../migrations/0005_control.sql"),
     ),
+    (
+        "0007_recover",
+        include_str!("../migrations/0007_recover.sql"),
+    ),
 ];
+
+/// A leftover to relocate with another copy's data (`evac recover`).
+#[derive(Clone, Debug)]
+pub struct RecoveryRow {
+    pub file_id: i64,
+    /// The candidate's absolute path, raw bytes.
+    pub candidate: Vec<u8>,
+    pub size: u64,
+    pub blake3: [u8; 32],
+}
 
 pub fn now() -> f64 {
     SystemTime::now()
@@ -625,6 +639,75 @@ impl Journal {
                 |r| r.get(0),
             )
             .map_err(self.e("count files"))
+    }
+
+    /// `evac recover`: relocate file `file_id` from `candidate` (checked: its content hashes to
+    /// `blake3`), and make it waiting again for the run that does it.
+    pub fn request_recovery(&self, r: &RecoveryRow, checked_by: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO recoveries (file_id, candidate, size, blake3, checked_by, state, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'requested', ?6)
+                 ON CONFLICT(file_id) DO UPDATE SET candidate = excluded.candidate,
+                   size = excluded.size, blake3 = excluded.blake3,
+                   checked_by = excluded.checked_by, state = 'requested', detail = NULL,
+                   at = excluded.at",
+                params![
+                    r.file_id,
+                    r.candidate,
+                    r.size as i64,
+                    &r.blake3[..],
+                    checked_by,
+                    now()
+                ],
+            )
+            .map_err(self.e("record recovery"))?;
+        self.conn
+            .execute(
+                "UPDATE files SET state = 'pending', reason = 'to be recovered from another copy',
+                   attempts = 0, updated_at = ?2 WHERE id = ?1",
+                params![r.file_id, now()],
+            )
+            .map_err(self.e("record recovery"))?;
+        Ok(())
+    }
+
+    /// The recoveries not yet done.
+    pub fn recoveries_requested(&self) -> Result<Vec<RecoveryRow>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT file_id, candidate, size, blake3 FROM recoveries
+                 WHERE state = 'requested' ORDER BY file_id",
+            )
+            .map_err(self.e("read recoveries"))?;
+        let rows = st
+            .query_map([], |r| {
+                let h: Vec<u8> = r.get(3)?;
+                let mut blake3 = [0u8; 32];
+                if h.len() == 32 {
+                    blake3.copy_from_slice(&h);
+                }
+                Ok(RecoveryRow {
+                    file_id: r.get(0)?,
+                    candidate: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    blake3,
+                })
+            })
+            .map_err(self.e("read recoveries"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("read recoveries"))
+    }
+
+    pub fn finish_recovery(&self, file_id: i64, state: &str, detail: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE recoveries SET state = ?2, detail = ?3, at = ?4 WHERE file_id = ?1",
+                params![file_id, state, detail, now()],
+            )
+            .map_err(self.e("record recovery"))?;
+        Ok(())
     }
 
     /// Set a control value for a running evac (`evac pause`, `resume`, `throttle`).

@@ -33,6 +33,8 @@ pub struct Ctx {
     pub no_lease_seen: AtomicBool,
     /// Set once RENAME_EXCHANGE was refused; swaps then use the attic fallback.
     pub no_exchange_seen: AtomicBool,
+    /// Files to relocate with another copy's data (`evac recover`), by file id.
+    pub recoveries: std::collections::HashMap<i64, crate::journal::RecoveryRow>,
 }
 
 impl Ctx {
@@ -181,6 +183,7 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Step::StagedOut(why)) => return Outcome::StagedOut(job, why),
             Ok(Step::Gone) => return Outcome::Gone(job),
             Ok(Step::Aborted) => return Outcome::Aborted(job),
+            Ok(Step::Fail(why)) => return Outcome::Failed(job, why),
             Err(e) => return crate::faults::copy_failed(job, &e),
         }
     }
@@ -195,6 +198,8 @@ enum Step {
     StagedOut(String),
     Gone,
     Aborted,
+    /// Not to be tried again as it stands (a recovery whose candidate does not hold).
+    Fail(String),
 }
 
 /// The kernel stores at most PATH_MAX - 1 bytes in a symlink.
@@ -237,6 +242,9 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return Ok(Step::Defer(
             "gained a hard link during the run; relocated with its links next time".into(),
         ));
+    }
+    if let Some(r) = ctx.recoveries.get(&first.id) {
+        return recover_copy(ctx, job, buf, r, src_dir, &st);
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(st.st_dev, st.st_ino) {
         return Ok(Step::Defer(
@@ -284,29 +292,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     }
 
     // DEST side: the first name's temporary receives the data.
-    let (dpdir, _) = fsx::split_parent(&first.path);
-    let dst_dir = match fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
-        Ok(d) => d,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-            fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir)
-                .ctx("create DEST directory for", &first.path)?
-        }
-        Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
-    };
-    if let Some(why) = crate::faults::dest_dir_refuses(dst_dir.as_fd()) {
-        return Err(Error::Setup(why));
-    }
-    let tmp = ctx.tmp_name(first.id, "tmp");
-    let dst = match fsx::create_excl(dst_dir.as_fd(), &tmp) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            // Left by an interrupted attempt: the name carries our journal id and this file's id.
-            fsx::unlink_if_exists(dst_dir.as_fd(), &tmp)
-                .ctx("remove stale temporary for", &first.path)?;
-            fsx::create_excl(dst_dir.as_fd(), &tmp).ctx("create DEST temporary for", &first.path)?
-        }
-        Err(e) => return Err(Error::io("create DEST temporary for", &first.path, e)),
-    };
+    let (dst_dir, tmp, dst) = dest_temporary(ctx, first)?;
     let cleanup = |dir: &OwnedFd, tmp: &[u8]| {
         let _ = fsx::unlink_if_exists(dir.as_fd(), tmp);
     };
@@ -423,6 +409,181 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         link_moved: AtomicBool::new(false),
         original_kept: AtomicBool::new(false),
     })))
+}
+
+/// `evac recover`: copy another file's data (the candidate, checked against the leftover's
+/// fingerprint when it was requested) to DEST with the leftover's metadata, without opening the
+/// leftover (it may be a stub: O_PATH only, I4). The swap that follows is the normal one: it
+/// checks that the name still holds the leftover, unchanged.
+fn recover_copy(
+    ctx: &Ctx,
+    job: &Job,
+    buf: &mut [u8],
+    r: &crate::journal::RecoveryRow,
+    src_dir: OwnedFd,
+    st: &Stat,
+) -> Result<Step> {
+    let first = &job.names[0];
+    if job.names.len() > 1 {
+        return Ok(Step::Fail(
+            "has hard links: recover each name's data by hand".into(),
+        ));
+    }
+    let (_, name) = fsx::split_parent(&first.path);
+    let Some(_turn) = ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) else {
+        return Ok(Step::Aborted);
+    };
+    let fd = match fsx::open_path(src_dir.as_fd(), name) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) => return Err(Error::io("open (O_PATH)", &first.path, e)),
+    };
+    let fst = fsx::fstat(fd.as_fd()).ctx("stat", &first.path)?;
+    if !same_content_identity(st, &fst) {
+        return Ok(Step::Retry("replaced while being opened".into()));
+    }
+    let src = Held {
+        broken: ctx.leases.register(fd.as_raw_fd()),
+        fd,
+        leased: false,
+        leases: ctx.leases.clone(),
+    };
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cand_path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.candidate));
+    let cand = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+        .open(cand_path)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(cand_path)
+        }) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(Step::Fail(format!(
+                "recover: open the candidate {}: {e}",
+                crate::escape::quoted(&r.candidate)
+            )))
+        }
+    };
+    let cst = fsx::fstat(cand.as_fd()).ctx("stat the candidate for", &first.path)?;
+    if fsx::file_type(&cst) != rustix::fs::FileType::RegularFile
+        || cst.st_size as u64 != r.size
+        || fst.st_size as u64 != r.size
+    {
+        return Ok(Step::Fail(format!(
+            "recover: the candidate {} ({} bytes) or the leftover ({} bytes) is no longer the size checked ({})",
+            crate::escape::quoted(&r.candidate),
+            cst.st_size,
+            fst.st_size,
+            r.size
+        )));
+    }
+    let (dst_dir, tmp, dst) = dest_temporary(ctx, first)?;
+    let mut hasher = blake3::Hasher::new();
+    let chunk = ctx.limiter.chunk(buf.len());
+    let outcome = fsx::copy_sparse(
+        cand.as_fd(),
+        dst.as_fd(),
+        r.size,
+        &mut hasher,
+        &mut buf[..chunk],
+        &mut |n| {
+            let mut go_on = || !ctx.stop.load(Ordering::Relaxed);
+            ctx.limiter.bytes(n, &mut go_on) && go_on()
+        },
+        ctx.limiter.streaming(),
+    );
+    let hash = *hasher.finalize().as_bytes();
+    let fail = |why: String| {
+        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
+        Ok(Step::Fail(why))
+    };
+    match outcome {
+        Ok(fsx::CopyOutcome::Done { .. }) if hash == r.blake3 => {}
+        Ok(fsx::CopyOutcome::Done { .. }) | Ok(fsx::CopyOutcome::Shrunk) => {
+            return fail(format!(
+                "recover: the candidate {} changed since it was checked",
+                crate::escape::quoted(&r.candidate)
+            ))
+        }
+        Ok(fsx::CopyOutcome::Aborted) => {
+            let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
+            return Ok(Step::Aborted);
+        }
+        Err(e) => {
+            return fail(format!(
+                "recover: read the candidate {}: {e}",
+                crate::escape::quoted(&r.candidate)
+            ))
+        }
+    }
+    // The leftover's own metadata, and its attributes but the HSM's bookkeeping.
+    let xattrs = fsx::read_xattrs_opath(src.fd.as_fd())
+        .ctx("read xattrs of", &first.path)
+        .map(|v| {
+            v.into_iter()
+                .filter(|(n, _)| !crate::hsm::is_hsm_attribute(&ctx.hsm, n))
+                .collect::<Vec<_>>()
+        });
+    let meta = xattrs.and_then(|x| {
+        fsx::apply_meta(dst.as_fd(), st, &x).ctx("set metadata on the copy of", &first.path)
+    });
+    if let Err(e) = meta {
+        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
+        return Err(e);
+    }
+    let dst_st = fsx::fstat(dst.as_fd()).ctx("stat the copy of", &first.path)?;
+    Ok(Step::Done(Box::new(Copied {
+        names: vec![Name {
+            rec: first.clone(),
+            src_dir,
+            dst_dir,
+            dst_tmp: tmp,
+            link_ino: 0,
+            link_handle: None,
+        }],
+        src,
+        st: *st,
+        dst,
+        dst_st,
+        hash,
+        bytes: r.size,
+        attic: false,
+        link_moved: AtomicBool::new(false),
+        original_kept: AtomicBool::new(false),
+    })))
+}
+
+/// The DEST directory of `first` (created if missing) and a new temporary in it for the copy.
+fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(OwnedFd, Vec<u8>, OwnedFd)> {
+    let (dpdir, _) = fsx::split_parent(&first.path);
+    let dst_dir = match fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir)
+                .ctx("create DEST directory for", &first.path)?
+        }
+        Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
+    };
+    if let Some(why) = crate::faults::dest_dir_refuses(dst_dir.as_fd()) {
+        return Err(Error::Setup(why));
+    }
+    let tmp = ctx.tmp_name(first.id, "tmp");
+    let dst = match fsx::create_excl(dst_dir.as_fd(), &tmp) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            // Left by an interrupted attempt: the name carries our journal id and this file's id.
+            fsx::unlink_if_exists(dst_dir.as_fd(), &tmp)
+                .ctx("remove stale temporary for", &first.path)?;
+            fsx::create_excl(dst_dir.as_fd(), &tmp).ctx("create DEST temporary for", &first.path)?
+        }
+        Err(e) => return Err(Error::io("create DEST temporary for", &first.path, e)),
+    };
+    Ok((dst_dir, tmp, dst))
 }
 
 fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option<Name>> {

@@ -62,6 +62,41 @@ pub struct RunOpts {
     pub args_text: String,
 }
 
+impl RunOpts {
+    /// A run over the journal's waiting files only, no walk, quiet (for `evac stage` and
+    /// `evac recover`, which make files waiting and relocate them at once).
+    pub fn waiting_only(journal: PathBuf, workers: Option<usize>, what: &str) -> RunOpts {
+        RunOpts {
+            source: None,
+            dest: None,
+            journal,
+            link_prefix: None,
+            workers,
+            dry_run: false,
+            list: false,
+            null: false,
+            quiet: true,
+            progress_interval: 10,
+            batch_files: 512,
+            retry_rounds: 1,
+            retry_delay: 0.2,
+            op_timeout: 600.0,
+            relocate_mapped: false,
+            hsm: None,
+            hsm_timeout: 60.0,
+            skip_walk: true,
+            bwlimit: None,
+            files_per_sec: None,
+            windows: Vec::new(),
+            exit_outside_window: false,
+            governor: Default::default(),
+            governor_given: Vec::new(),
+            governor_log: None,
+            args_text: what.into(),
+        }
+    }
+}
+
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_LEFT: i32 = 3;
 pub const EXIT_INTERRUPTED: i32 = 4;
@@ -378,6 +413,11 @@ impl Runner {
             stop: stop.clone(),
             no_lease_seen: AtomicBool::new(false),
             no_exchange_seen: AtomicBool::new(false),
+            recoveries: j
+                .recoveries_requested()?
+                .into_iter()
+                .map(|r| (r.file_id, r))
+                .collect(),
         });
         let run_id = j.start_run(std::process::id(), &o.args_text)?;
         let stats = Arc::new(Stats::default());

@@ -408,34 +408,11 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         }
     }
     j.commit()?;
-    let code = run::run_locked(RunOpts {
-        source: None,
-        dest: None,
-        journal: o.journal.clone(),
-        link_prefix: None,
-        workers: o.workers,
-        dry_run: false,
-        list: false,
-        null: false,
-        quiet: true,
-        progress_interval: 10,
-        batch_files: 512,
-        retry_rounds: 1,
-        retry_delay: 0.2,
-        op_timeout: 600.0,
-        relocate_mapped: false,
-        hsm: None,
-        hsm_timeout: 60.0,
-        skip_walk: true,
-        bwlimit: None,
-        files_per_sec: None,
-        windows: Vec::new(),
-        governor: Default::default(),
-        governor_given: Vec::new(),
-        governor_log: None,
-        exit_outside_window: false,
-        args_text: "stage (relocating staged files)".into(),
-    })?;
+    let code = run::run_locked(RunOpts::waiting_only(
+        o.journal.clone(),
+        o.workers,
+        "stage (relocating staged files)",
+    ))?;
     let mut n = 0;
     j.begin()?;
     for r in rows {
