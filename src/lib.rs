@@ -7,6 +7,7 @@ pub mod demo;
 pub mod error;
 pub mod escape;
 pub mod faults;
+pub mod fingerprint;
 pub mod fsx;
 pub mod holders;
 pub mod hsm;
