@@ -665,12 +665,14 @@ w("")
 
 out[summary_at:summary_at] = ["## Summary: targets\n", "| target | measured | verdict |", "|---|---:|---|"] + summary + [""]
 text = "\n".join(out)
-# Sections other benchmarks keep in the same file (bench/stage_order.sh) survive this rewrite.
+# Sections other benchmarks keep in the same file (bench/stage_order.sh, bench/fingerprint.sh)
+# survive this rewrite.
 try:
     old = open(E["RESULTS"]).read()
-    a, b = old.find("<!-- stage-order"), old.find("<!-- /stage-order -->")
-    if a >= 0 and b > a:
-        text = text.rstrip("\n") + "\n\n" + old[a:b + len("<!-- /stage-order -->")] + "\n"
+    for marker in ("stage-order", "fingerprint"):
+        a, b = old.find(f"<!-- {marker}"), old.find(f"<!-- /{marker} -->")
+        if a >= 0 and b > a:
+            text = text.rstrip("\n") + "\n\n" + old[a:b + len(f"<!-- /{marker} -->")] + "\n"
 except FileNotFoundError:
     pass
 with open(E["RESULTS"], "w") as f:
