@@ -357,6 +357,12 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
 
     // 2. The index: files of a leftover's size under the search directories.
     let sizes: HashSet<u64> = left.iter().map(|l| l.fp.size).collect();
+    // Candidates are judged from metadata too; a program-based mode answers only during a
+    // run's walk, so the blocks rule stands in for it (as in `evac stage`).
+    let candidate_mode = match &mode {
+        crate::hsm::Mode::Cmd { .. } => crate::hsm::Mode::Blocks,
+        m => m.clone(),
+    };
     let (found, mounts) = if roots.is_empty() || left.is_empty() {
         (Vec::new(), Vec::new())
     } else {
@@ -365,7 +371,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
                 roots: &roots,
                 sizes: &sizes,
                 skip: &skip,
-                hsm: &mode,
+                hsm: &candidate_mode,
                 stats: &stats,
                 stop: &stop,
                 say: &say,

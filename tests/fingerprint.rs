@@ -1151,6 +1151,13 @@ fn real_stubs_are_matched_by_the_hsm_checksum_without_a_recall() {
     std::fs::write(&lp, out).unwrap();
     import(&e.journal, &lp);
     let r = fingerprint(&e.journal, &[&search, &mp], &[]);
+    let log = std::fs::read_to_string(tape.join("access.log")).unwrap_or_default();
+    assert_eq!(
+        log.lines().skip(1).collect::<Vec<_>>(),
+        Vec::<&str>::new(),
+        "a stub was opened or read (I4)\n{}",
+        r.dump()
+    );
     r.expect(3, "the unknown stub has no exact candidate");
     let got = classes(&e.journal);
     let sc = search.canonicalize().unwrap();
@@ -1182,11 +1189,4 @@ fn real_stubs_are_matched_by_the_hsm_checksum_without_a_recall() {
         )
     );
     assert_eq!(got[&b"d/unknown".to_vec()].0, "none");
-    let log = std::fs::read_to_string(tape.join("access.log")).unwrap_or_default();
-    assert_eq!(
-        log.lines().skip(1).collect::<Vec<_>>(),
-        Vec::<&str>::new(),
-        "a stub was opened or read (I4)\n{}",
-        r.dump()
-    );
 }
