@@ -188,6 +188,7 @@ fn read_job(
     job: &Job<'_>,
     buf: &mut [u8],
     stats: &Stats,
+    bytes: &mut u64,
 ) -> std::result::Result<Hashes, String> {
     let f = job.found;
     let (pd, name) = fsx::split_parent(&f.rel);
@@ -205,6 +206,7 @@ fn read_job(
         h.partial =
             Some(hashing::partial(fd.as_fd(), f.size, buf).map_err(|e| format!("read: {e}"))?);
         Stats::add(&stats.read_bytes, 2 * EDGE);
+        *bytes += 2 * EDGE;
     }
     let n = job.needs;
     let full = !n.algos.is_empty()
@@ -216,7 +218,8 @@ fn read_job(
         }
         hashing::advise_sequential(fd.as_fd());
         let got = hashing::full(fd.as_fd(), f.size, &algos, buf, &mut |k| {
-            Stats::add(&stats.read_bytes, k)
+            Stats::add(&stats.read_bytes, k);
+            *bytes += k;
         })
         .map_err(|e| format!("read: {e}"));
         hashing::advise_done(fd.as_fd());
@@ -226,6 +229,27 @@ fn read_job(
         h.merge(c);
     }
     Ok(h)
+}
+
+/// The bytes a candidate read may take: its ends, then all of it.
+fn estimate(size: u64) -> u64 {
+    if size > 2 * EDGE {
+        size + 2 * EDGE
+    } else {
+        size
+    }
+}
+
+/// One candidate done: the progress total corrected to what its read took (a partial hash
+/// that ruled it out reads 32 KiB, not all of it).
+fn finished(stats: &Stats, size: u64, read: u64) {
+    Stats::add(&stats.done, 1);
+    let est = estimate(size);
+    if read < est {
+        stats.to_read_bytes.fetch_sub(est - read, Ordering::Relaxed);
+    } else {
+        Stats::add(&stats.to_read_bytes, read - est);
+    }
 }
 
 fn setup(e: impl std::fmt::Display) -> Error {
@@ -437,7 +461,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     Stats::add(&stats.to_read, jobs.len() as u64);
     Stats::add(
         &stats.to_read_bytes,
-        jobs.iter().map(|jb| jb.found.size).sum::<u64>(),
+        jobs.iter().map(|jb| estimate(jb.found.size)).sum::<u64>(),
     );
     stats.indexed.store(true, Ordering::Relaxed);
 
@@ -455,7 +479,10 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let _ = tx.send((i, read_job(root_fds, job, buf, stats)));
+                        let mut bytes = 0;
+                        let r = read_job(root_fds, job, buf, stats, &mut bytes);
+                        finished(stats, job.found.size, bytes);
+                        let _ = tx.send((i, r));
                     },
                 )
             });

@@ -974,7 +974,8 @@ fn an_unreadable_candidate_does_not_stop_the_run_and_a_held_journal_is_refused()
             Err(m) => skip!(T, "no fanotify permission events here: {m}"),
         }
     } else {
-        std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0)).unwrap();
+        std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
         (None, "Permission denied")
     };
     let out = fingerprint(&e.journal, &[&s], &[]);

@@ -22,8 +22,11 @@ pub struct Stats {
     /// Candidate files to read (cache misses) and their bytes, once the index is complete.
     pub to_read: AtomicU64,
     pub to_read_bytes: AtomicU64,
+    /// Candidate files opened, and bytes read from them.
     pub read: AtomicU64,
     pub read_bytes: AtomicU64,
+    /// Candidate files finished with (read, or given up on).
+    pub done: AtomicU64,
 }
 
 impl Stats {
@@ -133,7 +136,7 @@ fn draw(
             let el = hashing_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
             human_bytes(if el > 0.0 { rb as f64 / el } else { 0.0 })
         };
-        let (read, to_read) = (Stats::get(&stats.read), Stats::get(&stats.to_read));
+        let (read, to_read) = (Stats::get(&stats.done), Stats::get(&stats.to_read));
         let (rb, trb) = (
             Stats::get(&stats.read_bytes),
             Stats::get(&stats.to_read_bytes),
