@@ -103,7 +103,7 @@ fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
         ..FpRun::default()
     };
     j.begin().unwrap();
-    j.fp_store_results(&run, &[l.clone()], &[m.clone()])
+    j.fp_store_results(&run, std::slice::from_ref(&l), std::slice::from_ref(&m))
         .unwrap();
     j.commit().unwrap();
     assert_eq!(j.fp_last_run().unwrap().map(|r| r.exact), Some(1));
