@@ -286,16 +286,18 @@ const HTML_HEAD: &str = r#"<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>evac fingerprint: leftovers and their candidates</title>
 <style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+body{font:13px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em;margin:0 0 .3em}
 p.meta{color:#555;margin:.2em 0}
 .controls{margin:1em 0;display:flex;gap:1em;align-items:center;flex-wrap:wrap}
 table{border-collapse:collapse;width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}
 th{background:#f2f2f2;position:sticky;top:0}
-td.path{font-family:ui-monospace,monospace;word-break:break-all}
+td.path{font-family:ui-monospace,monospace;overflow-wrap:anywhere;min-width:16em}
 td.num{text-align:right;white-space:nowrap}
-td.hash{font-family:ui-monospace,monospace;font-size:.85em;word-break:break-all}
+td.time{white-space:nowrap}
+td.hash{font-family:ui-monospace,monospace;font-size:.8em;word-break:break-all;min-width:12em;max-width:20em}
+td.note{font-size:.9em;min-width:10em}
 .c{font-weight:600;padding:.1em .4em;border-radius:.3em;white-space:nowrap}
 .c-exact{background:#cfeccf}.c-probable{background:#fdf1c4}.c-weak{background:#fde0c4}.c-none{background:#f6caca}
 tr.done td{opacity:.45}
@@ -319,6 +321,20 @@ const HTML_SCRIPT: &str = r#"<script>
 })();
 </script>
 "#;
+
+/// A time to the second, the nanoseconds in its tooltip.
+fn time_cell(ns: Option<i64>) -> String {
+    match ns {
+        Some(t) => {
+            let full = iso_time(t);
+            format!(
+                "<td class=\"time\" title=\"{full}\">{}</td>",
+                full[..19].replace('T', " ")
+            )
+        }
+        None => "<td></td>".into(),
+    }
+}
 
 fn write_html(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
     let run = r.run;
@@ -357,7 +373,7 @@ fn write_html(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     for (l, ms) in r.rows() {
         let left = format!(
-            "<td class=\"path\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td><td class=\"hash\">{}</td>",
+            "<td class=\"path\">{}</td><td class=\"note\">{}</td><td class=\"num\">{}</td>{}<td>{}</td><td class=\"hash\">{}</td><td class=\"hash\">{}</td>",
             html(&escape(&r.abs(&l.path))),
             html(&format!(
                 "{}{}",
@@ -368,7 +384,7 @@ fn write_html(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
                     .unwrap_or_default()
             )),
             l.size,
-            l.mtime_ns.map(iso_time).unwrap_or_default(),
+            time_cell(l.mtime_ns),
             match (l.uid, l.gid) {
                 (Some(u), Some(g)) => format!("{u}:{g}"),
                 _ => String::new(),
@@ -419,11 +435,11 @@ fn write_html(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
                 row(
                     &html(&m.confidence),
                     format!(
-                        "<td class=\"num\">{}</td><td class=\"path\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"hash\">{}</td>",
+                        "<td class=\"num\">{}</td><td class=\"path\">{}</td><td>{}</td>{}<td class=\"hash\">{}</td>",
                         m.rank,
                         html(&escape(&m.candidate)),
                         html(&m.matched_by),
-                        iso_time(m.mtime_ns),
+                        time_cell(Some(m.mtime_ns)),
                         opt_hex(&m.blake3)
                     )
                 )
