@@ -347,11 +347,24 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
         .collect::<Vec<_>>()
         .join("\n");
     let run_id = j.fp_start_run(&search_text)?;
-    j.log(
-        None,
-        "info",
-        &format!("FINGERPRINT START evac {}", o.args_text),
-    )?;
+    // START and FINISH go to the journal's log and to stderr, --quiet or not (as for runs).
+    let note = |msg: String| -> Result<()> {
+        j.log(None, "info", &msg)?;
+        eprintln!("evac: {msg}");
+        Ok(())
+    };
+    note(format!(
+        "START fingerprint {run_id} pid {}: SOURCE {} journal {} search {} workers {workers} args: {}",
+        std::process::id(),
+        quoted(&source),
+        quoted(o.journal.as_os_str().as_encoded_bytes()),
+        if roots.is_empty() {
+            "nothing".to_string()
+        } else {
+            roots.iter().map(|r| quoted(r)).collect::<Vec<_>>().join(", ")
+        },
+        o.args_text
+    ))?;
 
     let stats = Arc::new(Stats::default());
     let ui = Ui::start(stats.clone(), o.quiet, o.progress_interval);
@@ -532,15 +545,10 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     let bytes_read = Stats::get(&stats.read_bytes) as i64;
     ui.finish();
     if stop.load(Ordering::Relaxed) {
-        j.log(
-            None,
-            "info",
-            &format!(
-                "FINGERPRINT INTERRUPTED after reading {files_read} files; what was read is cached"
-            ),
-        )?;
+        note(format!(
+            "FINISH fingerprint {run_id}: interrupted after reading {files_read} candidate files; what was read is cached: run it again to go on; exit 4"
+        ))?;
         drop(lock);
-        eprintln!("evac: fingerprint interrupted; the hashes read so far are cached: run it again to go on");
         return Ok(crate::run::EXIT_INTERRUPTED);
     }
 
@@ -659,11 +667,8 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     } else {
         crate::run::EXIT_LEFT
     };
-    j.log(
-        None,
-        "info",
-        &format!(
-            "FINISH fingerprint: {} leftovers: {} exact, {} probable, {} weak, {} none; {} files indexed, {} read ({} bytes), {} from the cache, {} unreadable; exit {code}",
+    note(format!(
+            "FINISH fingerprint {run_id}: {} leftovers: {} exact, {} probable, {} weak, {} none; {} files indexed, {} read ({} bytes), {} from the cache, {} unreadable; exit {code}",
             run.leftovers,
             run.exact,
             run.probable,
@@ -674,8 +679,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             run.bytes_read,
             run.from_cache,
             read_errors
-        ),
-    )?;
+    ))?;
     drop(lock);
     match report_err {
         Some(e) => Err(e),

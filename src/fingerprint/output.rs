@@ -546,7 +546,7 @@ pub fn summary(r: &Results<'_>, mounts: &[Vec<u8>], top: usize) -> String {
             )),
         }
     }
-    if rows.len() > top {
+    if top > 0 && rows.len() > top {
         s.push_str(&format!(
             "  … and {} more (--report FILE lists them all)\n",
             rows.len() - top
