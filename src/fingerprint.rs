@@ -495,13 +495,18 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
                         let mut bytes = 0;
                         let r = read_job(root_fds, job, buf, stats, &mut bytes);
                         finished(stats, job.found.size, bytes);
-                        let _ = tx.send((i, r));
+                        if tx.send((i, r)).is_err() {
+                            // The journal could not take it: read nothing more.
+                            stop.store(true, Ordering::Relaxed);
+                        }
                     },
                 )
             });
             drop(rtx);
         });
         // The journal is written here only, in batches: an interrupted run keeps what it read.
+        // Should that fail, the channel goes with this closure, so no worker waits on it.
+        let rrx = rrx;
         let mut batch = 0;
         j.begin()?;
         for (i, r) in rrx.iter() {

@@ -340,6 +340,7 @@ fn plant(test: &str) -> Option<Planted> {
     let d2 = content(22, 100_000);
     let l2 = src.join("proj/moved.dat");
     write(&l2, &d2);
+    set_mtime(&l2, 1_150_000_000, 0);
     let c2 = bdir.join("deep/er/moved.dat");
     write(&c2, &d2);
     set_mtime(&c2, 1_100_000_000, 5);
@@ -347,6 +348,7 @@ fn plant(test: &str) -> Option<Planted> {
     mid[50_000] ^= 0xff;
     let decoy_mid = bdir.join("deep/moved.dat");
     write(&decoy_mid, &mid);
+    set_mtime(&decoy_mid, 1_150_000_000, 0);
     let mut head = d2.clone();
     head[10] ^= 0xff;
     let decoy_head = a.join("moved.dat");
@@ -851,7 +853,8 @@ fn dest_and_other_filesystems_are_not_entered_and_candidate_stubs_not_opened() {
 
 /// A fanotify listener denying every open of one file (root), so that reading it fails.
 struct DenyOpens {
-    fd: OwnedFd,
+    /// The fanotify group, closed (after the thread stops) when this is dropped.
+    _fd: OwnedFd,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -923,7 +926,7 @@ impl DenyOpens {
             }
         });
         Ok(DenyOpens {
-            fd,
+            _fd: fd,
             stop,
             thread: Some(thread),
         })
@@ -936,7 +939,6 @@ impl Drop for DenyOpens {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = self.fd.as_raw_fd();
     }
 }
 
