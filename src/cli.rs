@@ -42,6 +42,10 @@ pub enum Command {
     /// Phase 2: recall the staged-out files of the imported HSM listing in tape order through
     /// your stage command, and relocate each batch as soon as it is resident.
     Stage(StageArgs),
+    /// Phase 3: fingerprint the leftovers (without a recall) and find candidate copies of them
+    /// under the --search directories, each with a confidence: exact, probable, weak or none.
+    /// Exit 0 when every leftover has an exact candidate, 3 when some do not.
+    Fingerprint(FingerprintArgs),
 }
 
 #[derive(Args, Debug)]
@@ -358,4 +362,28 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
         Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s:?} is not a number of seconds above 0")),
     }
+}
+
+#[derive(Args, Debug)]
+pub struct FingerprintArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// A directory to look for copies in (repeatable): backup restores, an old snapshot, files
+    /// salvaged from tape, DEST. Read only; symlinks are not followed, other filesystems and
+    /// DEST (unless given) are not entered.
+    #[arg(long, value_name = "DIR")]
+    pub search: Vec<PathBuf>,
+    /// Write the leftovers and their candidates to this file: .csv, .json, or .html (a
+    /// self-contained worksheet), by extension.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Threads that walk and hash (default: number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// No progress and only the summary's counts.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Seconds between plain progress lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    pub progress_interval: u64,
 }

@@ -6,6 +6,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Phase 3's tables (`evac fingerprint`, read by `evac recover`).
+pub mod fingerprint;
+
 /// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
@@ -18,6 +21,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_control",
         include_str!("../migrations/0005_control.sql"),
+    ),
+    (
+        "0006_fingerprint",
+        include_str!("../migrations/0006_fingerprint.sql"),
     ),
     (
         "0007_recover",

@@ -8,6 +8,7 @@ pub mod disks;
 pub mod error;
 pub mod escape;
 pub mod faults;
+pub mod fingerprint;
 pub mod fsx;
 pub mod governor;
 pub mod holders;

@@ -98,6 +98,17 @@ fn main() {
             retry_leftovers: a.retry_leftovers,
             quiet: a.quiet,
         }),
+        Command::Fingerprint(a) => {
+            evac::fingerprint::fingerprint(evac::fingerprint::FingerprintOpts {
+                journal: a.journal,
+                search: a.search,
+                report: a.report,
+                workers: a.workers,
+                quiet: a.quiet,
+                progress_interval: std::time::Duration::from_secs(a.progress_interval.max(1)),
+                args_text,
+            })
+        }
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => {
                 evac::hsm_import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)

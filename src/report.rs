@@ -175,6 +175,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
     let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
     let sp = j.stage_progress()?;
+    let fp = j.fp_last_run()?;
     let controls = j.controls()?;
     let paused = controls.get("paused").is_some_and(|v| v == "1");
     let caps: Vec<String> = [
@@ -255,7 +256,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         };
         writeln!(
             out,
-            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"paused\":{paused},\"governor\":{},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}}}}",
+            "{{\"source\":{},\"dest\":{},\"link_prefix\":{},\"journal_id\":{},\"files\":{{{files}}},\"bytes_relocated\":{},\"bytes_total\":{},\"rate_bytes_per_sec\":{rate},\"eta_seconds\":{},\"running\":{running},\"pid\":{},\"throttle\":{},\"reasons\":[{reasons_j}],\"last_run\":{last_j},\"cutover\":{cutover_j},\"hsm\":{{\"mode\":{},\"staged_out_by_blocks_rule\":{by_blocks},\"db_files\":{hsm_n},\"db_staged_out\":{hsm_out},\"db_volumes\":{hsm_vols}}},\"paused\":{paused},\"governor\":{},\"stage\":{{\"volumes\":{},\"volumes_done\":{},\"staged\":{},\"relocated\":{},\"given_up\":{},\"bytes_waiting\":{},\"files_per_minute\":{recall_rate:.1}}},\"fingerprint\":{}}}",
             json_str(&pathstr(&plan.source)),
             json_str(&pathstr(&plan.dest)),
             json_str(&pathstr(&plan.link_prefix)),
@@ -273,6 +274,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             sp.relocated,
             sp.given_up,
             sp.bytes_waiting,
+            fingerprint_json(fp.as_ref()),
         )
         .map_err(|e| Error::Setup(format!("write output: {e}")))?;
         return Ok(0);
@@ -371,6 +373,27 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             ),
         )?;
     }
+    if let Some(f) = &fp {
+        w(
+            &mut out,
+            format!(
+                "fprint  phase 3 ({}): {} leftovers: {} exact, {} probable, {} weak, {} none{}",
+                crate::fingerprint::iso_time((f.started_at * 1e9) as i64)
+                    .split('.')
+                    .next()
+                    .unwrap_or_default(),
+                f.leftovers,
+                f.exact,
+                f.probable,
+                f.weak,
+                f.none,
+                f.report
+                    .as_deref()
+                    .map(|r| format!("; report {}", quoted(r)))
+                    .unwrap_or_default()
+            ),
+        )?;
+    }
     if by_blocks > 0 {
         w(
             &mut out,
@@ -435,6 +458,26 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         )?;
     }
     Ok(0)
+}
+
+/// The last `evac fingerprint`'s counts for `status --json` (null if none has completed).
+fn fingerprint_json(f: Option<&journal::fingerprint::FpRun>) -> String {
+    match f {
+        None => "null".into(),
+        Some(f) => format!(
+            "{{\"at\":{},\"leftovers\":{},\"exact\":{},\"probable\":{},\"weak\":{},\"none\":{},\"report\":{}}}",
+            f.finished_at.unwrap_or(f.started_at),
+            f.leftovers,
+            f.exact,
+            f.probable,
+            f.weak,
+            f.none,
+            f.report
+                .as_deref()
+                .map(|r| json_str(&escape(r)))
+                .unwrap_or_else(|| "null".into())
+        ),
+    }
 }
 
 /// Not a problem: a relocated file that users have written to through its link since.

@@ -46,3 +46,80 @@ fn a_journal_from_a_newer_evac_is_refused() {
         .expect("newer schema must be refused");
     assert!(e.to_string().contains("newer"), "{e}");
 }
+
+#[test]
+fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
+    use evac::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    // A journal as the evac before phase 3 left it: every migration but the last.
+    let c = rusqlite::Connection::open(&p).unwrap();
+    for (i, (_, sql)) in MIGRATIONS[..MIGRATIONS.len() - 1].iter().enumerate() {
+        c.execute_batch(sql).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .unwrap();
+    }
+    drop(c);
+    let j = Journal::open(&p, false).unwrap();
+    assert_eq!(j.schema_version().unwrap() as usize, MIGRATIONS.len());
+    assert!(j.fp_last_run().unwrap().is_none());
+    // The tables hold what `evac recover` reads back.
+    let cached = CachedFp {
+        dev: 1,
+        ino: 2,
+        size: 3,
+        mtime_ns: 4,
+        ctime_ns: 5,
+        path: b"/b/\xffx".to_vec(),
+        md5: Some(vec![7; 16]),
+        ..CachedFp::default()
+    };
+    j.fp_cache_put(&cached).unwrap();
+    assert_eq!(j.fp_cached(1, 2).unwrap(), Some(cached));
+    let id = j.fp_start_run("/b").unwrap();
+    let l = FpLeftover {
+        path: b"d/l\n".to_vec(),
+        size: 3,
+        content: "stub".into(),
+        confidence: "exact".into(),
+        candidates: 1,
+        hsm_checksum: Some("md5:07070707070707070707070707070707".into()),
+        ..FpLeftover::default()
+    };
+    let m = FpMatch {
+        leftover: l.path.clone(),
+        rank: 1,
+        candidate: b"/b/\xffx".to_vec(),
+        confidence: "exact".into(),
+        matched_by: "md5".into(),
+        size: 3,
+        md5: Some(vec![7; 16]),
+        ..FpMatch::default()
+    };
+    let run = FpRun {
+        id,
+        leftovers: 1,
+        exact: 1,
+        ..FpRun::default()
+    };
+    j.begin().unwrap();
+    j.fp_store_results(&run, std::slice::from_ref(&l), std::slice::from_ref(&m))
+        .unwrap();
+    j.commit().unwrap();
+    assert_eq!(j.fp_last_run().unwrap().map(|r| r.exact), Some(1));
+    assert_eq!(
+        j.fp_leftover(&l.path).unwrap().unwrap().hsm_checksum,
+        l.hsm_checksum
+    );
+    let got = j.fp_matches(&l.path).unwrap();
+    assert_eq!((got.len(), &got[0].candidate), (1, &m.candidate));
+    let exact = j.fp_exact().unwrap();
+    assert_eq!(exact.len(), 1);
+    assert_eq!((&exact[0].0.path, &exact[0].1.md5), (&l.path, &m.md5));
+    // A later run replaces the results; the cache stays.
+    j.begin().unwrap();
+    j.fp_store_results(&run, &[], &[]).unwrap();
+    j.commit().unwrap();
+    assert!(j.fp_leftovers().unwrap().is_empty() && j.fp_exact().unwrap().is_empty());
+    assert!(j.fp_cached(1, 2).unwrap().is_some());
+}

@@ -1,0 +1,183 @@
+//! Progress of `evac fingerprint` for the operator: the workers count in atomics; one thread
+//! draws an indexing line and a hashing bar (files and bytes read, rate) on a terminal, or
+//! prints a plain line per interval otherwise, and prints messages above them. `--quiet`
+//! leaves only the messages.
+
+use crate::progress::human_bytes;
+use crossbeam_channel::{Receiver, Sender};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Stats {
+    pub dirs: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub candidates: AtomicU64,
+    pub errors: AtomicU64,
+    pub indexed: AtomicBool,
+    /// Candidate files to read (cache misses) and their bytes, once the index is complete.
+    pub to_read: AtomicU64,
+    pub to_read_bytes: AtomicU64,
+    /// Candidate files opened, and bytes read from them.
+    pub read: AtomicU64,
+    pub read_bytes: AtomicU64,
+    /// Candidate files finished with (read, or given up on).
+    pub done: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Ui {
+    tx: Sender<String>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ui {
+    pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
+        let (tx, rx) = crossbeam_channel::unbounded::<String>();
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        let tty = std::io::stderr().is_terminal();
+        let thread = std::thread::Builder::new()
+            .name("evac-fp-progress".into())
+            .spawn(move || draw(stats, rx, d2, quiet, tty, interval))
+            .ok();
+        Ui { tx, done, thread }
+    }
+
+    pub fn sender(&self) -> Sender<String> {
+        self.tx.clone()
+    }
+
+    pub fn finish(mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+fn index_line(s: &Stats) -> String {
+    format!(
+        "{} dirs, {} files ({}), {} of a leftover's size{}",
+        Stats::get(&s.dirs),
+        Stats::get(&s.files),
+        human_bytes(Stats::get(&s.bytes) as f64),
+        Stats::get(&s.candidates),
+        match Stats::get(&s.errors) {
+            0 => String::new(),
+            n => format!(", {n} errors"),
+        }
+    )
+}
+
+fn draw(
+    stats: Arc<Stats>,
+    rx: Receiver<String>,
+    done: Arc<AtomicBool>,
+    quiet: bool,
+    tty: bool,
+    interval: Duration,
+) {
+    let bars = (tty && !quiet).then(|| {
+        let mp = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+        let index = mp.add(ProgressBar::new_spinner());
+        index.set_style(style("{prefix:>8} {spinner} {msg}"));
+        index.set_prefix("index");
+        let hash = mp.add(ProgressBar::new(0));
+        hash.set_style(style("{prefix:>8} [{bar:30}] {pos}/{len} files, {msg}"));
+        hash.set_prefix("hash");
+        (mp, index, hash)
+    });
+    let mut last_line = Instant::now();
+    let mut hashing_since: Option<Instant> = None;
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        while let Ok(line) = rx.try_recv() {
+            match &bars {
+                Some((mp, _, _)) => {
+                    let _ = mp.println(&line);
+                }
+                None => eprintln!("evac: {line}"),
+            }
+        }
+        let indexed = stats.indexed.load(Ordering::Relaxed);
+        if indexed && hashing_since.is_none() {
+            hashing_since = Some(Instant::now());
+        }
+        let rate = |rb: u64| {
+            let el = hashing_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            human_bytes(if el > 0.0 { rb as f64 / el } else { 0.0 })
+        };
+        let (read, to_read) = (Stats::get(&stats.done), Stats::get(&stats.to_read));
+        let (rb, trb) = (
+            Stats::get(&stats.read_bytes),
+            Stats::get(&stats.to_read_bytes),
+        );
+        if let Some((_, index, hash)) = &bars {
+            index.set_message(format!(
+                "{}{}",
+                index_line(&stats),
+                if indexed { " — done" } else { "" }
+            ));
+            index.tick();
+            hash.set_length(to_read);
+            hash.set_position(read);
+            // The rate is of bytes (what the disks see), not of files.
+            hash.set_message(format!(
+                "{}/{}, {}/s",
+                human_bytes(rb as f64),
+                human_bytes(trb as f64),
+                rate(rb)
+            ));
+        } else if !quiet && !finished && last_line.elapsed() >= interval {
+            if indexed {
+                eprintln!(
+                    "evac: fingerprint: hashing {read}/{to_read} files, {}/{}, {}/s",
+                    human_bytes(rb as f64),
+                    human_bytes(trb as f64),
+                    rate(rb)
+                );
+            } else {
+                eprintln!("evac: fingerprint: indexing {}", index_line(&stats));
+            }
+            last_line = Instant::now();
+        }
+        if finished {
+            if let Some((mp, index, hash)) = &bars {
+                index.finish();
+                hash.finish();
+                let _ = mp.clear();
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
