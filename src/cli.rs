@@ -46,6 +46,32 @@ pub enum Command {
     /// under the --search directories, each with a confidence: exact, probable, weak or none.
     /// Exit 0 when every leftover has an exact candidate, 3 when some do not.
     Fingerprint(FingerprintArgs),
+    /// Phase 3: relocate a leftover with the data of a copy found elsewhere (PATH --from
+    /// CANDIDATE, or every leftover with an exact candidate: --all-exact), checked against the
+    /// leftover's fingerprint first, through the normal protocol. Without PATH or --all-exact,
+    /// goes on with the recoveries an interrupted `evac recover` left.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The leftover: absolute under SOURCE, or relative to it.
+    #[arg(requires = "from", conflicts_with = "all_exact")]
+    pub path: Option<PathBuf>,
+    /// The copy whose data the leftover gets (a candidate of `evac fingerprint`, or any file).
+    #[arg(long, value_name = "CANDIDATE", requires = "path")]
+    pub from: Option<PathBuf>,
+    /// Every leftover whose best candidate in the last `evac fingerprint` is exact.
+    #[arg(long)]
+    pub all_exact: bool,
+    /// Take a candidate that does not match the fingerprint, or one that cannot be checked.
+    #[arg(long)]
+    pub force: bool,
+    /// Copy workers.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 #[derive(Args, Debug)]

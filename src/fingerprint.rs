@@ -6,7 +6,7 @@
 //! go to the journal (for `evac recover`), a report file and the terminal. Candidates' hashes
 //! are cached in the journal by inode, so a rerun over unchanged trees reads no file.
 
-mod hashing;
+pub(crate) mod hashing;
 mod index;
 mod leftovers;
 mod output;

@@ -370,20 +370,18 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// All xattrs of an open file as (name, value) pairs; an fs without xattrs yields none.
 pub fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    read_xattrs_with(
-        &mut |b| rfs::flistxattr(fd, b),
-        &mut |n, b| rfs::fgetxattr(fd, n, b),
-    )
+    read_xattrs_with(&mut |b| rfs::flistxattr(fd, b), &mut |n, b| {
+        rfs::fgetxattr(fd, n, b)
+    })
 }
 
 /// The attributes of a file open only with O_PATH (an HSM stub, which must not be opened for
 /// reading), through its /proc/self/fd link.
 pub fn read_xattrs_opath(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let p = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    read_xattrs_with(
-        &mut |b| rfs::listxattr(p.as_str(), b),
-        &mut |n, b| rfs::getxattr(p.as_str(), n, b),
-    )
+    read_xattrs_with(&mut |b| rfs::listxattr(p.as_str(), b), &mut |n, b| {
+        rfs::getxattr(p.as_str(), n, b)
+    })
 }
 
 type ListFn<'a> = dyn FnMut(&mut [u8]) -> rustix::io::Result<usize> + 'a;

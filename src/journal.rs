@@ -1417,6 +1417,17 @@ impl Journal {
             .map_err(self.e("read file"))
     }
 
+    /// (state, reason) of a file.
+    pub fn state_and_reason(&self, id: i64) -> Result<Option<(String, Option<String>)>> {
+        self.conn
+            .prepare_cached("SELECT state, reason FROM files WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(self.e("read state"))
+    }
+
     /// The path of a file by id.
     pub fn files_in_state_any(&self, id: i64) -> Result<Option<Vec<u8>>> {
         self.conn

@@ -17,6 +17,7 @@ pub mod hsm_import;
 pub mod journal;
 pub mod lock;
 pub mod progress;
+pub mod recover;
 pub mod relocate;
 pub mod report;
 pub mod resync;

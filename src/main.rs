@@ -109,6 +109,14 @@ fn main() {
                 args_text,
             })
         }
+        Command::Recover(a) => evac::recover::recover(evac::recover::RecoverOpts {
+            journal: a.journal,
+            path: a.path,
+            from: a.from,
+            all_exact: a.all_exact,
+            force: a.force,
+            workers: a.workers,
+        }),
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => {
                 evac::hsm_import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)

@@ -448,20 +448,9 @@ fn recover_copy(
         leased: false,
         leases: ctx.leases.clone(),
     };
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cand_path = std::path::Path::new(std::ffi::OsStr::from_bytes(&r.candidate));
-    let cand = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-        .open(cand_path)
-        .or_else(|_| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(cand_path)
-        }) {
-        Ok(f) => f,
+    // Resolved from / without following a symlink: nobody can redirect the read.
+    let (cand, cst) = match crate::fingerprint::hashing::open_candidate(&r.candidate) {
+        Ok(c) => c,
         Err(e) => {
             return Ok(Step::Fail(format!(
                 "recover: open the candidate {}: {e}",
@@ -469,7 +458,6 @@ fn recover_copy(
             )))
         }
     };
-    let cst = fsx::fstat(cand.as_fd()).ctx("stat the candidate for", &first.path)?;
     if fsx::file_type(&cst) != rustix::fs::FileType::RegularFile
         || cst.st_size as u64 != r.size
         || fst.st_size as u64 != r.size

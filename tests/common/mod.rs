@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use json::Json;
 
 pub mod mounts;
+pub mod opens;
 
 // ---------------------------------------------------------------------------
 // Running the binary
