@@ -12,7 +12,8 @@
 # Usage: sudo bench/governor.sh         (options as environment variables:)
 #   BENCH_DIR  work directory on the disk to measure (default /var/tmp/evac-governor-bench; kept
 #              with its tree for later runs, delete it by hand)
-#   FILES      4 MiB files in the tree (default 1500: 5.9 GiB; it must outlast SECS at full speed)
+#   FILES      4 MiB files in the tree (default 2500: 9.8 GiB; it must outlast SECS at full speed,
+#              which the report checks)
 #   SECS       seconds the reader runs per case (default 20)
 #   WORKERS    evac's --workers (default 8)
 #   RESULTS    report (default bench/RESULTS.md; the section between the governor markers)
@@ -20,7 +21,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 W=${BENCH_DIR:-/var/tmp/evac-governor-bench}
-FILES=${FILES:-1500}
+FILES=${FILES:-2500}
 SECS=${SECS:-20}
 WORKERS=${WORKERS:-8}
 RESULTS=${RESULTS:-$here/RESULTS.md}
@@ -97,11 +98,17 @@ one() {
         > "fio-$label.json" 2>/dev/null
     local mibs=0
     if [ -n "$ev" ]; then
-        local bytes
-        bytes=$("$EVAC" status --journal journal.db --json | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_relocated'])")
+        # What evac relocated while the reader ran, over the time it ran (a run that finished
+        # early is flagged: the reader was then alone for the rest).
+        mibs=$("$EVAC" status --journal journal.db --json | python3 -c "
+import json, sys, time
+s = json.load(sys.stdin)
+r = s['last_run']
+end = r['finished_at'] or time.time()
+flag = '' if r['finished_at'] is None else '(finished-early)'
+print(f\"{s['bytes_relocated'] / 1048576 / max(end - r['started_at'], 0.001):.1f}{flag}\")")
         kill -TERM "$ev" 2>/dev/null || true
         wait "$ev" || true
-        mibs=$(python3 -c "print(f'{$bytes / 1048576 / ($SECS + 1):.1f}')")
     fi
     python3 - "$label" "fio-$label.json" "$mibs" <<'EOF'
 import json, sys
@@ -122,6 +129,8 @@ EOF
     one off --governor off
     one on --governor on
     one on-5ms --governor on --max-latency 5
+    one on-util30 --governor on --max-util 30
+    one on-util10 --governor on --max-util 10
 } | tee results.txt
 
 python3 - "$RESULTS" results.txt "$SECS" "$WORKERS" "$FILES" "$disk" <<'EOF'
@@ -135,6 +144,8 @@ what = {
     "off": "evac, governor off",
     "on": "evac, governor on (default targets)",
     "on-5ms": "evac, governor on, `--max-latency 5`",
+    "on-util30": "evac, governor on, `--max-util 30`",
+    "on-util10": "evac, governor on, `--max-util 10`",
 }
 lines = [
     "<!-- governor: written by bench/governor.sh -->",

@@ -276,7 +276,14 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     }
     if st.st_size as u64 >= 1 << 20 {
         // Large files are read once, front to back: ask for aggressive readahead.
-        let _ = rustix::fs::fadvise(&fd, 0, None, rustix::fs::Advice::Sequential);
+        // Except while governed: then the disks must stay responsive to others, and a readahead
+        // window of megabytes queues requests that a user's small read waits behind.
+        let advice = if ctx.limiter.streaming() {
+            rustix::fs::Advice::Random
+        } else {
+            rustix::fs::Advice::Sequential
+        };
+        let _ = rustix::fs::fadvise(&fd, 0, None, advice);
     }
     let src = take_lease(ctx, fd, &first.path)?;
     let src = match src {

@@ -224,6 +224,7 @@ impl Drop for Turn<'_> {
 }
 
 const BURST: Duration = Duration::from_millis(100);
+const GOVERNED_CHUNK: usize = 512 << 10;
 
 impl Limiter {
     pub fn new(bw: Schedule, files_per_sec: Option<f64>) -> Limiter {
@@ -385,6 +386,13 @@ impl Limiter {
     /// How much to read at a time under the current cap: a tenth of a second's worth (at least
     /// 64 KiB), so the old disk sees an even stream rather than bursts of `max`.
     pub fn chunk(&self, max: usize) -> usize {
+        // Governed, requests stay small enough that a user's read queued behind one of ours
+        // waits a fraction of a millisecond, not the time a 4 MiB request takes.
+        let max = if self.streaming() {
+            max.min(GOVERNED_CHUNK)
+        } else {
+            max
+        };
         match self.rate() {
             Some(rate) => max.min(((rate / 10) as usize).max(64 << 10)),
             None => max,
