@@ -262,30 +262,10 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     let code = run::run(RunOpts {
         source: Some(old.clone()),
         dest: Some(new.clone()),
-        journal: journal.clone(),
-        link_prefix: None,
-        workers: None,
-        dry_run: false,
-        list: false,
-        null: false,
         quiet: false,
         progress_interval: 2,
-        batch_files: 512,
-        retry_rounds: 1,
-        retry_delay: 0.2,
-        op_timeout: 600.0,
-        relocate_mapped: false,
-        hsm: None,
-        hsm_timeout: 60.0,
         skip_walk: false,
-        bwlimit: None,
-        files_per_sec: None,
-        windows: Vec::new(),
-        governor: Default::default(),
-        governor_given: Vec::new(),
-        governor_log: None,
-        exit_outside_window: false,
-        args_text: format!("demo --files {files}"),
+        ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;
     println!("\n$ evac status --journal {}", journal.display());
     crate::report::status(&journal, false, None, false)?;

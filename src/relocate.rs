@@ -363,20 +363,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return Ok(Step::Retry("changed during the copy".into()));
     }
     let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);
-    let meta = xattrs.and_then(|x| {
-        fsx::apply_meta(dst.as_fd(), &st, &x).ctx("set metadata on the copy of", &first.path)
-    });
-    if let Err(e) = meta {
-        cleanup(&dst_dir, &tmp);
-        return Err(e);
-    }
-    let dst_st = match fsx::fstat(dst.as_fd()) {
-        Ok(s) => s,
-        Err(e) => {
-            cleanup(&dst_dir, &tmp);
-            return Err(Error::io("stat the copy of", &first.path, e));
-        }
-    };
+    let dst_st = give_metadata(&dst, &st, xattrs, &dst_dir, &tmp, &first.path)?;
 
     let mut names = vec![Name {
         rec: first.clone(),
@@ -524,14 +511,7 @@ fn recover_copy(
                 .filter(|(n, _)| !crate::hsm::is_hsm_attribute(&ctx.hsm, n))
                 .collect::<Vec<_>>()
         });
-    let meta = xattrs.and_then(|x| {
-        fsx::apply_meta(dst.as_fd(), st, &x).ctx("set metadata on the copy of", &first.path)
-    });
-    if let Err(e) = meta {
-        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
-        return Err(e);
-    }
-    let dst_st = fsx::fstat(dst.as_fd()).ctx("stat the copy of", &first.path)?;
+    let dst_st = give_metadata(&dst, st, xattrs, &dst_dir, &tmp, &first.path)?;
     Ok(Step::Done(Box::new(Copied {
         names: vec![Name {
             rec: first.clone(),
@@ -551,6 +531,25 @@ fn recover_copy(
         link_moved: AtomicBool::new(false),
         original_kept: AtomicBool::new(false),
     })))
+}
+
+/// Give the copy the source's owner, mode, times and `xattrs`; its stat after. On failure the
+/// temporary is removed.
+fn give_metadata(
+    dst: &OwnedFd,
+    st: &Stat,
+    xattrs: Result<Vec<(Vec<u8>, Vec<u8>)>>,
+    dst_dir: &OwnedFd,
+    tmp: &[u8],
+    path: &[u8],
+) -> Result<Stat> {
+    let r = xattrs
+        .and_then(|x| fsx::apply_meta(dst.as_fd(), st, &x).ctx("set metadata on the copy of", path))
+        .and_then(|_| fsx::fstat(dst.as_fd()).ctx("stat the copy of", path));
+    if r.is_err() {
+        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), tmp);
+    }
+    r
 }
 
 /// The DEST directory of `first` (created if missing) and a new temporary in it for the copy.
