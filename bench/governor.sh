@@ -3,8 +3,9 @@
 #
 # A foreground reader (fio: 4 KiB random reads with O_DIRECT, 200 a second, one at a time, on a
 # 1 GiB file) measures its own read latency on the disk SOURCE is on, first alone, then while
-# evac relocates a tree of large files from that disk (to DEST on the same disk) with the
-# governor off, with it on at its default targets, and on with a tighter latency target. For each
+# evac relocates a tree of large files from that disk to DEST (by default a tmpfs standing in for
+# the new storage, so that the disk sees what an evacuation does to the old server: evac's reads)
+# with the governor off, with it on at its default targets, and on with tighter targets. For each
 # case: the reader's p50/p99/p99.9 latency and evac's throughput while the reader ran. Every case
 # starts from the same state: the relocated files put back, caches dropped, the disk idle.
 #
@@ -16,6 +17,8 @@
 #              which the report checks)
 #   SECS       seconds the reader runs per case (default 20)
 #   WORKERS    evac's --workers (default 8)
+#   DEST_DIR   where DEST goes (default /dev/shm/evac-governor-dst, a tmpfs: it must hold what evac
+#              copies in SECS; give a directory on SOURCE's disk to measure both on one disk)
 #   RESULTS    report (default bench/RESULTS.md; the section between the governor markers)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,6 +29,7 @@ SECS=${SECS:-20}
 WORKERS=${WORKERS:-8}
 RESULTS=${RESULTS:-$here/RESULTS.md}
 EVAC=${EVAC:-$repo/target/release/evac}
+DEST_DIR=${DEST_DIR:-/dev/shm/evac-governor-dst}
 [ "$(id -u)" = 0 ] || { echo "bench/governor.sh: needs root (drop_caches)" >&2; exit 1; }
 command -v fio >/dev/null || { echo "bench/governor.sh: needs fio (apt-get install -y fio)" >&2; exit 1; }
 [ -x "$EVAC" ] || (cd "$repo" && cargo build --release)
@@ -39,7 +43,7 @@ disk=$(basename "$(readlink -f /sys/dev/block/$dev)")
 
 # The tree: FILES files of 4 MiB, 100 to a directory.
 if [ "$(cat tree.files 2>/dev/null)" != "$FILES" ]; then
-    rm -rf src dst journal.db* tree.files
+    rm -rf src journal.db* tree.files
     mkdir src
     head -c 4M /dev/urandom > block
     for i in $(seq 0 $((FILES - 1))); do
@@ -50,22 +54,25 @@ if [ "$(cat tree.files 2>/dev/null)" != "$FILES" ]; then
     echo "$FILES" > tree.files
 fi
 
-# Put every relocated file back in place of its link (renames on one filesystem).
+# Put every relocated file back in place of its link: by rename when DEST is on the same
+# filesystem, else a fresh copy of the block every file was made of.
 restore() {
-    python3 - "$W" <<'EOF'
-import os, sys
+    python3 - "$W" "$DEST_DIR" <<'EOF'
+import os, shutil, sys
 w = sys.argv[1]
-dst = os.path.join(w, "dst") + "/"
 for root, dirs, files in os.walk(os.path.join(w, "src")):
     for f in files:
         p = os.path.join(root, f)
         if os.path.islink(p):
             t = os.readlink(p)
-            if t.startswith(dst) and os.path.isfile(t):
+            try:
                 os.rename(t, p)
+            except OSError:
+                os.unlink(p)
+                shutil.copyfile(os.path.join(w, "block"), p)
 EOF
-    rm -rf dst journal.db*
-    mkdir dst
+    rm -rf "$DEST_DIR" dst journal.db*
+    mkdir -p "$DEST_DIR"
 }
 
 # Until the disk is under 5% busy over a second (the restore's deletes are written back).
@@ -88,7 +95,7 @@ one() {
     wait_idle
     local ev=""
     if [ "$label" != alone ]; then
-        "$EVAC" run src dst --journal journal.db --workers "$WORKERS" -q \
+        "$EVAC" run src "$DEST_DIR" --journal journal.db --workers "$WORKERS" -q \
             --governor-log "gov-$label.tsv" "$@" 2>"evac-$label.err" &
         ev=$!
         sleep 1
@@ -133,9 +140,11 @@ EOF
     one on-util10 --governor on --max-util 10
 } | tee results.txt
 
-python3 - "$RESULTS" results.txt "$SECS" "$WORKERS" "$FILES" "$disk" <<'EOF'
+dest_fs=$(stat -f -c %T "$DEST_DIR")
+rm -rf "$DEST_DIR"
+python3 - "$RESULTS" results.txt "$SECS" "$WORKERS" "$FILES" "$disk" "$dest_fs" <<'EOF'
 import sys, datetime
-path, res, secs, workers, files, disk = sys.argv[1:]
+path, res, secs, workers, files, disk, dest_fs = sys.argv[1:]
 rows = [l.split() for l in open(res) if l.strip()]
 by = {r[0]: r for r in rows}
 base = float(by["alone"][2])

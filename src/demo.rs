@@ -151,6 +151,14 @@ fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
             k += 1;
         }
     }
+    // Four of them the HSM will lose; a backup restore holds their data under other names.
+    let lost: Vec<PathBuf> = batches[0].iter().take(4).cloned().collect();
+    let restore = tape.with_file_name("backup-restore");
+    for (i, p) in lost.iter().enumerate() {
+        let to = restore.join(format!("restored-{i}.bin"));
+        io("create", &restore, std::fs::create_dir_all(&restore))?;
+        io("copy", p, std::fs::copy(p, &to))?;
+    }
     for (i, files) in batches.iter().enumerate() {
         if files.is_empty() {
             continue;
@@ -179,10 +187,50 @@ fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
             }
         }
     }
+    let lose = std::process::Command::new(&exe)
+        .arg("hsm-sim")
+        .arg("lose")
+        .arg("--tape")
+        .arg(tape)
+        .args(&lost)
+        .output();
+    if !lose.is_ok_and(|o| o.status.success()) {
+        eprintln!("evac demo: the simulator could not mark files lost; phase 3 will have nothing to do");
+    }
     eprintln!(
-        "evac demo: the simulated HSM released {k} files of proj5 to three tapes (stubs: size kept, no data blocks); phase 1 must not open them"
+        "evac demo: the simulated HSM released {k} files of proj5 to three tapes (stubs: size kept, no data blocks) and lost {} of them (copies wait in {}); phase 1 must not open them",
+        lost.len(),
+        quoted(restore.as_os_str().as_bytes())
     );
     Ok(Some(exe))
+}
+
+/// Phase 3 of the demo: fingerprint what is left, find it in the backup restore, recover it.
+fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
+    println!(
+        "\n$ evac fingerprint --journal {} --search {} --report {}",
+        journal.display(),
+        restore.display(),
+        report.display()
+    );
+    crate::fingerprint::fingerprint(crate::fingerprint::FingerprintOpts {
+        journal: journal.to_path_buf(),
+        search: vec![restore.to_path_buf()],
+        report: Some(report.to_path_buf()),
+        workers: None,
+        quiet: false,
+        progress_interval: std::time::Duration::from_secs(2),
+        args_text: "demo fingerprint".into(),
+    })?;
+    println!("\n$ evac recover --journal {} --all-exact", journal.display());
+    crate::recover::recover(crate::recover::RecoverOpts {
+        journal: journal.to_path_buf(),
+        path: None,
+        from: None,
+        all_exact: true,
+        force: false,
+        workers: None,
+    })
 }
 
 /// Phase 2 of the demo: import the simulator's listing and stage the stubs in tape order.
@@ -270,13 +318,20 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     println!("\n$ evac status --journal {}", journal.display());
     crate::report::status(&journal, false, None, false)?;
     let code = match hsm {
-        Some(exe) => phase2(&journal, &tape, &exe)?,
+        Some(exe) => {
+            phase2(&journal, &tape, &exe)?;
+            phase3(
+                &journal,
+                &top.join("backup-restore"),
+                &top.join("leftovers.html"),
+            )?
+        }
         None => code,
     };
     println!("\n$ evac verify --journal {}", journal.display());
     let v = crate::report::verify(&journal, false, None)?;
     println!(
-        "\nLook around:\n  ls -l {old}/proj0/src0 | head      # originals are now symlinks\n  ls -l {new}/proj0/src0 | head      # the copies, with the originals' metadata\n  evac status --journal {j} --list skipped\n  evac run --journal {j}             # a second run finds nothing to do\nRemove it all with: rm -rf {top}",
+        "\nLook around:\n  ls -l {old}/proj0/src0 | head      # originals are now symlinks\n  ls -l {new}/proj0/src0 | head      # the copies, with the originals' metadata\n  evac status --journal {j} --list skipped\n  {top}/leftovers.html           # phase 3's worksheet (as root)\n  evac run --journal {j}             # a second run finds nothing to do\nRemove it all with: rm -rf {top}",
         old = old.display(),
         new = new.display(),
         j = journal.display(),
