@@ -195,7 +195,9 @@ fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
         .args(&lost)
         .output();
     if !lose.is_ok_and(|o| o.status.success()) {
-        eprintln!("evac demo: the simulator could not mark files lost; phase 3 will have nothing to do");
+        eprintln!(
+            "evac demo: the simulator could not mark files lost; phase 3 will have nothing to do"
+        );
     }
     eprintln!(
         "evac demo: the simulated HSM released {k} files of proj5 to three tapes (stubs: size kept, no data blocks) and lost {} of them (copies wait in {}); phase 1 must not open them",
@@ -222,7 +224,10 @@ fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
         progress_interval: std::time::Duration::from_secs(2),
         args_text: "demo fingerprint".into(),
     })?;
-    println!("\n$ evac recover --journal {} --all-exact", journal.display());
+    println!(
+        "\n$ evac recover --journal {} --all-exact",
+        journal.display()
+    );
     crate::recover::recover(crate::recover::RecoverOpts {
         journal: journal.to_path_buf(),
         path: None,
