@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use ui::{Stats, Ui};
+use ui::Stats;
 
 pub struct FingerprintOpts {
     pub journal: PathBuf,
@@ -367,7 +367,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     ))?;
 
     let stats = Arc::new(Stats::default());
-    let ui = Ui::start(stats.clone(), o.quiet, o.progress_interval);
+    let ui = ui::start(stats.clone(), o.quiet, o.progress_interval);
     let tx = ui.sender();
     let say = move |m: String| {
         let _ = tx.send(m);

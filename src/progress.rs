@@ -55,15 +55,30 @@ pub fn human_bytes(n: f64) -> String {
 
 impl Ui {
     pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
+        let tty = std::io::stderr().is_terminal();
+        Ui::spawn("evac-progress", move |rx, done| {
+            draw(stats, rx, done, quiet, tty, interval)
+        })
+    }
+
+    /// A drawing thread: `draw` gets the operator's messages and the flag that says it is over
+    /// (set by `finish`, or when the Ui is dropped).
+    pub fn spawn(
+        name: &str,
+        draw: impl FnOnce(Receiver<String>, Arc<AtomicBool>) + Send + 'static,
+    ) -> Ui {
         let (tx, rx) = crossbeam_channel::unbounded::<String>();
         let done = Arc::new(AtomicBool::new(false));
         let d2 = done.clone();
-        let tty = std::io::stderr().is_terminal();
         let thread = std::thread::Builder::new()
-            .name("evac-progress".into())
-            .spawn(move || draw(stats, rx, d2, quiet, tty, interval))
+            .name(name.into())
+            .spawn(move || draw(rx, d2))
             .ok();
         Ui { tx, done, thread }
+    }
+
+    pub fn sender(&self) -> Sender<String> {
+        self.tx.clone()
     }
 
     /// A line for the operator (errors, notes); printed above the bars.
@@ -71,7 +86,11 @@ impl Ui {
         let _ = self.tx.send(line);
     }
 
-    pub fn finish(mut self) {
+    pub fn finish(self) {}
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -115,6 +115,20 @@ pub struct Name {
     pub link_handle: Option<Vec<u8>>,
 }
 
+impl Name {
+    /// A name not swapped yet.
+    fn new(rec: FileRec, src_dir: OwnedFd, dst_dir: OwnedFd, dst_tmp: Vec<u8>) -> Name {
+        Name {
+            rec,
+            src_dir,
+            dst_dir,
+            dst_tmp,
+            link_ino: 0,
+            link_handle: None,
+        }
+    }
+}
+
 pub struct Copied {
     pub names: Vec<Name>,
     pub src: Held,
@@ -365,14 +379,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);
     let dst_st = give_metadata(&dst, &st, xattrs, &dst_dir, &tmp, &first.path)?;
 
-    let mut names = vec![Name {
-        rec: first.clone(),
-        src_dir,
-        dst_dir,
-        dst_tmp: tmp,
-        link_ino: 0,
-        link_handle: None,
-    }];
+    let mut names = vec![Name::new(first.clone(), src_dir, dst_dir, tmp)];
     // Further hard-link names: the same DEST inode under each name's own temporary.
     for rec in &job.names[1..] {
         match link_name(ctx, rec, &names[0], &st) {
@@ -513,14 +520,7 @@ fn recover_copy(
         });
     let dst_st = give_metadata(&dst, st, xattrs, &dst_dir, &tmp, &first.path)?;
     Ok(Step::Done(Box::new(Copied {
-        names: vec![Name {
-            rec: first.clone(),
-            src_dir,
-            dst_dir,
-            dst_tmp: tmp,
-            link_ino: 0,
-            link_handle: None,
-        }],
+        names: vec![Name::new(first.clone(), src_dir, dst_dir, tmp)],
         src,
         st: *st,
         dst,
@@ -605,14 +605,7 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
     // temporary of their own; the name is kept only for recovery's cleanup.
     let _ = first;
     let tmp = ctx.tmp_name(rec.id, "tmp");
-    Ok(Some(Name {
-        rec: rec.clone(),
-        src_dir,
-        dst_dir,
-        dst_tmp: tmp,
-        link_ino: 0,
-        link_handle: None,
-    }))
+    Ok(Some(Name::new(rec.clone(), src_dir, dst_dir, tmp)))
 }
 
 /// Take a read lease; `None` means someone has the file open for writing. Where the filesystem

@@ -13,8 +13,12 @@ use std::path::Path;
 
 /// Today's date (UTC) as YYYY-MM-DD, for the dated trash directory.
 pub fn today() -> String {
-    let days = (journal::now() / 86400.0).floor() as i64;
-    // Civil-from-days (H. Hinnant), valid for any date after 1970.
+    let (y, m, d) = civil_from_days((journal::now() / 86400.0).floor() as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's civil-from-days).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -24,7 +28,7 @@ pub fn today() -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{:02}-{:02}", if m <= 2 { y + 1 } else { y }, m, d)
+    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// A JSON string literal.

@@ -4,7 +4,8 @@
 //! leaves only the messages.
 
 use crate::progress::human_bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crate::progress::Ui;
+use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,44 +39,13 @@ impl Stats {
     }
 }
 
-pub struct Ui {
-    tx: Sender<String>,
-    done: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Ui {
-    pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
-        let (tx, rx) = crossbeam_channel::unbounded::<String>();
-        let done = Arc::new(AtomicBool::new(false));
-        let d2 = done.clone();
-        let tty = std::io::stderr().is_terminal();
-        let thread = std::thread::Builder::new()
-            .name("evac-fp-progress".into())
-            .spawn(move || draw(stats, rx, d2, quiet, tty, interval))
-            .ok();
-        Ui { tx, done, thread }
-    }
-
-    pub fn sender(&self) -> Sender<String> {
-        self.tx.clone()
-    }
-
-    pub fn finish(mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Ui {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// The indexing and hashing progress, drawn by its own thread until the returned Ui is
+/// finished or dropped.
+pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
+    let tty = std::io::stderr().is_terminal();
+    Ui::spawn("evac-fp-progress", move |rx, done| {
+        draw(stats, rx, done, quiet, tty, interval)
+    })
 }
 
 fn style(template: &str) -> ProgressStyle {
