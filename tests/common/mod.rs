@@ -276,8 +276,11 @@ where
         .stderr(Stdio::from(err.try_clone().unwrap()))
         .env("NO_COLOR", "1")
         // The governor would slow every test on a machine the tests load; its own tests turn it
-        // on with --governor on.
-        .env("EVAC_TEST_GOVERNOR", "off")
+        // on with --governor on. `EVAC_TEST_GOVERNOR=on cargo test` runs every suite governed.
+        .env(
+            "EVAC_TEST_GOVERNOR",
+            std::env::var_os("EVAC_TEST_GOVERNOR").unwrap_or_else(|| "off".into()),
+        )
         .envs(envs.iter().map(|(k, v)| (*k, *v)))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", evac_bin()));
