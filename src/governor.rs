@@ -596,6 +596,36 @@ impl Sampler {
     }
 }
 
+/// Where a run keeps its governor's state for `status`: beside the journal, not in it. A write
+/// to the journal every second contends with the run's own commits, and a user's open() of a
+/// leased file can wait on those.
+pub fn state_path(journal: &Path) -> PathBuf {
+    let mut name = journal.file_name().unwrap_or_default().to_os_string();
+    name.push(".governor");
+    journal.with_file_name(name)
+}
+
+/// Replace the state file (a line for `status`, then a JSON object), atomically.
+pub fn write_state(journal: &Path, line: &str, json: &str) {
+    let p = state_path(journal);
+    let mut tmp = p.clone().into_os_string();
+    tmp.push(".tmp");
+    if std::fs::write(&tmp, format!("{line}\n{json}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, &p);
+    }
+}
+
+/// The state a running evac wrote: (line, JSON).
+pub fn read_state(journal: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(state_path(journal)).ok()?;
+    let mut it = text.lines();
+    Some((it.next()?.to_string(), it.next()?.to_string()))
+}
+
+pub fn clear_state(journal: &Path) {
+    let _ = std::fs::remove_file(state_path(journal));
+}
+
 /// The header of a governor log; each later line is one tick.
 pub const LOG_HEADER: &str = "t\tload\tio_some\tio_full\tutil\tutil_dev\tlatency_ms\tlatency_dev\tallowed\tduty\tactive\tlimiting\tbytes_per_s\tfiles_per_s";
 

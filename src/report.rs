@@ -204,15 +204,12 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
         _ => 0.0,
     };
-    // The governor's state is written by the run every second, and only while it runs.
-    let governor = controls
-        .get("gov_state")
-        .filter(|v| !v.is_empty() && running_pid.is_some());
-    let governor_j = controls
-        .get("gov_json")
-        .filter(|v| !v.is_empty() && running_pid.is_some())
-        .cloned()
-        .unwrap_or_else(|| "null".into());
+    // The governor's state, written by the run every second beside the journal while it runs.
+    let gov = crate::governor::read_state(journal).filter(|_| running_pid.is_some());
+    let governor = gov.as_ref().map(|g| &g.0);
+    let governor_j = gov
+        .as_ref()
+        .map_or_else(|| "null".to_string(), |g| g.1.clone());
     if json {
         let pairs = |v: &[(String, i64)]| {
             v.iter()

@@ -792,11 +792,9 @@ impl Runner {
                 let mut state_said = (String::new(), String::new());
                 while !done.load(Ordering::Relaxed) {
                     if let Ok(c) = j.controls() {
-                        // The governor's own entries change every second; only commands count.
-                        let c: std::collections::BTreeMap<_, _> = c
-                            .into_iter()
-                            .filter(|(k, _)| !k.starts_with("gov_") && k != "window")
-                            .collect();
+                        // What the run itself notes there is not a command.
+                        let c: std::collections::BTreeMap<_, _> =
+                            c.into_iter().filter(|(k, _)| k != "window").collect();
                         if c != seen {
                             if c.get("paused") != seen.get("paused") {
                                 let p = c.get("paused").is_some_and(|v| v == "1");
@@ -828,14 +826,14 @@ impl Runner {
                     }
                     let now = state.lock().map(|s| s.clone()).unwrap_or_default();
                     if now != state_said {
-                        let _ = j.set_control("gov_state", &now.0);
-                        let _ = j.set_control("gov_json", &now.1);
+                        crate::governor::write_state(&path, &now.0, &now.1);
                         state_said = now;
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                for k in ["window", "gov_state", "gov_json"] {
-                    let _ = j.set_control(k, "");
+                crate::governor::clear_state(&path);
+                if !windows.is_empty() {
+                    let _ = j.set_control("window", "");
                 }
             })
             .map_err(|e| Error::Setup(format!("start control thread: {e}")))?;
