@@ -596,18 +596,22 @@ impl Sampler {
     }
 }
 
-/// Where a run keeps its governor's state for `status`: beside the journal, not in it. A write
-/// to the journal every second contends with the run's own commits, and a user's open() of a
-/// leased file can wait on those.
-pub fn state_path(journal: &Path) -> PathBuf {
-    let mut name = journal.file_name().unwrap_or_default().to_os_string();
-    name.push(".governor");
-    journal.with_file_name(name)
+/// Where a run keeps its governor's state for `status`: in memory (/dev/shm), by journal id, not
+/// in the journal nor beside it. A write to the journal every second contends with the run's
+/// own commits, and a file on the old server's disks is I/O a user's open() of a leased file can
+/// end up waiting behind.
+pub fn state_path(journal_id: &str) -> PathBuf {
+    let dir = ["/dev/shm", "/run"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("evac-{journal_id}.governor"))
 }
 
 /// Replace the state file (a line for `status`, then a JSON object), atomically.
-pub fn write_state(journal: &Path, line: &str, json: &str) {
-    let p = state_path(journal);
+pub fn write_state(journal_id: &str, line: &str, json: &str) {
+    let p = state_path(journal_id);
     let mut tmp = p.clone().into_os_string();
     tmp.push(".tmp");
     if std::fs::write(&tmp, format!("{line}\n{json}\n")).is_ok() {
@@ -616,14 +620,14 @@ pub fn write_state(journal: &Path, line: &str, json: &str) {
 }
 
 /// The state a running evac wrote: (line, JSON).
-pub fn read_state(journal: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string(state_path(journal)).ok()?;
+pub fn read_state(journal_id: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(state_path(journal_id)).ok()?;
     let mut it = text.lines();
     Some((it.next()?.to_string(), it.next()?.to_string()))
 }
 
-pub fn clear_state(journal: &Path) {
-    let _ = std::fs::remove_file(state_path(journal));
+pub fn clear_state(journal_id: &str) {
+    let _ = std::fs::remove_file(state_path(journal_id));
 }
 
 /// The header of a governor log; each later line is one tick.

@@ -204,8 +204,8 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         (Some(a), Some(b)) if b > a && sp.staged > 1 => (sp.staged - 1) as f64 * 60.0 / (b - a),
         _ => 0.0,
     };
-    // The governor's state, written by the run every second beside the journal while it runs.
-    let gov = crate::governor::read_state(journal).filter(|_| running_pid.is_some());
+    // The governor's state, written by the run every second (in memory) while it runs.
+    let gov = crate::governor::read_state(&plan.journal_id).filter(|_| running_pid.is_some());
     let governor = gov.as_ref().map(|g| &g.0);
     let governor_j = gov
         .as_ref()

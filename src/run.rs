@@ -778,6 +778,7 @@ impl Runner {
                 .map_err(|e| Error::Setup(format!("start governor thread: {e}")))?;
         }
         let path = self.o.journal.clone();
+        let jid = self.plan.journal_id.clone();
         let windows = self.o.windows.clone();
         let exit_outside = self.o.exit_outside_window;
         let stop = self.stop.clone();
@@ -826,12 +827,12 @@ impl Runner {
                     }
                     let now = state.lock().map(|s| s.clone()).unwrap_or_default();
                     if now != state_said {
-                        crate::governor::write_state(&path, &now.0, &now.1);
+                        crate::governor::write_state(&jid, &now.0, &now.1);
                         state_said = now;
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                crate::governor::clear_state(&path);
+                crate::governor::clear_state(&jid);
                 if !windows.is_empty() {
                     let _ = j.set_control("window", "");
                 }
