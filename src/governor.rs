@@ -375,7 +375,7 @@ impl Law {
                     // before that count is tried again.
                     Some((at, before)) if t - at <= settle + CALM => {
                         self.ceiling = Some(self.level);
-                        self.level = before;
+                        self.level = before.min(self.max as f64);
                         self.probe_wait = (self.probe_wait * 2.0).min(MAX_PROBE_WAIT);
                         change = Change::Undo;
                     }
@@ -689,7 +689,6 @@ pub struct Governor {
     log: Option<std::fs::File>,
     last: Option<(f64, u64, u64)>,
     rate: (f64, f64),
-    pub last_decision: Option<Decision>,
     pub last_signals: Signals,
 }
 
@@ -715,7 +714,6 @@ impl Governor {
             log,
             last: None,
             rate: (0.0, 0.0),
-            last_decision: None,
             last_signals: Signals::default(),
         }
     }
@@ -732,7 +730,7 @@ impl Governor {
 
     /// One tick: sample, decide, log. `bytes` and `files` are the cumulative counts copied and
     /// started; `active` the workers copying now.
-    pub fn tick(&mut self, bytes: u64, files: u64, active: usize) -> &Decision {
+    pub fn tick(&mut self, bytes: u64, files: u64, active: usize) -> Decision {
         let s = self.sampler.sample();
         let t = self.sampler.elapsed();
         if let Some((t0, b0, f0)) = self.last {
@@ -756,7 +754,7 @@ impl Governor {
             let _ = writeln!(f, "{}", log_line(t, &s, &d, active, self.rate));
         }
         self.last_signals = s;
-        self.last_decision.insert(d)
+        d
     }
 
     pub fn rate(&self) -> (f64, f64) {

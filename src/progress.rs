@@ -53,6 +53,14 @@ pub fn human_bytes(n: f64) -> String {
     }
 }
 
+/// Finish the bars and take them off the terminal (the summary lines that follow stand alone).
+pub fn clear_bars(mp: &MultiProgress, bars: &[&ProgressBar]) {
+    for b in bars {
+        b.finish();
+    }
+    let _ = mp.clear();
+}
+
 impl Ui {
     pub fn start(stats: Arc<Stats>, quiet: bool, interval: Duration) -> Ui {
         let tty = std::io::stderr().is_terminal();
@@ -185,9 +193,7 @@ fn draw(
         }
         if finished {
             if let Some((mp, f, b)) = &bars {
-                f.finish();
-                b.finish();
-                let _ = mp.clear();
+                clear_bars(mp, &[f, b]);
             }
             return;
         }

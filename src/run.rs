@@ -752,14 +752,12 @@ impl Runner {
                             apply_controls(&c, &controls, &limiter, &mut gov);
                             controls = c;
                         }
-                        let d = gov
-                            .tick(
-                                limiter.bytes_read.load(Ordering::Relaxed),
-                                limiter.files_started.load(Ordering::Relaxed),
-                                limiter.active(),
-                            )
-                            .clone();
-                        limiter.govern(d.allowed.min(gov.max()), d.duty);
+                        let d = gov.tick(
+                            limiter.bytes_read.load(Ordering::Relaxed),
+                            limiter.files_started.load(Ordering::Relaxed),
+                            limiter.active(),
+                        );
+                        limiter.govern(d.allowed, d.duty);
                         limiter.set_streaming(gov.settings.enabled);
                         if tick % 4 == 0 {
                             let w = (!windows.is_empty()).then(|| window_state(&windows));
@@ -1922,7 +1920,7 @@ fn governor_state(
     use crate::report::json_str;
     let (bps, fps) = gov.rate();
     let on = gov.settings.enabled;
-    let allowed = d.allowed.min(gov.max());
+    let allowed = d.allowed;
     let duty = if d.duty < 1.0 {
         format!(" at {:.0}% of the time", d.duty * 100.0)
     } else {

@@ -142,9 +142,7 @@ fn draw(
         }
         if finished {
             if let Some((mp, index, hash)) = &bars {
-                index.finish();
-                hash.finish();
-                let _ = mp.clear();
+                crate::progress::clear_bars(mp, &[index, hash]);
             }
             return;
         }
