@@ -30,6 +30,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_recover",
         include_str!("../migrations/0007_recover.sql"),
     ),
+    (
+        "0008_swap_link",
+        include_str!("../migrations/0008_swap_link.sql"),
+    ),
 ];
 
 /// A leftover to relocate with another copy's data (`evac recover`).
@@ -334,8 +338,19 @@ impl Journal {
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
             )
             .map_err(jerr(path, "configure"))?;
+        j.pass_commit_points();
         j.migrate()?;
         Ok(j)
+    }
+
+    /// Every commit passes the `journal.commit` step point (inert outside tests).
+    fn pass_commit_points(&self) {
+        if crate::steps::enabled() {
+            self.conn.commit_hook(Some(|| {
+                crate::steps::at(crate::steps::Step::JournalCommit, b"");
+                false
+            }));
+        }
     }
 
     /// Open an existing journal for reading while a run may be writing it. It changes nothing:
@@ -1301,17 +1316,20 @@ impl Journal {
 
     /// The DEST copy is in place under its final name: from now on that name is ours.
     /// Also records the source as copied (size, mtime, inode), which recovery compares with an
-    /// original it finds swapped out.
+    /// original it finds swapped out, and the link about to take the original's place (its
+    /// inode and file handle), which recovery follows if a user moves it.
     pub fn mark_placed(
         &self,
         id: i64,
         blake3: &[u8],
         dest_ino: u64,
         src: &crate::fsx::Stat,
+        (link_ino, link_handle): (u64, Option<&[u8]>),
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'placed', blake3 = ?2, dest_ino = ?3, updated_at = ?4, size = ?5, mtime_ns = ?6, ino = ?7 WHERE id = ?1",
+                "UPDATE files SET state = 'placed', blake3 = ?2, dest_ino = ?3, updated_at = ?4, size = ?5, mtime_ns = ?6, ino = ?7,
+                    swap_link_ino = ?8, swap_link_handle = ?9 WHERE id = ?1",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -1321,11 +1339,33 @@ impl Journal {
                     now(),
                     src.st_size,
                     crate::fsx::mtime_ns(src),
-                    src.st_ino as i64
+                    src.st_ino as i64,
+                    link_ino as i64,
+                    link_handle
                 ])
             })
             .map_err(self.e("record state"))?;
         Ok(())
+    }
+
+    /// The link that stands (or stood) in for a swapped-out original of `id`: the one recorded
+    /// with its placement, else the relocation's own.
+    pub fn swap_link(&self, id: i64) -> Result<Option<(u64, Option<Vec<u8>>)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT coalesce(swap_link_ino, link_ino),
+                        CASE WHEN swap_link_ino IS NOT NULL THEN swap_link_handle ELSE link_handle END
+                 FROM files WHERE id = ?1",
+            )
+            .and_then(|mut st| {
+                st.query_row([id], |r| {
+                    Ok(r.get::<_, Option<i64>>(0)?
+                        .map(|i| (i as u64, r.get::<_, Option<Vec<u8>>>(1).ok().flatten())))
+                })
+                .optional()
+            })
+            .map(Option::flatten)
+            .map_err(self.e("read file"))
     }
 
     pub fn event(&self, id: i64, run: Option<i64>, event: &str, detail: &str) -> Result<()> {

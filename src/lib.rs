@@ -24,6 +24,7 @@ pub mod resync;
 pub mod run;
 pub mod signals;
 pub mod stage;
+pub mod steps;
 pub mod throttle;
 pub mod walk;
 pub mod watchdog;

@@ -8,7 +8,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::escape::quoted;
 use crate::fsx::{self, Stat};
 use crate::journal::{FileRec, Journal};
-use crate::signals::{lease_signal, Leases};
+use crate::signals::{lease_signal, Lease, Leases, OnBreak};
+use crate::steps::{self, Step};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,15 +74,16 @@ impl Ctx {
 /// An open source file, possibly under a read lease, that unregisters before it closes.
 pub struct Held {
     pub fd: OwnedFd,
-    pub broken: Arc<AtomicBool>,
+    pub lease: Arc<Lease>,
     pub leased: bool,
     leases: Arc<Leases>,
 }
 
 impl Held {
-    /// True while nobody has tried to open the file for writing since we took the lease.
+    /// True while nobody has tried to open the file for writing since we took the lease (a
+    /// break the kernel has started shows in F_GETLEASE before its signal is handled).
     pub fn intact(&self) -> bool {
-        if self.broken.load(Ordering::SeqCst) {
+        if self.lease.broken() {
             return false;
         }
         !self.leased || fsx::get_lease(self.fd.as_fd()).ok() == Some(fsx::LEASE_RDLCK)
@@ -106,7 +108,7 @@ pub struct Job {
 /// One name of a copied inode, with its directories open.
 pub struct Name {
     pub rec: FileRec,
-    pub src_dir: OwnedFd,
+    pub src_dir: Arc<OwnedFd>,
     pub dst_dir: OwnedFd,
     pub dst_tmp: Vec<u8>,
     /// The inode of the SOURCE link once swapped in (a later rename of the link keeps it).
@@ -120,7 +122,7 @@ impl Name {
     fn new(rec: FileRec, src_dir: OwnedFd, dst_dir: OwnedFd, dst_tmp: Vec<u8>) -> Name {
         Name {
             rec,
-            src_dir,
+            src_dir: Arc::new(src_dir),
             dst_dir,
             dst_tmp,
             link_ino: 0,
@@ -139,14 +141,38 @@ pub struct Copied {
     pub dst_st: Stat,
     pub hash: [u8; 32],
     pub bytes: u64,
-    /// Swapped by rename with the original kept under an attic name (no RENAME_EXCHANGE).
-    pub attic: bool,
-    /// A swap being undone found its name no longer holding our link (the user renamed, deleted
-    /// or replaced the link just after the swap): the copy stays at DEST for a renamed link.
-    pub link_moved: AtomicBool,
-    /// ... and the original could not go back under its name (now another file's): it was
-    /// saved beside it as `<name>.evac-saved`.
-    pub original_kept: AtomicBool,
+    /// The swap, once begun: shared with the lease-break handler.
+    pub swap: Option<Arc<SwapShared>>,
+}
+
+impl Copied {
+    fn new(names: Vec<Name>, src: Held, st: Stat, dst: OwnedFd, dst_st: Stat) -> Copied {
+        Copied {
+            names,
+            src,
+            st,
+            dst,
+            dst_st,
+            hash: [0; 32],
+            bytes: 0,
+            swap: None,
+        }
+    }
+
+    /// What became of the originals if the swap was put back (by a check, or a lease break).
+    pub fn put_back(&self) -> Vec<PutBack> {
+        self.swap
+            .as_ref()
+            .map(|s| s.lock().put_back.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the copy was written through its link since it was made.
+    pub fn written_through_link(&self) -> bool {
+        fsx::fstat(self.dst.as_fd()).is_ok_and(|now| {
+            fsx::mtime_ns(&now) != fsx::mtime_ns(&self.dst_st) || now.st_size != self.dst_st.st_size
+        })
+    }
 }
 
 pub enum Outcome {
@@ -191,20 +217,20 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
     let mut last = String::new();
     for _ in 0..ATTEMPTS {
         match copy_once(ctx, &job, buf) {
-            Ok(Step::Done(c)) => return Outcome::Copied(c),
-            Ok(Step::Retry(why)) => last = why,
-            Ok(Step::Defer(why)) => return Outcome::Deferred(job, why),
-            Ok(Step::StagedOut(why)) => return Outcome::StagedOut(job, why),
-            Ok(Step::Gone) => return Outcome::Gone(job),
-            Ok(Step::Aborted) => return Outcome::Aborted(job),
-            Ok(Step::Fail(why)) => return Outcome::Failed(job, why),
+            Ok(Attempt::Done(c)) => return Outcome::Copied(c),
+            Ok(Attempt::Retry(why)) => last = why,
+            Ok(Attempt::Defer(why)) => return Outcome::Deferred(job, why),
+            Ok(Attempt::StagedOut(why)) => return Outcome::StagedOut(job, why),
+            Ok(Attempt::Gone) => return Outcome::Gone(job),
+            Ok(Attempt::Aborted) => return Outcome::Aborted(job),
+            Ok(Attempt::Fail(why)) => return Outcome::Failed(job, why),
             Err(e) => return crate::faults::copy_failed(job, &e),
         }
     }
     Outcome::Deferred(job, last)
 }
 
-enum Step {
+enum Attempt {
     Done(Box<Copied>),
     Retry(String),
     Defer(String),
@@ -219,7 +245,7 @@ enum Step {
 /// The kernel stores at most PATH_MAX - 1 bytes in a symlink.
 const MAX_LINK_TARGET: usize = 4095;
 
-fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
+fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
     let first = &job.names[0];
     if let Some(r) = job
         .names
@@ -234,26 +260,26 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
     let (pdir, name) = fsx::split_parent(&first.path);
     let src_dir = match fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
         Ok(d) => d,
-        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) if is_gone(&e) => return Ok(Attempt::Gone),
         Err(e) => return Err(Error::io("open source directory of", &first.path, e)),
     };
     let st = match fsx::stat_at(src_dir.as_fd(), name) {
         Ok(st) => st,
-        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) if is_gone(&e) => return Ok(Attempt::Gone),
         Err(e) => return Err(Error::io("stat", &first.path, e)),
     };
     if fsx::file_type(&st) != rustix::fs::FileType::RegularFile {
-        return Ok(Step::Gone);
+        return Ok(Attempt::Gone);
     }
     if job.names.len() > 1 && (st.st_ino != first.ino || st.st_nlink != job.names.len() as u64) {
-        return Ok(Step::Defer(format!(
+        return Ok(Attempt::Defer(format!(
             "hard links changed during the run ({} names found, link count now {})",
             job.names.len(),
             st.st_nlink
         )));
     }
     if job.names.len() == 1 && st.st_nlink > 1 {
-        return Ok(Step::Defer(
+        return Ok(Attempt::Defer(
             "gained a hard link during the run; relocated with its links next time".into(),
         ));
     }
@@ -261,32 +287,32 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return recover_copy(ctx, job, buf, r, src_dir, &st);
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(st.st_dev, st.st_ino) {
-        return Ok(Step::Defer(
+        return Ok(Attempt::Defer(
             "a process is running or has mapped it (use --relocate-mapped to force)".into(),
         ));
     }
     // I4: the HSM state from metadata, again here, right before the open.
     if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &st) {
-        return Ok(Step::StagedOut(why));
+        return Ok(Attempt::StagedOut(why));
     }
     // Held to the end of this copy: the governor counts it as an active worker.
     let Some(_turn) = ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) else {
-        return Ok(Step::Aborted);
+        return Ok(Attempt::Aborted);
     };
     let fd = match fsx::open_read(src_dir.as_fd(), name) {
         Ok(fd) => fd,
-        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) if is_gone(&e) => return Ok(Attempt::Gone),
         // O_NONBLOCK open refused because another program holds a write lease (a file server's
         // oplock, say): it is in use, not broken.
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
             let why = "leased for writing by another program";
-            return Ok(Step::Defer(ctx.mapped.busy_reason(why, &st, false)));
+            return Ok(Attempt::Defer(ctx.mapped.busy_reason(why, &st, false)));
         }
         Err(e) => return Err(Error::io("open", &first.path, e)),
     };
     let fst = fsx::fstat(fd.as_fd()).ctx("stat", &first.path)?;
     if fst.st_ino != st.st_ino || fst.st_dev != st.st_dev {
-        return Ok(Step::Retry("replaced while being opened".into()));
+        return Ok(Attempt::Retry("replaced while being opened".into()));
     }
     if st.st_size as u64 >= 1 << 20 {
         // Large files are read once, front to back: ask for aggressive readahead.
@@ -304,7 +330,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         Some(h) => h,
         None => {
             let why = "open for writing by another process";
-            return Ok(Step::Defer(ctx.mapped.busy_reason(why, &fst, true)));
+            return Ok(Attempt::Defer(ctx.mapped.busy_reason(why, &fst, true)));
         }
     };
     let st = fst;
@@ -312,11 +338,8 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
         return Err(Error::Setup(why));
     }
 
-    // DEST side: the first name's temporary receives the data.
-    let (dst_dir, tmp, dst) = dest_temporary(ctx, first)?;
-    let cleanup = |dir: &OwnedFd, tmp: &[u8]| {
-        let _ = fsx::unlink_if_exists(dir.as_fd(), tmp);
-    };
+    // DEST side: the first name's temporary receives the data. Dropped, it takes itself away.
+    let (t, dst) = dest_temporary(ctx, first)?;
 
     let mut hasher = blake3::Hasher::new();
     let chunk = ctx.limiter.chunk(buf.len());
@@ -328,10 +351,11 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
                     stopped_by_user = true;
                     return false;
                 }
-                !src.broken.load(Ordering::Relaxed)
+                !src.lease.broken()
             };
             ctx.limiter.bytes(n, &mut go_on) && go_on()
         };
+        steps::at(Step::CopyData, &first.path);
         fsx::copy_sparse(
             src.fd.as_fd(),
             dst.as_fd(),
@@ -342,74 +366,43 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Step> {
             ctx.limiter.streaming(),
         )
     };
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            cleanup(&dst_dir, &tmp);
-            return Err(crate::faults::copy_error(&first.path, e));
-        }
-    };
-    match outcome {
+    match outcome.map_err(|e| crate::faults::copy_error(&first.path, e))? {
         fsx::CopyOutcome::Done { .. } => {}
-        fsx::CopyOutcome::Aborted if stopped_by_user => {
-            cleanup(&dst_dir, &tmp);
-            return Ok(Step::Aborted);
-        }
+        fsx::CopyOutcome::Aborted if stopped_by_user => return Ok(Attempt::Aborted),
         fsx::CopyOutcome::Aborted => {
-            cleanup(&dst_dir, &tmp);
-            return Ok(Step::Defer("opened for writing during the copy".into()));
+            return Ok(Attempt::Defer("opened for writing during the copy".into()))
         }
-        fsx::CopyOutcome::Shrunk => {
-            cleanup(&dst_dir, &tmp);
-            return Ok(Step::Retry("changed during the copy".into()));
-        }
+        fsx::CopyOutcome::Shrunk => return Ok(Attempt::Retry("changed during the copy".into())),
     }
     let after = fsx::fstat(src.fd.as_fd()).ctx("stat", &first.path)?;
     if !same_content_identity(&st, &after) || fsx::ctime_ns(&st) != fsx::ctime_ns(&after) {
-        cleanup(&dst_dir, &tmp);
         // Released by the HSM while being read (its blocks freed): what was read may be the
         // stub's zeros; it is a stub now, never to be copied as data.
         if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &after) {
-            return Ok(Step::StagedOut(format!(
+            return Ok(Attempt::StagedOut(format!(
                 "{why}; released while being copied"
             )));
         }
-        return Ok(Step::Retry("changed during the copy".into()));
+        return Ok(Attempt::Retry("changed during the copy".into()));
     }
     let xattrs = fsx::read_xattrs(src.fd.as_fd()).ctx("read xattrs of", &first.path);
-    let dst_st = give_metadata(&dst, &st, xattrs, &dst_dir, &tmp, &first.path)?;
+    let dst_st = give_metadata(&dst, &st, xattrs, &first.path)?;
 
-    let mut names = vec![Name::new(first.clone(), src_dir, dst_dir, tmp)];
-    // Further hard-link names: the same DEST inode under each name's own temporary.
+    // Further hard-link names: placement links each from the copy's fd.
+    let mut more = Vec::new();
     for rec in &job.names[1..] {
-        match link_name(ctx, rec, &names[0], &st) {
-            Ok(Some(n)) => names.push(n),
-            Ok(None) => {
-                for n in &names {
-                    cleanup(&n.dst_dir, &n.dst_tmp);
-                }
-                return Ok(Step::Defer("hard links changed during the run".into()));
-            }
-            Err(e) => {
-                for n in &names {
-                    cleanup(&n.dst_dir, &n.dst_tmp);
-                }
-                return Err(e);
-            }
+        match link_name(ctx, rec, &st)? {
+            Some(n) => more.push(n),
+            None => return Ok(Attempt::Defer("hard links changed during the run".into())),
         }
     }
-    Ok(Step::Done(Box::new(Copied {
-        names,
-        src,
-        st,
-        dst,
-        dst_st,
-        hash: *hasher.finalize().as_bytes(),
-        bytes: after.st_size as u64,
-        attic: false,
-        link_moved: AtomicBool::new(false),
-        original_kept: AtomicBool::new(false),
-    })))
+    let (dst_dir, tmp) = t.keep();
+    let mut names = vec![Name::new(first.clone(), src_dir, dst_dir, tmp)];
+    names.extend(more);
+    let mut c = Copied::new(names, src, st, dst, dst_st);
+    c.hash = *hasher.finalize().as_bytes();
+    c.bytes = after.st_size as u64;
+    Ok(Attempt::Done(Box::new(c)))
 }
 
 /// `evac recover`: copy another file's data (the candidate, checked against the leftover's
@@ -423,28 +416,28 @@ fn recover_copy(
     r: &crate::journal::RecoveryRow,
     src_dir: OwnedFd,
     st: &Stat,
-) -> Result<Step> {
+) -> Result<Attempt> {
     let first = &job.names[0];
     if job.names.len() > 1 {
-        return Ok(Step::Fail(
+        return Ok(Attempt::Fail(
             "has hard links: recover each name's data by hand".into(),
         ));
     }
     let (_, name) = fsx::split_parent(&first.path);
     let Some(_turn) = ctx.limiter.file(&mut || !ctx.stop.load(Ordering::Relaxed)) else {
-        return Ok(Step::Aborted);
+        return Ok(Attempt::Aborted);
     };
     let fd = match fsx::open_path(src_dir.as_fd(), name) {
         Ok(fd) => fd,
-        Err(e) if is_gone(&e) => return Ok(Step::Gone),
+        Err(e) if is_gone(&e) => return Ok(Attempt::Gone),
         Err(e) => return Err(Error::io("open (O_PATH)", &first.path, e)),
     };
     let fst = fsx::fstat(fd.as_fd()).ctx("stat", &first.path)?;
     if !same_content_identity(st, &fst) {
-        return Ok(Step::Retry("replaced while being opened".into()));
+        return Ok(Attempt::Retry("replaced while being opened".into()));
     }
     let src = Held {
-        broken: ctx.leases.register(fd.as_raw_fd()),
+        lease: ctx.leases.register(fd.as_raw_fd()),
         fd,
         leased: false,
         leases: ctx.leases.clone(),
@@ -453,7 +446,7 @@ fn recover_copy(
     let (cand, cst) = match crate::fingerprint::hashing::open_candidate(&r.candidate) {
         Ok(c) => c,
         Err(e) => {
-            return Ok(Step::Fail(format!(
+            return Ok(Attempt::Fail(format!(
                 "recover: open the candidate {}: {e}",
                 crate::escape::quoted(&r.candidate)
             )))
@@ -463,7 +456,7 @@ fn recover_copy(
         || cst.st_size as u64 != r.size
         || fst.st_size as u64 != r.size
     {
-        return Ok(Step::Fail(format!(
+        return Ok(Attempt::Fail(format!(
             "recover: the candidate {} ({} bytes) or the leftover ({} bytes) is no longer the size checked ({})",
             crate::escape::quoted(&r.candidate),
             cst.st_size,
@@ -471,9 +464,10 @@ fn recover_copy(
             r.size
         )));
     }
-    let (dst_dir, tmp, dst) = dest_temporary(ctx, first)?;
+    let (t, dst) = dest_temporary(ctx, first)?;
     let mut hasher = blake3::Hasher::new();
     let chunk = ctx.limiter.chunk(buf.len());
+    steps::at(Step::CopyData, &first.path);
     let outcome = fsx::copy_sparse(
         cand.as_fd(),
         dst.as_fd(),
@@ -487,27 +481,20 @@ fn recover_copy(
         ctx.limiter.streaming(),
     );
     let hash = *hasher.finalize().as_bytes();
-    let fail = |why: String| {
-        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
-        Ok(Step::Fail(why))
-    };
     match outcome {
         Ok(fsx::CopyOutcome::Done { .. }) if hash == r.blake3 => {}
         Ok(fsx::CopyOutcome::Done { .. }) | Ok(fsx::CopyOutcome::Shrunk) => {
-            return fail(format!(
+            return Ok(Attempt::Fail(format!(
                 "recover: the candidate {} changed since it was checked",
                 crate::escape::quoted(&r.candidate)
-            ))
+            )))
         }
-        Ok(fsx::CopyOutcome::Aborted) => {
-            let _ = fsx::unlink_if_exists(dst_dir.as_fd(), &tmp);
-            return Ok(Step::Aborted);
-        }
+        Ok(fsx::CopyOutcome::Aborted) => return Ok(Attempt::Aborted),
         Err(e) => {
-            return fail(format!(
+            return Ok(Attempt::Fail(format!(
                 "recover: read the candidate {}: {e}",
                 crate::escape::quoted(&r.candidate)
-            ))
+            )))
         }
     }
     // The leftover's own metadata, and its attributes but the HSM's bookkeeping.
@@ -518,46 +505,60 @@ fn recover_copy(
                 .filter(|(n, _)| !crate::hsm::is_hsm_attribute(&ctx.hsm, n))
                 .collect::<Vec<_>>()
         });
-    let dst_st = give_metadata(&dst, st, xattrs, &dst_dir, &tmp, &first.path)?;
-    Ok(Step::Done(Box::new(Copied {
-        names: vec![Name::new(first.clone(), src_dir, dst_dir, tmp)],
-        src,
-        st: *st,
-        dst,
-        dst_st,
-        hash,
-        bytes: r.size,
-        attic: false,
-        link_moved: AtomicBool::new(false),
-        original_kept: AtomicBool::new(false),
-    })))
+    let dst_st = give_metadata(&dst, st, xattrs, &first.path)?;
+    let (dst_dir, tmp) = t.keep();
+    let names = vec![Name::new(first.clone(), src_dir, dst_dir, tmp)];
+    let mut c = Copied::new(names, src, *st, dst, dst_st);
+    c.hash = hash;
+    c.bytes = r.size;
+    Ok(Attempt::Done(Box::new(c)))
 }
 
-/// Give the copy the source's owner, mode, times and `xattrs`; its stat after. On failure the
-/// temporary is removed.
+/// Give the copy the source's owner, mode, times and `xattrs`; its stat after.
 fn give_metadata(
     dst: &OwnedFd,
     st: &Stat,
     xattrs: Result<Vec<(Vec<u8>, Vec<u8>)>>,
-    dst_dir: &OwnedFd,
-    tmp: &[u8],
     path: &[u8],
 ) -> Result<Stat> {
-    let r = xattrs
+    steps::at(Step::CopyMeta, path);
+    xattrs
         .and_then(|x| fsx::apply_meta(dst.as_fd(), st, &x).ctx("set metadata on the copy of", path))
-        .and_then(|_| fsx::fstat(dst.as_fd()).ctx("stat the copy of", path));
-    if r.is_err() {
-        let _ = fsx::unlink_if_exists(dst_dir.as_fd(), tmp);
+        .and_then(|_| fsx::fstat(dst.as_fd()).ctx("stat the copy of", path))
+}
+
+/// A copy's DEST temporary name while the copy is being made: dropped before `keep`, it removes
+/// itself, so that no early return leaves one behind.
+struct DestTemp {
+    dir: Option<OwnedFd>,
+    name: Vec<u8>,
+    path: Vec<u8>,
+}
+
+impl DestTemp {
+    /// The copy is complete: its directory and temporary name, for placement.
+    fn keep(mut self) -> (OwnedFd, Vec<u8>) {
+        let dir = self.dir.take().expect("kept once");
+        (dir, std::mem::take(&mut self.name))
     }
-    r
+}
+
+impl Drop for DestTemp {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            steps::at(Step::CopyDiscard, &self.path);
+            let _ = fsx::unlink_if_exists(dir.as_fd(), &self.name);
+        }
+    }
 }
 
 /// The DEST directory of `first` (created if missing) and a new temporary in it for the copy.
-fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(OwnedFd, Vec<u8>, OwnedFd)> {
+fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(DestTemp, OwnedFd)> {
     let (dpdir, _) = fsx::split_parent(&first.path);
     let dst_dir = match fsx::resolve_dir(ctx.dst_root.as_fd(), dpdir) {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            steps::at(Step::DestMkdir, &first.path);
             fsx::ensure_dir(ctx.dst_root.as_fd(), dpdir)
                 .ctx("create DEST directory for", &first.path)?
         }
@@ -567,6 +568,7 @@ fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(OwnedFd, Vec<u8>, Owned
         return Err(Error::Setup(why));
     }
     let tmp = ctx.tmp_name(first.id, "tmp");
+    steps::at(Step::CopyCreate, &first.path);
     let dst = match fsx::create_excl(dst_dir.as_fd(), &tmp) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -577,10 +579,15 @@ fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(OwnedFd, Vec<u8>, Owned
         }
         Err(e) => return Err(Error::io("create DEST temporary for", &first.path, e)),
     };
-    Ok((dst_dir, tmp, dst))
+    let t = DestTemp {
+        dir: Some(dst_dir),
+        name: tmp,
+        path: first.path.clone(),
+    };
+    Ok((t, dst))
 }
 
-fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option<Name>> {
+fn link_name(ctx: &Ctx, rec: &FileRec, st: &Stat) -> Result<Option<Name>> {
     let (pdir, name) = fsx::split_parent(&rec.path);
     let src_dir = match fsx::resolve_dir(ctx.src_root.as_fd(), pdir) {
         Ok(d) => d,
@@ -599,11 +606,11 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
             crate::escape::quoted(&rec.path)
         )));
     }
+    steps::at(Step::DestMkdir, &rec.path);
     let dst_dir =
         fsx::ensure_dir(ctx.dst_root.as_fd(), pdir).ctx("create DEST directory for", &rec.path)?;
     // Placement links each name straight from the copy's fd, so further names need no
     // temporary of their own; the name is kept only for recovery's cleanup.
-    let _ = first;
     let tmp = ctx.tmp_name(rec.id, "tmp");
     Ok(Some(Name::new(rec.clone(), src_dir, dst_dir, tmp)))
 }
@@ -611,10 +618,10 @@ fn link_name(ctx: &Ctx, rec: &FileRec, first: &Name, st: &Stat) -> Result<Option
 /// Take a read lease; `None` means someone has the file open for writing. Where the filesystem
 /// (or our privileges) do not allow leases, the /proc scan before the swap stands in for it.
 fn take_lease(ctx: &Ctx, fd: OwnedFd, path: &[u8]) -> Result<Option<Held>> {
-    let broken = ctx.leases.register(fd.as_raw_fd());
+    let lease = ctx.leases.register(fd.as_raw_fd());
     let mut held = Held {
         fd,
-        broken,
+        lease,
         leased: false,
         leases: ctx.leases.clone(),
     };
@@ -669,6 +676,7 @@ pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
                     let (_, f) = fsx::split_parent(&m.rec.path);
                     if let Ok(s) = fsx::stat_at(m.dst_dir.as_fd(), f) {
                         if s.st_ino == c.dst_st.st_ino {
+                            steps::at(Step::DiscardPlaced, &m.rec.path);
                             let _ = fsx::unlink_at(m.dst_dir.as_fd(), f);
                         }
                     }
@@ -677,6 +685,7 @@ pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
                 // temporaries stay (discard removes them otherwise).
                 if msg != CONFLICT {
                     for m in &c.names {
+                        steps::at(Step::CopyDiscard, &m.rec.path);
                         let _ = fsx::unlink_if_exists(m.dst_dir.as_fd(), &m.dst_tmp);
                     }
                 }
@@ -692,7 +701,11 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
     let dir = n.dst_dir.as_fd();
     // The final name is made from the fd we wrote, never from the temporary's name: a user who
     // can write the DEST directory could have put something else under that name.
-    let place = || match fsx::link_fd_at(c.dst.as_fd(), dir, fname) {
+    let link_from_fd = || {
+        steps::at(Step::PlaceLink, &n.rec.path);
+        fsx::link_fd_at(c.dst.as_fd(), dir, fname)
+    };
+    let place = || match link_from_fd() {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
             // No /proc: fall back to the temporary's name, checked to still be our inode.
             match fsx::stat_at(dir, &n.dst_tmp) {
@@ -708,6 +721,7 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
         if fsx::stat_at(dir, &n.dst_tmp).is_ok_and(|s| {
             s.st_ino == our_ino || fsx::file_type(&s) == rustix::fs::FileType::Symlink
         }) {
+            steps::at(Step::PlaceCleanup, &n.rec.path);
             let _ = fsx::unlink_if_exists(dir, &n.dst_tmp);
         }
     };
@@ -733,9 +747,11 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
     let ours_linked = regular && n.rec.linked_ino == Some(existing.st_ino);
     if ours_unlinked {
         // Our own copy from an interrupted or undone attempt that no link ever pointed to.
+        steps::at(Step::PlaceUnlinkStale, &n.rec.path);
         fsx::unlink_at(dir, fname).map_err(|e| format!("remove an earlier attempt's copy: {e}"))?;
     } else if ours_linked {
         // Our earlier version of this path: keep it in the trash rather than overwrite it.
+        steps::at(Step::PlaceTrash, &n.rec.path);
         to_trash(ctx, dir, fname, &n.rec.path)
             .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
     } else {
@@ -766,6 +782,7 @@ pub fn remove_dest_name(ctx: &Ctx, rel: &[u8], ino: u64) -> io::Result<()> {
     let (pd, name) = fsx::split_parent(rel);
     let dir = fsx::resolve_dir(ctx.dst_root.as_fd(), pd)?;
     if fsx::stat_at(dir.as_fd(), name)?.st_ino == ino {
+        steps::at(Step::ResyncUnlinkStale, rel);
         fsx::unlink_at(dir.as_fd(), name)?;
     }
     Ok(())
@@ -780,9 +797,153 @@ fn to_trash(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], rel: &[u8]) -> io::Res
     fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname)
 }
 
+/// One name exchanged for its link: where the original now sits, and the link standing in for
+/// it (whose inode a user's rename keeps).
+#[derive(Clone)]
+struct Exchanged {
+    rel: Vec<u8>,
+    dir: Arc<OwnedFd>,
+    fname: Vec<u8>,
+    /// The reserved name that now holds what stood at `fname`.
+    held: Vec<u8>,
+    link_ino: u64,
+    link_handle: Option<Vec<u8>>,
+    /// Swapped by rename with the original kept under an attic name (no RENAME_EXCHANGE).
+    attic: bool,
+}
+
+/// Where one name's original went when its swap was put back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutBack {
+    /// Back under its own name, in place of the link.
+    Restored,
+    /// The user had moved the link: the original took its place there (the path the user's
+    /// file now has, relative to SOURCE).
+    Followed(Vec<u8>),
+    /// One of several names of a hard-linked original whose link the user removed: dropped,
+    /// its other names keep the data.
+    Dropped,
+    /// The link was gone (deleted, replaced, or out of reach): the original was saved under
+    /// this path beside its old name. `link_alive` when the link may still exist elsewhere
+    /// (then its copy must stay at DEST for it).
+    Saved { as_rel: Vec<u8>, link_alive: bool },
+    /// It could not be moved (an error): it stays under evac's reserved name for the next run's
+    /// recovery, and the copy stays too.
+    Stuck(String),
+}
+
+impl PutBack {
+    /// Whether a link may still name the copy, which must then stay at DEST.
+    pub fn keeps_copy(&self) -> bool {
+        matches!(
+            self,
+            PutBack::Saved {
+                link_alive: true,
+                ..
+            } | PutBack::Stuck(_)
+        )
+    }
+}
+
+/// A swap from its first exchange until its originals are removed or put back, shared with
+/// the lease-break handler. Its lock is held by whoever changes which name an original has (the
+/// exchanges, putting them back, the final unlink) and by the handler, which puts the
+/// originals back before the lease is let go: a writer whose `open()` of the original was
+/// blocked by the lease gets it back only once the original is where the user's path leads.
+pub struct SwapShared {
+    ctx: Arc<Ctx>,
+    inner: std::sync::Mutex<SwapInner>,
+}
+
+#[derive(Default)]
+pub struct SwapInner {
+    exchanged: Vec<Exchanged>,
+    /// How the originals were put back, and why.
+    pub put_back: Vec<PutBack>,
+    pub why: Option<String>,
+}
+
+impl SwapShared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, SwapInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put_back_locked(&self, g: &mut SwapInner, why: &str) {
+        if g.exchanged.is_empty() {
+            return;
+        }
+        for e in std::mem::take(&mut g.exchanged).iter().rev() {
+            let r = put_back_name(&self.ctx, e);
+            g.put_back.push(r);
+        }
+        g.why.get_or_insert_with(|| why.to_string());
+    }
+}
+
+impl OnBreak for SwapShared {
+    fn on_break(&self) {
+        let mut g = self.lock();
+        self.put_back_locked(
+            &mut g,
+            "opened for writing just after the swap; put back before the writer's open() returned",
+        );
+    }
+}
+
+/// Make each name's link under its temporary name beside the original, with the original's
+/// owner and times. Its inode and file handle go into the journal with the placement, before
+/// any exchange, so that recovery can follow a link a user moves before the relocation is
+/// recorded.
+pub fn make_links(ctx: &Ctx, c: &mut Copied) -> std::result::Result<(), String> {
+    let st = c.st;
+    for n in c.names.iter_mut() {
+        let rel = &n.rec.path;
+        let dir = n.src_dir.as_fd();
+        let lnk = ctx.tmp_name(n.rec.id, "lnk");
+        let target = ctx.link_target(rel);
+        steps::at(Step::SwapSymlink, rel);
+        let made = match fsx::symlink_at(&target, dir, &lnk) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                // A leftover of ours (the name carries this journal's id and the file's id).
+                let _ = fsx::unlink_if_exists(dir, &lnk);
+                fsx::symlink_at(&target, dir, &lnk)
+            }
+            r => r,
+        };
+        made.map_err(|e| format!("create the link: {e}"))?;
+        let ino = fsx::stat_at(dir, &lnk)
+            .map_err(|e| format!("stat the link: {e}"))?
+            .st_ino;
+        n.link_ino = ino;
+        n.link_handle = fsx::handle_at(dir, &lnk).ok();
+        steps::at(Step::SwapLinkMeta, rel);
+        fsx::set_link_meta(
+            dir,
+            &lnk,
+            st.st_uid,
+            st.st_gid,
+            fsx::atime_ns(&st),
+            fsx::mtime_ns(&st),
+        )
+        .map_err(|e| format!("set owner and times of the link: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Remove the links `make_links` made that are still under their temporary names.
+fn drop_links(ctx: &Ctx, c: &Copied) {
+    for n in &c.names {
+        let lnk = ctx.tmp_name(n.rec.id, "lnk");
+        if n.link_ino != 0 && is_our_link(n.src_dir.as_fd(), &lnk, n.link_ino) {
+            steps::at(Step::SwapUnlinkLink, &n.rec.path);
+            let _ = fsx::unlink_at(n.src_dir.as_fd(), &lnk);
+        }
+    }
+}
+
 /// Swap every name of a placed copy for a link, all or nothing.
 pub fn swap(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     mut c: Box<Copied>,
     writers: Option<&std::collections::HashSet<(u64, u64)>>,
 ) -> Swap {
@@ -799,20 +960,22 @@ pub fn swap(
             "a process is running or has mapped it (use --relocate-mapped to force)".into(),
         );
     }
-    let mut done: Vec<usize> = Vec::new();
+    let shared = Arc::new(SwapShared {
+        ctx: ctx.clone(),
+        inner: Default::default(),
+    });
+    c.swap = Some(shared.clone());
+    c.src.lease.set_on_break(Some(shared.clone()));
+    let mut g = shared.lock();
     for i in 0..c.names.len() {
-        let n = &c.names[i];
-        match swap_one(ctx, &c, n) {
-            Ok((attic, link_ino, handle)) => {
-                done.push(i);
-                c.attic |= attic;
-                c.names[i].link_ino = link_ino;
-                c.names[i].link_handle = handle;
-            }
+        match swap_one(ctx, &c, &c.names[i], &mut g) {
+            Ok(()) => {}
             Err(why) => {
-                for &j in done.iter().rev() {
-                    unswap_one(ctx, &c, &c.names[j]);
-                }
+                let text = match &why {
+                    SwapErr::Changed(s) | SwapErr::Error(s) => s.clone(),
+                };
+                shared.put_back_locked(&mut g, &text);
+                drop(g);
                 return match why {
                     SwapErr::Changed(s) => Swap::Deferred(c, s),
                     SwapErr::Error(s) => Swap::Failed(c, s),
@@ -820,6 +983,7 @@ pub fn swap(
             }
         }
     }
+    drop(g);
     Swap::Swapped(c)
 }
 
@@ -828,44 +992,26 @@ enum SwapErr {
     Error(String),
 }
 
-/// A swap's link: whether the attic fallback was used, its inode and its file handle.
-type Swapped = (bool, u64, Option<Vec<u8>>);
-
-fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<Swapped, SwapErr> {
+/// Exchange one name for its link (made by `make_links`), under the swap's lock `g`, where the
+/// exchanged name goes at once (so that a failed check after it puts it back); before the
+/// exchange, a failure leaves the link under its temporary name for `discard`.
+fn swap_one(
+    ctx: &Ctx,
+    c: &Copied,
+    n: &Name,
+    g: &mut SwapInner,
+) -> std::result::Result<(), SwapErr> {
     let (_, fname) = fsx::split_parent(&n.rec.path);
+    let rel = &n.rec.path;
     let dir = n.src_dir.as_fd();
     let lnk = ctx.tmp_name(n.rec.id, "lnk");
-    let target = ctx.link_target(&n.rec.path);
-    let made = match fsx::symlink_at(&target, dir, &lnk) {
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            // A leftover of ours (the name carries this journal's id and the file's id).
-            let _ = fsx::unlink_if_exists(dir, &lnk);
-            fsx::symlink_at(&target, dir, &lnk)
-        }
-        r => r,
-    };
-    made.map_err(|e| SwapErr::Error(format!("create the link: {e}")))?;
-    let bail = |msg: SwapErr| {
-        let _ = fsx::unlink_if_exists(dir, &lnk);
-        msg
-    };
-    if let Err(e) = fsx::set_link_meta(
-        dir,
-        &lnk,
-        c.st.st_uid,
-        c.st.st_gid,
-        fsx::atime_ns(&c.st),
-        fsx::mtime_ns(&c.st),
-    ) {
-        return Err(bail(SwapErr::Error(format!(
-            "set owner and times of the link: {e}"
-        ))));
+    let bail = |msg: SwapErr| msg;
+    if n.link_ino == 0 || !is_our_link(dir, &lnk, n.link_ino) {
+        return Err(bail(SwapErr::Error(
+            "its link is no longer under its temporary name".into(),
+        )));
     }
-    let link_ino = match fsx::stat_at(dir, &lnk) {
-        Ok(s) => s.st_ino,
-        Err(e) => return Err(bail(SwapErr::Error(format!("stat the link: {e}")))),
-    };
-    let handle = fsx::handle_at(dir, &lnk).ok();
+    let (link_ino, link_handle) = (n.link_ino, n.link_handle.clone());
     // Pre-check: the name still holds the inode we copied, unchanged, with our lease intact.
     match fsx::stat_at(dir, fname) {
         Ok(s)
@@ -878,75 +1024,45 @@ fn swap_one(ctx: &Ctx, c: &Copied, n: &Name) -> std::result::Result<Swapped, Swa
             ))))
         }
     }
-    // A break already signalled is cheap to see; the lease itself is asked after the exchange.
-    if c.src.broken.load(Ordering::SeqCst) {
+    if !c.src.intact() {
         return Err(bail(SwapErr::Changed(
             "opened for writing before the swap".into(),
         )));
     }
+    let mut e = Exchanged {
+        rel: rel.clone(),
+        dir: n.src_dir.clone(),
+        fname: fname.to_vec(),
+        held: lnk.clone(),
+        link_ino,
+        link_handle,
+        attic: false,
+    };
+    steps::at(Step::SwapExchange, rel);
     match fsx::rename_exchange(dir, &lnk, dir, fname) {
         Ok(()) => {}
-        Err(e)
+        Err(err)
             if matches!(
-                e.raw_os_error(),
+                err.raw_os_error(),
                 Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
             ) =>
         {
             ctx.no_exchange_seen.store(true, Ordering::Relaxed);
-            return swap_attic(ctx, c, n, &lnk, fname)
-                .map(|()| (true, link_ino, handle))
-                .map_err(bail);
+            e.attic = true;
+            e.held = ctx.tmp_name(n.rec.id, "attic");
+            return swap_attic(c, e, &lnk, g);
         }
-        Err(e) => {
+        Err(err) => {
             return Err(bail(SwapErr::Error(format!(
-                "swap the file for its link: {e}"
+                "swap the file for its link: {err}"
             ))))
         }
     }
+    g.exchanged.push(e);
     // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
-    // (What carries the name afterwards is not checked: only a user of the directory can have
-    // changed it, and the original's bytes are safe in the durable copy either way.)
     let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st))
         && c.src.intact();
     if !ok {
-        undo_exchange(ctx, c, n, &lnk, fname);
-        return Err(SwapErr::Changed(
-            "written to while being swapped; put back".into(),
-        ));
-    }
-    Ok((false, link_ino, handle))
-}
-
-/// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the link.
-fn swap_attic(
-    ctx: &Ctx,
-    c: &Copied,
-    n: &Name,
-    lnk: &[u8],
-    fname: &[u8],
-) -> std::result::Result<(), SwapErr> {
-    let dir = n.src_dir.as_fd();
-    let attic = ctx.tmp_name(n.rec.id, "attic");
-    let _ = fsx::unlink_if_exists(dir, &attic);
-    fsx::link_at(dir, fname, dir, &attic)
-        .map_err(|e| SwapErr::Error(format!("keep the original in the attic: {e}")))?;
-    match fsx::stat_at(dir, &attic) {
-        Ok(s) if same_content_identity(&s, &c.st) => {}
-        _ => {
-            let _ = fsx::unlink_if_exists(dir, &attic);
-            return Err(SwapErr::Changed("changed before the swap".into()));
-        }
-    }
-    if let Err(e) = fsx::rename_replace(dir, lnk, dir, fname) {
-        let _ = fsx::unlink_if_exists(dir, &attic);
-        return Err(SwapErr::Error(format!(
-            "replace the file with its link: {e}"
-        )));
-    }
-    let ok = matches!(fsx::stat_at(dir, &attic), Ok(s) if same_content_identity(&s, &c.st))
-        && c.src.intact();
-    if !ok {
-        unswap_one(ctx, c, n);
         return Err(SwapErr::Changed(
             "written to while being swapped; put back".into(),
         ));
@@ -954,51 +1070,162 @@ fn swap_attic(
     Ok(())
 }
 
-fn undo_exchange(ctx: &Ctx, c: &Copied, n: &Name, lnk: &[u8], fname: &[u8]) {
-    let dir = n.src_dir.as_fd();
-    if name_holds_our_link(ctx, dir, fname, &n.rec.path) {
-        if fsx::rename_exchange(dir, lnk, dir, fname).is_ok() {
-            let _ = fsx::unlink_if_exists(dir, lnk);
+/// Without RENAME_EXCHANGE: keep the original under an attic name, replace the name with the
+/// link. On failure before the replace, the caller removes the link.
+fn swap_attic(
+    c: &Copied,
+    e: Exchanged,
+    lnk: &[u8],
+    g: &mut SwapInner,
+) -> std::result::Result<(), SwapErr> {
+    let dir_fd = e.dir.clone();
+    let dir = dir_fd.as_fd();
+    let _ = fsx::unlink_if_exists(dir, &e.held);
+    steps::at(Step::SwapAtticLink, &e.rel);
+    fsx::link_at(dir, &e.fname, dir, &e.held)
+        .map_err(|err| SwapErr::Error(format!("keep the original in the attic: {err}")))?;
+    match fsx::stat_at(dir, &e.held) {
+        Ok(s) if same_content_identity(&s, &c.st) => {}
+        _ => {
+            let _ = fsx::unlink_if_exists(dir, &e.held);
+            return Err(SwapErr::Changed("changed before the swap".into()));
         }
-        note_writes_through_link(ctx, c, n);
-    } else {
-        link_moved_on_undo(c, dir, lnk, fname);
+    }
+    steps::at(Step::SwapAtticReplace, &e.rel);
+    if let Err(err) = fsx::rename_replace(dir, lnk, dir, &e.fname) {
+        let _ = fsx::unlink_if_exists(dir, &e.held);
+        return Err(SwapErr::Error(format!(
+            "replace the file with its link: {err}"
+        )));
+    }
+    let held = e.held.clone();
+    g.exchanged.push(e);
+    let ok = matches!(fsx::stat_at(dir, &held), Ok(s) if same_content_identity(&s, &c.st))
+        && c.src.intact();
+    if !ok {
+        return Err(SwapErr::Changed(
+            "written to while being swapped; put back".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the link `e` stands now, if a user moved it elsewhere in SOURCE: its directory, name
+/// and path. Found by its file handle (root only), and checked to still be that link.
+fn locate_link(ctx: &Ctx, e: &Exchanged) -> Option<(OwnedFd, Vec<u8>, Vec<u8>)> {
+    let p = fsx::probe_handle(ctx.src_root.as_fd(), e.link_handle.as_deref()?).ok()??;
+    if p.ino != e.link_ino || p.target.as_deref() != Some(ctx.link_target(&e.rel).as_slice()) {
+        return None;
+    }
+    let at = p.path?;
+    let rel = at.strip_prefix(ctx.src_path()?).ok()?;
+    let rel = rel.as_os_str().as_encoded_bytes().to_vec();
+    let (pd, name) = fsx::split_parent(&rel);
+    if name.is_empty() {
+        return None;
+    }
+    let dir = fsx::resolve_dir(ctx.src_root.as_fd(), pd).ok()?;
+    let st = fsx::stat_at(dir.as_fd(), name).ok()?;
+    (st.st_ino == e.link_ino).then(|| (dir, name.to_vec(), rel.clone()))
+}
+
+/// Whether the link `e` may still exist somewhere (unknown counts as yes).
+fn link_may_live(ctx: &Ctx, e: &Exchanged) -> bool {
+    let Some(h) = e.link_handle.as_deref() else {
+        return true;
+    };
+    match fsx::probe_handle(ctx.src_root.as_fd(), h) {
+        Ok(None) => false,
+        Ok(Some(p)) => p.ino == e.link_ino,
+        Err(_) => true,
     }
 }
 
-/// Undoing a swap whose link the user renamed, deleted or replaced in the instant after it:
-/// never swap back over what they put there, and destroy nothing. The copy stays at DEST (a
-/// renamed link names it); the original goes back under its name if that is free, else it is
-/// kept under its temporary name.
-fn link_moved_on_undo(c: &Copied, dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) {
-    c.link_moved.store(true, Ordering::Relaxed);
-    if let Ok(Displaced::Saved(_)) = put_back_displaced(dir, held, fname) {
-        c.original_kept.store(true, Ordering::Relaxed);
+fn is_our_link(dir: BorrowedFd<'_>, name: &[u8], ino: u64) -> bool {
+    fsx::stat_at(dir, name)
+        .is_ok_and(|s| s.st_ino == ino && fsx::file_type(&s) == rustix::fs::FileType::Symlink)
+}
+
+/// Put what a swap moved aside (the original, or whatever a user had put at the name in the
+/// instant before) back where the user's path now leads: in place of the link, wherever the
+/// user moved it; never over anything else. What came out of each exchange is checked to be the
+/// link (a user may act in between): if not, it goes back and the next way is tried.
+fn put_back_name(ctx: &Ctx, e: &Exchanged) -> PutBack {
+    let dir = e.dir.as_fd();
+    if e.attic {
+        // No exchange here: the attic name goes back over the link if it is still at its name.
+        if is_our_link(dir, &e.fname, e.link_ino) {
+            steps::at(Step::SwapUndo, &e.rel);
+            return match fsx::rename_replace(dir, &e.held, dir, &e.fname) {
+                Ok(()) => PutBack::Restored,
+                Err(err) => PutBack::Stuck(format!("put back the original: {err}")),
+            };
+        }
+        return save_original(ctx, e);
+    }
+    for _ in 0..4 {
+        if is_our_link(dir, &e.fname, e.link_ino) {
+            steps::at(Step::SwapUndo, &e.rel);
+            if let Err(err) = fsx::rename_exchange(dir, &e.held, dir, &e.fname) {
+                return PutBack::Stuck(format!("put back the original: {err}"));
+            }
+            if is_our_link(dir, &e.held, e.link_ino) {
+                steps::at(Step::SwapUnlinkLink, &e.rel);
+                let _ = fsx::unlink_at(dir, &e.held);
+                return PutBack::Restored;
+            }
+            // The user replaced the link in that instant: theirs goes back to its name.
+            let _ = fsx::rename_exchange(dir, &e.held, dir, &e.fname);
+            continue;
+        }
+        if let Some((d2, n2, rel2)) = locate_link(ctx, e) {
+            steps::at(Step::SwapFollowLink, &e.rel);
+            if let Err(err) = fsx::rename_exchange(dir, &e.held, d2.as_fd(), &n2) {
+                return PutBack::Stuck(format!("put back the original where its link went: {err}"));
+            }
+            if is_our_link(dir, &e.held, e.link_ino) {
+                steps::at(Step::SwapUnlinkLink, &e.rel);
+                let _ = fsx::unlink_at(dir, &e.held);
+                return PutBack::Followed(rel2);
+            }
+            let _ = fsx::rename_exchange(dir, &e.held, d2.as_fd(), &n2);
+            continue;
+        }
+        break;
+    }
+    save_original(ctx, e)
+}
+
+/// The link is gone (a user deleted or replaced it, or moved it out of reach): nothing of the
+/// user's is replaced. The original is kept beside its old name as `NAME.evac-saved` (an
+/// ordinary file the next walk relocates like any other), unless it is one of several names of
+/// a hard-linked file (its other names keep the data).
+fn save_original(ctx: &Ctx, e: &Exchanged) -> PutBack {
+    let dir = e.dir.as_fd();
+    let link_alive = link_may_live(ctx, e);
+    match fsx::stat_at(dir, &e.held) {
+        Ok(s) if s.st_nlink > 1 => {
+            steps::at(Step::SwapSaveOriginal, &e.rel);
+            return match fsx::unlink_at(dir, &e.held) {
+                Ok(()) => PutBack::Dropped,
+                Err(err) => PutBack::Stuck(format!("remove a spare name of the original: {err}")),
+            };
+        }
+        Ok(_) => {}
+        Err(err) => return PutBack::Stuck(format!("find the original: {err}")),
+    }
+    steps::at(Step::SwapSaveOriginal, &e.rel);
+    match save_beside(dir, &e.held, &e.fname) {
+        Ok(name) => PutBack::Saved {
+            as_rel: fsx::join(fsx::split_parent(&e.rel).0, &name),
+            link_alive,
+        },
+        Err(err) => PutBack::Stuck(format!("save the original: {err}")),
     }
 }
 
-enum Displaced {
-    /// Back under its own name.
-    Restored,
-    /// One of several names of the inode, removed: the others keep the data.
-    Spare,
-    /// Its name holds another file now: saved beside it under this name (an ordinary file that
-    /// the next walk relocates like any other).
-    Saved(Vec<u8>),
-}
-
-/// Put an original that a swap displaced back under `fname`, without replacing anything there.
-fn put_back_displaced(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Result<Displaced> {
-    if fsx::stat_at(dir, held)?.st_nlink > 1 {
-        fsx::unlink_at(dir, held)?;
-        return Ok(Displaced::Spare);
-    }
-    match fsx::rename_noreplace(dir, held, dir, fname) {
-        Ok(()) => return Ok(Displaced::Restored),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(e),
-    }
-    // Like a backup suffix: visible to its owner, never over anything.
+/// Rename `held` to a free `NAME.evac-saved[.K]` beside `fname`, never over anything.
+fn save_beside(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Result<Vec<u8>> {
     for k in 0..1000u32 {
         let mut name = fname.to_vec();
         name.extend_from_slice(b".evac-saved");
@@ -1006,7 +1233,7 @@ fn put_back_displaced(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Res
             name.extend_from_slice(format!(".{k}").as_bytes());
         }
         match fsx::rename_noreplace(dir, held, dir, &name) {
-            Ok(()) => return Ok(Displaced::Saved(name)),
+            Ok(()) => return Ok(name),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
             Err(e) => return Err(e),
         }
@@ -1014,78 +1241,98 @@ fn put_back_displaced(dir: BorrowedFd<'_>, held: &[u8], fname: &[u8]) -> io::Res
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
-fn name_holds_our_link(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], path: &[u8]) -> bool {
-    fsx::readlink_at(dir, fname).is_ok_and(|t| t == ctx.link_target(path))
-}
-
-/// Put one swapped name back as it was (the original at its name, no link).
-pub fn unswap(ctx: &Ctx, c: &Copied, n: &Name) {
-    unswap_one(ctx, c, n)
-}
-
-fn unswap_one(ctx: &Ctx, c: &Copied, n: &Name) {
-    let (_, fname) = fsx::split_parent(&n.rec.path);
-    let dir = n.src_dir.as_fd();
-    if c.attic {
-        let attic = ctx.tmp_name(n.rec.id, "attic");
-        if name_holds_our_link(ctx, dir, fname, &n.rec.path) {
-            let _ = fsx::rename_replace(dir, &attic, dir, fname);
-        } else {
-            link_moved_on_undo(c, dir, &attic, fname);
-        }
-    } else {
-        undo_exchange(ctx, c, n, &ctx.tmp_name(n.rec.id, "lnk"), fname);
+/// Put a swapped copy's originals back (the batch could not be made durable, say).
+pub fn unswap(c: &Copied, why: &str) {
+    if let Some(s) = &c.swap {
+        let mut g = s.lock();
+        s.put_back_locked(&mut g, why);
     }
-}
-
-/// If someone wrote to the copy through the link in the instant before a swap was undone,
-/// their bytes are only at DEST: keep that copy in the trash rather than lose it on retry.
-fn note_writes_through_link(ctx: &Ctx, c: &Copied, n: &Name) {
-    let Ok(now) = fsx::fstat(c.dst.as_fd()) else {
-        return;
-    };
-    if fsx::mtime_ns(&now) == fsx::mtime_ns(&c.dst_st) && now.st_size == c.dst_st.st_size {
-        return;
-    }
-    let (_, fname) = fsx::split_parent(&n.rec.path);
-    let _ = to_trash(ctx, n.dst_dir.as_fd(), fname, &n.rec.path);
 }
 
 /// After the journal has recorded the batch as relocated: unlink the originals, checking each
-/// one last time (a late write puts the original back and the file is retried).
-pub fn finish(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
-    for n in &c.names {
-        let dir = n.src_dir.as_fd();
-        let held_at = ctx.tmp_name(n.rec.id, if c.attic { "attic" } else { "lnk" });
-        let unchanged =
-            matches!(fsx::stat_at(dir, &held_at), Ok(s) if same_content_identity(&s, &c.st));
-        if !unchanged || !c.src.intact() {
-            for m in &c.names {
-                unswap_one(ctx, c, m);
-            }
-            return Err("written to just after the swap; put back".into());
-        }
-        fsx::unlink_at(dir, &held_at)
-            .map_err(|e| format!("remove the swapped-out original: {e}"))?;
+/// one last time under the swap's lock (a late write puts the originals back and the file is
+/// retried; a lease break after this finds nothing left to put back).
+pub fn finish(c: &Copied) -> std::result::Result<(), String> {
+    let Some(s) = &c.swap else { return Ok(()) };
+    let mut g = s.lock();
+    if let Some(why) = &g.why {
+        return Err(why.clone());
+    }
+    let unchanged = g.exchanged.iter().all(|e| {
+        matches!(fsx::stat_at(e.dir.as_fd(), &e.held), Ok(st) if same_content_identity(&st, &c.st))
+    });
+    if !unchanged || !c.src.intact() {
+        let why = "written to just after the swap; put back";
+        s.put_back_locked(&mut g, why);
+        return Err(why.into());
+    }
+    while let Some(e) = g.exchanged.first() {
+        steps::at(Step::FinishUnlink, &e.rel);
+        fsx::unlink_at(e.dir.as_fd(), &e.held)
+            .map_err(|err| format!("remove the swapped-out original: {err}"))?;
+        g.exchanged.remove(0);
     }
     Ok(())
 }
 
-/// Undo what a copy left behind when it is not swapped (deferred, failed, stopped). A copy
-/// whose link a user moved while its swap was undone keeps its DEST names.
-pub fn discard(c: &Copied, keep_placed: bool) {
-    let keep_placed = keep_placed || c.link_moved.load(Ordering::Relaxed);
+/// Undo what a copy left behind when it is not swapped (deferred, failed, stopped). A copy that
+/// a link may still name stays; one that users wrote to through its link before its swap was put
+/// back goes to the trash with their bytes.
+pub fn discard(ctx: &Ctx, c: &Copied, keep_placed: bool) {
+    drop_links(ctx, c);
+    let keep_placed = keep_placed || c.put_back().iter().any(PutBack::keeps_copy);
+    let written = !keep_placed && c.swap.is_some() && c.written_through_link();
     for n in &c.names {
-        let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
-        if !keep_placed {
-            let (_, f) = fsx::split_parent(&n.rec.path);
-            if let Ok(s) = fsx::stat_at(n.dst_dir.as_fd(), f) {
-                if s.st_ino == c.dst_st.st_ino {
+        if fsx::stat_at(n.dst_dir.as_fd(), &n.dst_tmp).is_ok() {
+            steps::at(Step::CopyDiscard, &n.rec.path);
+            let _ = fsx::unlink_if_exists(n.dst_dir.as_fd(), &n.dst_tmp);
+        }
+        if keep_placed {
+            continue;
+        }
+        let (_, f) = fsx::split_parent(&n.rec.path);
+        if let Ok(s) = fsx::stat_at(n.dst_dir.as_fd(), f) {
+            if s.st_ino == c.dst_st.st_ino {
+                if written {
+                    steps::at(Step::PlaceTrash, &n.rec.path);
+                    let _ = to_trash(ctx, n.dst_dir.as_fd(), f, &n.rec.path);
+                } else {
+                    steps::at(Step::DiscardPlaced, &n.rec.path);
                     let _ = fsx::unlink_at(n.dst_dir.as_fd(), f);
                 }
             }
         }
     }
+}
+
+/// The reason recorded for a file whose swap was put back: `why`, and where each original went
+/// when not simply back under its name.
+pub fn put_back_reason(why: &str, c: &Copied) -> String {
+    let mut out = why.to_string();
+    for (p, n) in c.put_back().iter().zip(c.names.iter().rev()) {
+        let q = quoted(&n.rec.path);
+        match p {
+            PutBack::Restored | PutBack::Dropped => {}
+            PutBack::Followed(to) => out.push_str(&format!(
+                "; its link had been renamed to {} by a user, and the original took its place there",
+                quoted(to)
+            )),
+            PutBack::Saved { as_rel, link_alive } => out.push_str(&format!(
+                "; the link of {q} had been removed or replaced by a user{}: the original was saved as {}",
+                if *link_alive { " (it may live on elsewhere: its copy stays at DEST)" } else { "" },
+                quoted(as_rel)
+            )),
+            PutBack::Stuck(e) => out.push_str(&format!(
+                "; the original of {q} could not be put back ({e}): it waits under its temporary name for the next run"
+            )),
+        }
+    }
+    if c.written_through_link() {
+        out.push_str(
+            "; the copy had been written to through its link meanwhile and is kept in DEST's trash",
+        );
+    }
+    out
 }
 
 /// Recovery of one file a previous run left in flight (or whose temporary the walk found):
@@ -1111,6 +1358,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
             };
             match fsx::file_type(&s) {
                 rustix::fs::FileType::Symlink => {
+                    steps::at(Step::RecoverUnlinkLink, path);
                     fsx::unlink_if_exists(dir, &held).ctx("remove leftover link for", path)?;
                 }
                 rustix::fs::FileType::RegularFile => {
@@ -1127,6 +1375,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
         let tmp = ctx.tmp_name(id, "tmp");
         if let Ok(s) = fsx::stat_at(ddir.as_fd(), &tmp) {
             if fsx::file_type(&s) == rustix::fs::FileType::RegularFile {
+                steps::at(Step::RecoverUnlinkTemp, path);
                 fsx::unlink_if_exists(ddir.as_fd(), &tmp)
                     .ctx("remove leftover DEST temporary for", path)?;
             }
@@ -1153,6 +1402,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
                 // but was stopped before recording that): it is relocated.
                 result = RecoverResult::Relocated;
             } else if !linked_now && ours_at_dest {
+                steps::at(Step::RecoverUnlinkCopy, path);
                 fsx::unlink_at(ddir.as_fd(), dname)
                     .ctx("remove an unlinked copy at DEST of", path)?;
             }
@@ -1233,12 +1483,14 @@ fn restore_original(
     // elsewhere): completing keeps the copy for it, where undoing would strand it.
     let single = j.nlink_of(id)? <= 1;
     if state == "relocated" && !attic_only && unchanged && dest_ok {
+        steps::at(Step::RecoverUnlinkOriginal, path);
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Relocated);
     }
     if !in_flight_or_relocated && !attic_only && recorded_copy_holds_it {
         // Relocated and recorded, then replaced by a new file the walk has already taken in:
         // the recorded copy holds this original.
+        steps::at(Step::RecoverUnlinkOriginal, path);
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Pending);
     }
@@ -1253,6 +1505,7 @@ fn restore_original(
     }
     if attic_only {
         // The attic link was made but the name was never replaced.
+        steps::at(Step::RecoverUnlinkOriginal, path);
         fsx::unlink_at(dir, held).ctx("remove attic link of", path)?;
         return Ok(RecoverResult::Pending);
     }
@@ -1267,38 +1520,62 @@ fn restore_original(
             .is_some_and(|(st, (_, m))| m != fsx::mtime_ns(st));
     if copy_written {
         if let Some(d) = ddir.as_ref() {
+            steps::at(Step::PlaceTrash, path);
             let _ = to_trash(ctx, d.as_fd(), n, path);
         }
     }
-    if name_is_our_link && in_flight_or_relocated {
-        match fsx::rename_exchange(dir, held, dir, fname) {
-            Ok(()) => {
-                fsx::unlink_if_exists(dir, held).ctx("remove leftover link for", path)?;
-            }
-            Err(_) => {
-                fsx::rename_replace(dir, held, dir, fname).ctx("put back the original of", path)?
-            }
-        }
-        return Ok(RecoverResult::Pending);
-    }
-    // The path no longer holds our link (the user deleted, replaced or renamed it after the
-    // swap), and the copy cannot stand in for this original (it is missing, differs, or is one
-    // of a hard-linked group's names). The original is never destroyed for that.
-    match put_back_displaced(dir, held, fname) {
-        Ok(Displaced::Restored | Displaced::Spare) => Ok(RecoverResult::Pending),
-        Ok(Displaced::Saved(as_name)) => {
+    // The original goes back where the user's path now leads: in place of our link at its name,
+    // or wherever the user moved that link (found by the inode and file handle recorded with the
+    // placement), never over anything else; with no link left, it is saved beside its name. A
+    // link we cannot identify is recognised by its target, at its own name only.
+    let (link_ino, link_handle) = match j.swap_link(id)? {
+        Some(l) => l,
+        None if name_is_our_link => (at_name.as_ref().map_or(0, |n| n.st_ino), None),
+        None => (0, None),
+    };
+    let e = Exchanged {
+        rel: path.to_vec(),
+        dir: Arc::new(
+            fsx::resolve_dir(ctx.src_root.as_fd(), fsx::split_parent(path).0)
+                .ctx("open the SOURCE directory of", path)?,
+        ),
+        fname: fname.to_vec(),
+        held: held.to_vec(),
+        link_ino,
+        link_handle,
+        attic: is_attic,
+    };
+    steps::at(Step::RecoverRestore, path);
+    match put_back_name(ctx, &e) {
+        PutBack::Restored | PutBack::Dropped => Ok(RecoverResult::Pending),
+        PutBack::Followed(to) => {
             j.log(
                 None,
                 "warn",
                 &format!(
-                    "{}: its name now holds another file and no copy at DEST matches the original; the original was saved as {} (relocated as a file of its own)",
+                    "{}: its link had been renamed to {} by a user after the swap; the original, written to since, took the link's place there",
                     quoted(path),
-                    quoted(&fsx::join(fsx::split_parent(path).0, &as_name))
+                    quoted(&to)
                 ),
             )?;
             Ok(RecoverResult::Pending)
         }
-        Err(e) => Err(Error::io("put back the original of", path, e)),
+        PutBack::Saved { as_rel, .. } => {
+            j.log(
+                None,
+                "warn",
+                &format!(
+                    "{}: its link had been removed or replaced by a user and no copy at DEST matches the original; the original was saved as {} (relocated as a file of its own)",
+                    quoted(path),
+                    quoted(&as_rel)
+                ),
+            )?;
+            Ok(RecoverResult::Pending)
+        }
+        PutBack::Stuck(why) => Err(Error::Setup(format!(
+            "put back the original of {}: {why}",
+            quoted(path)
+        ))),
     }
 }
 
@@ -1308,6 +1585,7 @@ pub fn drop_held(ctx: &Ctx, path: &[u8], held: &[u8], ino: u64) -> Result<()> {
     let dir = fsx::resolve_dir(ctx.src_root.as_fd(), fsx::split_parent(path).0)
         .ctx("open the SOURCE directory of", path)?;
     if fsx::stat_at(dir.as_fd(), held).is_ok_and(|s| s.st_ino == ino) {
+        steps::at(Step::RecoverUnlinkOriginal, path);
         fsx::unlink_at(dir.as_fd(), held).ctx("remove the relocated original of", path)?;
     }
     Ok(())

@@ -14,6 +14,7 @@ use crate::escape::quoted;
 use crate::fsx;
 use crate::journal::{CopyMeta, ElsewhereLink, Journal, PathRow};
 use crate::relocate::Ctx;
+use crate::steps::{self, Step};
 use rustix::fd::AsFd;
 use std::collections::HashSet;
 use std::io;
@@ -157,6 +158,7 @@ fn trash_date_dir() -> Vec<u8> {
 pub fn trash_name(ctx: &Ctx, rel: &[u8]) -> io::Result<Vec<u8>> {
     let base = fsx::join(&trash_date_dir(), rel);
     let (pd, name) = fsx::split_parent(&base);
+    steps::at(Step::DestMkdir, rel);
     let dir = fsx::ensure_dir(ctx.dst_root.as_fd(), pd)?;
     for k in 0..10_000u32 {
         let mut n = name.to_vec();
@@ -377,6 +379,7 @@ impl Resync<'_> {
     /// Give the copy its new DEST name. Returns whether the move is under way.
     fn claim(&mut self, l: ElsewhereLink, from: Claimable) -> Result<bool> {
         let (pd, name) = fsx::split_parent(&l.path);
+        steps::at(Step::DestMkdir, &l.path);
         let dir = match fsx::ensure_dir(self.ctx.dst_root.as_fd(), pd) {
             Ok(d) => d,
             Err(e) => return self.problem(&l, "create DEST directory", &e.to_string()),
@@ -492,6 +495,7 @@ impl Resync<'_> {
                 ))
             }
         }
+        steps::at(Step::ResyncClaim, from.origin.dest_rel());
         fsx::link_at(fdir.as_fd(), fname, dir.as_fd(), name)
     }
 
@@ -576,6 +580,7 @@ impl Resync<'_> {
         let (pd, _) = fsx::split_parent(&l.path);
         let stage_name = self.ctx.tmp_name(l.id, "mv");
         let stage_rel = fsx::join(pd, &stage_name);
+        steps::at(Step::DestMkdir, &l.path);
         let dir = match fsx::ensure_dir(self.ctx.dst_root.as_fd(), pd) {
             Ok(d) => d,
             Err(e) => {
@@ -584,6 +589,7 @@ impl Resync<'_> {
             }
         };
         if fsx::stat_at(dir.as_fd(), &stage_name).is_ok_and(|s| s.st_ino != from.dest_ino) {
+            steps::at(Step::ResyncUnlinkStale, &stage_rel);
             let _ = fsx::unlink_at(dir.as_fd(), &stage_name);
         }
         let staged = match fsx::stat_at(dir.as_fd(), &stage_name) {
@@ -594,6 +600,7 @@ impl Resync<'_> {
             self.problem(&l, "stage the copy at DEST", &e.to_string())?;
             return Ok(());
         }
+        steps::at(Step::ResyncPark, &l.path);
         fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
         let j = self.j;
         let mut tid = 0;
@@ -638,11 +645,13 @@ impl Resync<'_> {
                 if tid != 0 {
                     let _ = self.j.trash_restored(tid);
                 }
+                steps::at(Step::ResyncUndoClaim, &stage_rel);
                 let _ = fsx::unlink_at(dir.as_fd(), &stage_name);
                 self.moved_again(&l, &why)?;
                 return Ok(());
             }
         };
+        steps::at(Step::ResyncSyncSource, &l.path);
         fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
         self.j.set_link(l.id, &stage_rel, fresh)?;
         let old = from.clone();
@@ -724,6 +733,7 @@ impl Resync<'_> {
         }
         let (pd, name) = fsx::split_parent(&row.path);
         let (tpd, tname) = fsx::split_parent(&rel);
+        steps::at(Step::ResyncTrash, &row.path);
         let moved = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| {
             let t = fsx::resolve_dir(self.ctx.dst_root.as_fd(), tpd)?;
             fsx::rename_noreplace(d.as_fd(), name, t.as_fd(), tname)
@@ -754,6 +764,7 @@ impl Resync<'_> {
         let moves = std::mem::take(&mut self.moves);
         let release = std::mem::take(&mut self.release);
         self.needed.clear();
+        steps::at(Step::ResyncSyncDest, b"");
         fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
         let mut prepared = Vec::new();
         for mut m in moves {
@@ -814,6 +825,7 @@ impl Resync<'_> {
                 }
             }
         }
+        steps::at(Step::ResyncSyncSource, b"");
         fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
         self.j.begin()?;
         for (m, why) in &undone {
@@ -869,6 +881,7 @@ impl Resync<'_> {
             let (pd, name) = fsx::split_parent(rel);
             if let Ok(d) = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd) {
                 if fsx::stat_at(d.as_fd(), name).is_ok_and(|s| s.st_ino == f.dest_ino) {
+                    steps::at(Step::ResyncRelease, rel);
                     let _ = fsx::unlink_at(d.as_fd(), name);
                 }
             }
@@ -923,6 +936,7 @@ impl Resync<'_> {
         }
         let tmp = self.ctx.tmp_name(l.id, "lnk");
         let _ = fsx::unlink_if_exists(dir, &tmp);
+        steps::at(Step::ResyncLinkCreate, &l.path);
         fsx::symlink_at(&self.ctx.link_target(to), dir, &tmp)
             .map_err(|e| format!("create the link: {e}"))?;
         let fresh = fsx::stat_at(dir, &tmp).map_err(|e| format!("stat the new link: {e}"));
@@ -951,6 +965,7 @@ impl Resync<'_> {
 
     /// Remove a prepared link that will not be used.
     fn drop_prepared(&self, l: &ElsewhereLink, p: &Prepared) {
+        steps::at(Step::ResyncLinkUnlink, &l.path);
         let _ = fsx::unlink_if_exists(p.dir.as_fd(), &self.ctx.tmp_name(l.id, "lnk"));
     }
 
@@ -960,6 +975,7 @@ impl Resync<'_> {
         let (_, name) = fsx::split_parent(&l.path);
         let dir = p.dir.as_fd();
         let tmp = self.ctx.tmp_name(l.id, "lnk");
+        steps::at(Step::ResyncLinkExchange, &l.path);
         let swapped = match fsx::rename_exchange(dir, &tmp, dir, name) {
             Ok(()) => true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
@@ -984,10 +1000,12 @@ impl Resync<'_> {
             let out_ok = fsx::stat_at(dir, &tmp).is_ok_and(|s| s.st_ino == l.link_ino);
             if !out_ok {
                 // The user replaced it in between: theirs goes back, ours goes.
+                steps::at(Step::ResyncLinkUndo, &l.path);
                 let _ = fsx::rename_exchange(dir, &tmp, dir, name);
                 let _ = fsx::unlink_if_exists(dir, &tmp);
                 return Err("changed while being rewritten; put back".into());
             }
+            steps::at(Step::ResyncLinkUnlink, &l.path);
             let _ = fsx::unlink_if_exists(dir, &tmp);
         }
         Ok(())
@@ -999,6 +1017,7 @@ impl Resync<'_> {
         let (pd, name) = fsx::split_parent(&m.link.path);
         if let Ok(d) = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd) {
             if fsx::stat_at(d.as_fd(), name).is_ok_and(|s| s.st_ino == m.from.dest_ino) {
+                steps::at(Step::ResyncUndoClaim, &m.link.path);
                 let _ = fsx::unlink_at(d.as_fd(), name);
             }
         }
@@ -1071,6 +1090,7 @@ impl Resync<'_> {
             };
             let (pd, name) = fsx::split_parent(&t.trash_rel);
             let (tpd, tname) = fsx::split_parent(&rel);
+            steps::at(Step::ResyncTrash, &t.trash_rel);
             let moved = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd).and_then(|d| {
                 let td = fsx::resolve_dir(self.ctx.dst_root.as_fd(), tpd)?;
                 fsx::rename_noreplace(d.as_fd(), name, td.as_fd(), tname)
@@ -1117,6 +1137,7 @@ impl Resync<'_> {
         for (path, touched) in self.j.vanished_dirs(self.run)? {
             let (pd, name) = fsx::split_parent(&path);
             let r = if touched {
+                steps::at(Step::ResyncRmdir, &path);
                 fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd)
                     .and_then(|d| fsx::rmdir_at(d.as_fd(), name))
             } else {

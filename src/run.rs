@@ -15,6 +15,7 @@ use crate::progress::{human_bytes, Stats, Ui};
 use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
 use crate::resync;
 use crate::signals;
+use crate::steps::{self, Step};
 use crate::walk::{self, WalkMsg, WalkOpts};
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
@@ -919,6 +920,7 @@ impl Runner {
     fn commit_recovered(&mut self) -> Result<()> {
         let held = std::mem::take(&mut self.held_originals);
         if !held.is_empty() {
+            steps::at(Step::RecoverSync, b"");
             fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
             fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
         }
@@ -1005,9 +1007,22 @@ impl Runner {
             if walking {
                 let mut msgs = Vec::new();
                 while msgs.len() < 2048 {
-                    match wrx.try_recv() {
-                        Ok(m) => msgs.push(m),
-                        Err(_) => break,
+                    // (With step points armed, the walk is recorded whole or in full pages, so
+                    // that its journal commits do not depend on the walker's pace.)
+                    let m = if steps::enabled() {
+                        wrx.recv().ok()
+                    } else {
+                        wrx.try_recv().ok()
+                    };
+                    match m {
+                        Some(m) => {
+                            let last = matches!(m, WalkMsg::Done { .. });
+                            msgs.push(m);
+                            if last {
+                                break;
+                            }
+                        }
+                        None => break,
                     }
                 }
                 if !msgs.is_empty() {
@@ -1068,7 +1083,10 @@ impl Runner {
                 }
             }
             let mut drained = true;
-            if self.in_flight < self.max_in_flight && !self.stopping() {
+            // (With step points armed, copying waits for the walk: one schedule to replay.)
+            if walking && steps::enabled() {
+                drained = false;
+            } else if self.in_flight < self.max_in_flight && !self.stopping() {
                 let want = (self.max_in_flight - self.in_flight).min(512) as i64;
                 let recs = self.j.files_in_state("pending", cursor, want)?;
                 if let Some(l) = recs.last() {
@@ -1204,9 +1222,12 @@ impl Runner {
             progressed = true;
         }
         let full = self.batch.len() >= self.o.batch_files;
-        let idle =
-            self.in_flight == 0 || (self.in_flight < self.max_in_flight && self.job_rx.is_empty());
-        let old = self.batch_started.elapsed() > Duration::from_secs(2);
+        // With step points armed, a test replays one schedule: batches end only when full or
+        // when every copy dispatched is back, never by the clock.
+        let timed = !steps::enabled();
+        let idle = self.in_flight == 0
+            || (timed && self.in_flight < self.max_in_flight && self.job_rx.is_empty());
+        let old = timed && self.batch_started.elapsed() > Duration::from_secs(2);
         if !self.batch.is_empty() && (full || idle || old || self.stopping()) {
             self.commit_batch()?;
             progressed = true;
@@ -1266,24 +1287,18 @@ impl Runner {
     /// A copy that will not be relocated this time: remove what it left at DEST, count it, and
     /// queue its state (with the reason) for the next journal commit.
     fn give_up(&mut self, c: &Copied, state: &'static str, why: String) {
-        relocate::discard(c, false);
+        relocate::discard(&self.ctx, c, false);
         let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
-        let (state, why) = if c.link_moved.load(Ordering::Relaxed) {
-            // The copy stays at DEST as this path's linked copy: resync gives it to a renamed
-            // link, or to the trash once two walks show no link names it.
+        let put_back = c.put_back();
+        if put_back.iter().any(relocate::PutBack::keeps_copy) {
+            // The copy stays at DEST as this path's linked copy: resync gives it to a link that
+            // names it, or to the trash once walks show no link names it.
             self.kept_copies.push((ids.clone(), c.dst_st.st_ino));
-            if c.original_kept.load(Ordering::Relaxed) {
-                (state, format!(
-                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST, and the original (its name now holds another file) was saved beside it as {}.evac-saved",
-                    crate::escape::escape(fsx::split_parent(&c.names[0].rec.path).1)
-                ))
-            } else {
-                (state, format!(
-                    "{why}; its link was renamed, deleted or replaced by a user in the same instant: the copy stays at DEST for it, and the original is back under its name"
-                ))
-            }
+        }
+        let why = if put_back.is_empty() {
+            why
         } else {
-            (state, why)
+            relocate::put_back_reason(&why, c)
         };
         match state {
             "failed" => {
@@ -1297,28 +1312,29 @@ impl Runner {
         self.outcomes.push((ids, state, Some(why)));
     }
 
+    /// A recorded relocation whose originals went back: the journal must stop naming the copy
+    /// that `give_up` removes (unless a link may still name it), or the file would wait as if a
+    /// link still needed it.
+    fn give_up_recorded(&mut self, c: &Copied, why: String) {
+        if !c.put_back().iter().any(relocate::PutBack::keeps_copy) {
+            let ids = c.names.iter().map(|n| n.rec.id).collect();
+            self.dropped_copies.push((ids, c.dst_st.st_ino));
+        }
+        self.give_up(c, "deferred", why);
+    }
+
     /// DEST could not be made durable: put the unfinished batch's originals back.
     fn unswap_unfinished(&mut self, why: &str) {
-        let ctx = self.ctx.clone();
         for c in std::mem::take(&mut self.unfinished) {
-            for n in &c.names {
-                relocate::unswap(&ctx, &c, n);
-            }
-            if !c.link_moved.load(Ordering::Relaxed) {
-                // Recorded relocated already: the journal must stop naming the copy that
-                // give_up removes, or the original would wait as if a link still needed it.
-                let ids = c.names.iter().map(|n| n.rec.id).collect();
-                self.dropped_copies.push((ids, c.dst_st.st_ino));
-            }
-            self.give_up(&c, "deferred", why.to_string());
+            relocate::unswap(&c, why);
+            self.give_up_recorded(&c, why.to_string());
         }
     }
 
     /// Remove the originals of swapped files whose DEST names a syncfs has since made durable.
     fn finish_unfinished(&mut self) {
-        let ctx = self.ctx.clone();
         let items = std::mem::take(&mut self.unfinished);
-        let results = each_in_parallel(items, |c| relocate::finish(&ctx, c));
+        let results = each_in_parallel(items, relocate::finish);
         for (c, r) in results {
             let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
             match r {
@@ -1326,7 +1342,7 @@ impl Runner {
                     Stats::add(&self.stats.files_done, ids.len() as u64);
                     Stats::add(&self.stats.bytes_done, c.bytes);
                 }
-                Err(why) => self.give_up(&c, "deferred", why),
+                Err(why) => self.give_up_recorded(&c, why),
             }
             self.forget(&ids);
         }
@@ -1355,13 +1371,32 @@ impl Runner {
         self.finish_unfinished();
         self.prof.finish += t.elapsed();
         t = Instant::now();
-        // 2. Record each copy's DEST inode before its final name exists, so recovery knows it.
+        // 2. Each name's link beside its original, then each copy's DEST inode and link
+        // recorded before its final name exists, so that recovery knows both.
+        let mut batch = batch;
+        let made: Vec<_> = batch
+            .par_iter_mut()
+            .map(|c| relocate::make_links(&ctx, c))
+            .collect();
+        let mut linked = Vec::with_capacity(batch.len());
+        for (c, r) in batch.into_iter().zip(made) {
+            match r {
+                Ok(()) => linked.push(c),
+                Err(why) => self.give_up(&c, "failed", why),
+            }
+        }
+        let batch = linked;
         self.j.begin()?;
         self.record_outcomes()?;
         for c in &batch {
             for n in &c.names {
-                self.j
-                    .mark_placed(n.rec.id, &c.hash, c.dst_st.st_ino, &c.st)?;
+                self.j.mark_placed(
+                    n.rec.id,
+                    &c.hash,
+                    c.dst_st.st_ino,
+                    &c.st,
+                    (n.link_ino, n.link_handle.as_deref()),
+                )?;
             }
         }
         self.j.commit()?;
@@ -1420,6 +1455,7 @@ impl Runner {
         // relocated: its records are file data that can reach the disk before the filesystem
         // commits these renames (even within the commit's own fsync), or live on another disk.
         if !swapped.is_empty() {
+            steps::at(Step::SyncSource, b"");
             if let Err(e) = fsx::syncfs(ctx.src_root.as_fd()) {
                 self.unfinished = std::mem::take(&mut swapped);
                 self.unswap_unfinished(&format!("make the swaps durable (syncfs SOURCE): {e}"));
@@ -1427,7 +1463,18 @@ impl Runner {
         }
         self.prof.swap += t.elapsed();
         t = Instant::now();
-        // 5. Record the relocations; the originals go after the next syncfs.
+        // 5. Record the relocations; the originals go after the next syncfs. A swap a lease
+        // break has put back since is not recorded.
+        let (swapped, undone): (Vec<_>, Vec<_>) =
+            swapped.into_iter().partition(|c| c.put_back().is_empty());
+        for c in undone {
+            let why = c
+                .swap
+                .as_ref()
+                .and_then(|s| s.lock().why.clone())
+                .unwrap_or_default();
+            self.give_up(&c, "deferred", why);
+        }
         self.j.begin()?;
         self.record_outcomes()?;
         for c in &swapped {
@@ -1688,6 +1735,7 @@ impl Runner {
             Ok(_) if !dr.touched && !created.contains(&dr.path) => return Ok(()),
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                steps::at(Step::DirMeta, &dr.path);
                 let fd = fsx::ensure_dir(self.ctx.dst_root.as_fd(), &dr.path)
                     .ctx("create DEST directory", &dr.path)?;
                 let mut p: &[u8] = &dr.path;
@@ -1714,6 +1762,7 @@ impl Runner {
             && fsx::mtime_ns(&now) == dr.mtime_ns
             && fsx::read_xattrs(dst.as_fd()).ok().map(sorted) == Some(sorted(xattrs.clone()));
         if !same {
+            steps::at(Step::DirMeta, &dr.path);
             fsx::apply_meta(dst.as_fd(), &st, &xattrs)
                 .ctx("set metadata of DEST directory", &dr.path)?;
         }

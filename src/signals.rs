@@ -1,6 +1,12 @@
-//! Signals: SIGINT/SIGTERM ask for a clean stop; lease-break signals are answered at once by
-//! releasing the lease and marking the file's swap abandoned. All are read from a signalfd by
-//! one thread, so the mask must be set before any other thread starts.
+//! Signals: SIGINT/SIGTERM ask for a clean stop; lease-break signals are answered at once. All
+//! are read from a signalfd by one thread, so the mask must be set before any other thread
+//! starts.
+//!
+//! A lease break is answered in this order: the break is flagged, then whatever the holder
+//! registered to run on a break runs (a swap in progress puts the original back where the
+//! user's path now leads), and only then is the lease let go. The writer's `open()` is blocked
+//! by the kernel until that moment, so its writes land in the file its path names when the
+//! `open()` returns, never in an original that a swap had moved aside (I2).
 
 use crate::fsx;
 use rustix::fd::BorrowedFd;
@@ -9,19 +15,43 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Files we hold a lease on, by fd number, with the flag that a break sets.
+/// What must happen on a lease break before the lease is let go.
+pub trait OnBreak: Send + Sync {
+    /// Called once the break is flagged; the lease is released when it returns.
+    fn on_break(&self);
+}
+
+/// One leased file: the flag a break sets, and what the break must do first.
+#[derive(Default)]
+pub struct Lease {
+    broken: AtomicBool,
+    on_break: Mutex<Option<Arc<dyn OnBreak>>>,
+}
+
+impl Lease {
+    pub fn broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Run `f` on a break, before the lease is let go (replaces what was set before).
+    pub fn set_on_break(&self, f: Option<Arc<dyn OnBreak>>) {
+        *self.on_break.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+}
+
+/// Files we hold a lease on, by fd number.
 #[derive(Default)]
 pub struct Leases {
-    map: Mutex<HashMap<RawFd, Arc<AtomicBool>>>,
+    map: Mutex<HashMap<RawFd, Arc<Lease>>>,
 }
 
 impl Leases {
-    pub fn register(&self, fd: RawFd) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
+    pub fn register(&self, fd: RawFd) -> Arc<Lease> {
+        let lease = Arc::new(Lease::default());
         if let Ok(mut m) = self.map.lock() {
-            m.insert(fd, flag.clone());
+            m.insert(fd, lease.clone());
         }
-        flag
+        lease
     }
 
     /// Must be called before the fd is closed, so a late signal cannot hit a reused number.
@@ -32,9 +62,19 @@ impl Leases {
     }
 
     fn broken(&self, fd: RawFd) {
+        // The map stays locked until the lease is let go: the owner unregisters under this lock
+        // before it closes the fd, so the fd stays the leased file's throughout.
         if let Ok(m) = self.map.lock() {
-            if let Some(flag) = m.get(&fd) {
-                flag.store(true, Ordering::SeqCst);
+            if let Some(lease) = m.get(&fd) {
+                lease.broken.store(true, Ordering::SeqCst);
+                let f = lease
+                    .on_break
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if let Some(f) = f {
+                    f.on_break();
+                }
                 // SAFETY: the fd is registered, so its owner has not closed it yet (it
                 // unregisters under this same lock before closing).
                 let bfd = unsafe { BorrowedFd::borrow_raw(fd) };

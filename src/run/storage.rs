@@ -186,7 +186,7 @@ fn work(
             // Given up on while blocked: the file is already recorded as deferred and another
             // worker has taken this one's place. Leave nothing of this copy behind.
             if let Outcome::Copied(c) = out {
-                relocate::discard(&c, true);
+                relocate::discard(ctx, &c, true);
             }
             return;
         }
@@ -419,6 +419,7 @@ impl Runner {
                 "not tried: an earlier syncfs of DEST did not return ({NOT_ANSWERING})"
             ))));
         }
+        crate::steps::at(crate::steps::Step::SyncDest, b"");
         self.storage.syncs += 1;
         let stall = self
             .storage
