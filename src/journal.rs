@@ -31,8 +31,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0007_recover.sql"),
     ),
     (
-        "0008_swap_link",
-        include_str!("../migrations/0008_swap_link.sql"),
+        "0008_crash_records",
+        include_str!("../migrations/0008_crash_records.sql"),
     ),
 ];
 
@@ -1696,12 +1696,14 @@ impl Journal {
             .map_err(self.e("list unlinked copies"))
     }
 
-    /// The newest trashed copy of `path` whose link had inode `link_ino` (a renamed link's).
+    /// The newest trashed copy of `path` whose link had inode `link_ino` (a renamed link's),
+    /// even one recorded as taken back: a crash between that record and the link's rewrite
+    /// leaves the link naming it still, and the caller checks the link by its file handle.
     pub fn trash_for_link(&self, path: &[u8], link_ino: u64) -> Result<Option<TrashRow>> {
         self.conn
             .prepare_cached(
                 "SELECT id, path, trash_rel, version, dest_ino, link_ino, blake3, size, mode, uid, gid, mtime_ns, link_handle
-                 FROM trash WHERE path = ?1 AND link_ino = ?2 AND restored IS NULL ORDER BY id DESC LIMIT 1",
+                 FROM trash WHERE path = ?1 AND link_ino = ?2 ORDER BY id DESC LIMIT 1",
             )
             .and_then(|mut st| {
                 st.query_row(params![path, link_ino as i64], |r| {
@@ -1863,6 +1865,80 @@ impl Journal {
             .and_then(|mut st| st.execute(params![id, why, now()]))
             .map_err(self.e("record state"))?;
         self.event(id, Some(run), "unlinked", why)
+    }
+
+    /// An old DEST name of a copy that resync lets go of: to be removed (in the same transaction
+    /// as the letting go, so that a crash before the removal leaves a record of it), once the
+    /// link that named it (`link_handle`) no longer does.
+    pub fn note_release(
+        &self,
+        path: &[u8],
+        dest_ino: u64,
+        link_handle: Option<&[u8]>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO releases (path, dest_ino, link_handle) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut st| st.execute(params![path, dest_ino as i64, link_handle]))
+            .map_err(self.e("record a release"))?;
+        Ok(())
+    }
+
+    /// A release recorded before a link's rewrite that did not take place.
+    pub fn cancel_release(&self, path: &[u8], dest_ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM releases WHERE path = ?1 AND dest_ino = ?2")
+            .and_then(|mut st| st.execute(params![path, dest_ino as i64]))
+            .map_err(self.e("record a release"))?;
+        Ok(())
+    }
+
+    /// Old DEST names still to be removed: (id, path, inode, handle of the link that named it).
+    #[allow(clippy::type_complexity)]
+    pub fn releases(&self) -> Result<Vec<(i64, Vec<u8>, u64, Option<Vec<u8>>)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, path, dest_ino, link_handle FROM releases ORDER BY id")
+            .map_err(self.e("list releases"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })
+            .map_err(self.e("list releases"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list releases"))
+    }
+
+    pub fn release_done(&self, id: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM releases WHERE id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(self.e("record a release"))?;
+        Ok(())
+    }
+
+    /// Rows not seen as relocated by this run's walk whose linked copy is also the linked copy
+    /// of a relocation this walk saw (a renamed link took it over).
+    pub fn superseded_names(&self, run: i64) -> Result<Vec<PathRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM files f
+                 WHERE f.linked_ino IS NOT NULL
+                   AND (f.seen_run IS NULL OR f.seen_run != ?1 OR f.state != 'relocated' OR f.kind != 'file')
+                   AND f.state NOT IN ('copying', 'placed', 'swapped')
+                   AND EXISTS (SELECT 1 FROM files o WHERE o.linked_ino = f.linked_ino AND o.id != f.id
+                               AND o.state = 'relocated' AND o.kind = 'file' AND o.seen_run = ?1)
+                 ORDER BY f.id",
+                Self::COPY_COLS
+            ))
+            .map_err(self.e("list superseded names"))?;
+        let rows = st
+            .query_map([run], Self::copy_row)
+            .map_err(self.e("list superseded names"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list superseded names"))
     }
 
     /// A renamed link now names its own path and the copy it took over stands there at DEST.

@@ -138,9 +138,11 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
         postponed: Vec::new(),
         stats: Stats::default(),
     };
+    r.finish_releases(true)?;
     r.renamed_links()?;
     r.flush()?;
     r.postponed_links()?;
+    r.superseded_names()?;
     r.unlinked_copies()?;
     r.stray_staged()?;
     r.cut_short_claims()?;
@@ -452,12 +454,12 @@ impl Resync<'_> {
                         }
                     }
                 }
-                if let Err(e) = self.link_copy(l.id, &from, &dir, name) {
+                if let Err(e) = self.link_copy(&l, &from, &dir, name) {
                     return self.problem(&l, "rename at DEST", &e.to_string());
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if let Err(e) = self.link_copy(l.id, &from, &dir, name) {
+                if let Err(e) = self.link_copy(&l, &from, &dir, name) {
                     return self.problem(&l, "rename at DEST", &e.to_string());
                 }
             }
@@ -473,17 +475,17 @@ impl Resync<'_> {
         Ok(true)
     }
 
-    /// Give the copy `from` the name `name` in DEST `dir`, for the row `id` (recorded first, so
+    /// Give the copy `from` the name `name` in DEST `dir`, for the link `l` (recorded first, so
     /// that a crash before the rename's flush leaves a name the next run can account for).
     fn link_copy(
         &self,
-        id: i64,
+        l: &ElsewhereLink,
         from: &Claimable,
         dir: &rustix::fd::OwnedFd,
         name: &[u8],
     ) -> io::Result<()> {
         self.j
-            .note_claim(id, Some(from.dest_ino))
+            .note_claim(l.id, Some(from.dest_ino))
             .map_err(|e| io::Error::other(e.to_string()))?;
         let (fpd, fname) = fsx::split_parent(from.origin.dest_rel());
         let fdir = fsx::resolve_dir(self.ctx.dst_root.as_fd(), fpd)?;
@@ -495,7 +497,7 @@ impl Resync<'_> {
                 ))
             }
         }
-        steps::at(Step::ResyncClaim, from.origin.dest_rel());
+        steps::at(Step::ResyncClaim, &l.path);
         fsx::link_at(fdir.as_fd(), fname, dir.as_fd(), name)
     }
 
@@ -594,7 +596,7 @@ impl Resync<'_> {
         }
         let staged = match fsx::stat_at(dir.as_fd(), &stage_name) {
             Ok(_) => Ok(()),
-            Err(_) => self.link_copy(l.id, &from, &dir, &stage_name),
+            Err(_) => self.link_copy(&l, &from, &dir, &stage_name),
         };
         if let Err(e) = staged {
             self.problem(&l, "stage the copy at DEST", &e.to_string())?;
@@ -710,6 +712,25 @@ impl Resync<'_> {
         let Some(st) = dest_stat(self.ctx, &row.path).filter(|s| s.st_ino == ino) else {
             return Ok(true);
         };
+        if st.st_nlink > 1
+            && !self.j.in_transaction()
+            && self.j.copy_known_elsewhere(ino, &row.path)?
+        {
+            // The copy lives on under another name the journal records (a renamed link took it,
+            // it is parked for one, or it is a hard-linked file's other name): this name only
+            // goes, nothing is trashed.
+            self.j.begin()?;
+            self.j.let_go(
+                row.id,
+                self.run,
+                &format!("{why}; its copy lives on under another name"),
+            )?;
+            self.j
+                .note_release(&row.path, ino, row.copy.link_handle.as_deref())?;
+            self.j.commit()?;
+            self.finish_releases(false)?;
+            return Ok(true);
+        }
         let mut row = row.clone();
         row.copy = copy_meta(&row.copy, &st);
         let row = &row;
@@ -802,8 +823,11 @@ impl Resync<'_> {
                 p.handle.as_deref(),
                 &from,
             )?;
-            if let Origin::Trash { id, .. } = m.from.origin {
+            if let Origin::Trash { id, ref rel } = m.from.origin {
                 self.j.trash_restored(id)?;
+                // Its name there goes once the link no longer names it.
+                self.j
+                    .note_release(rel, m.from.dest_ino, m.from.copy.link_handle.as_deref())?;
             }
         }
         self.j.commit()?;
@@ -831,8 +855,9 @@ impl Resync<'_> {
         for (m, why) in &undone {
             self.j
                 .undo_take_over(m.link.id, &m.link.target, m.link.link_ino)?;
-            if let Origin::Trash { id, .. } = m.from.origin {
+            if let Origin::Trash { id, ref rel } = m.from.origin {
                 self.j.trash_unrestored(id)?;
+                self.j.cancel_release(rel, m.from.dest_ino)?;
             }
             let _ = self.moved_again(&m.link, why)?;
         }
@@ -864,27 +889,50 @@ impl Resync<'_> {
                 )?;
             }
         }
+        // The old shared names of groups, recorded with the letting go and removed after (the
+        // trash names links took back were recorded with the take-over).
+        for f in &release {
+            if !self.failed.contains(&f.dest_ino) && !kept.contains(&f.dest_ino) {
+                self.j.note_release(
+                    f.origin.dest_rel(),
+                    f.dest_ino,
+                    f.copy.link_handle.as_deref(),
+                )?;
+            }
+        }
         self.j.commit()?;
-        // The old names: trashed copies a link took back, and the shared names of groups.
-        let mut old: Vec<&Claimable> = done
-            .iter()
-            .filter(|m| matches!(m.from.origin, Origin::Trash { .. }))
-            .map(|m| &m.from)
-            .collect();
-        old.extend(
-            release
-                .iter()
-                .filter(|f| !self.failed.contains(&f.dest_ino) && !kept.contains(&f.dest_ino)),
-        );
-        for f in old {
-            let rel = f.origin.dest_rel();
-            let (pd, name) = fsx::split_parent(rel);
+        self.finish_releases(false)
+    }
+
+    /// Remove the old DEST names the journal has let go of (this flush's, or a crashed run's),
+    /// each only while it is still that copy and not its last name, and no link names it: not
+    /// the link recorded with it (probed by its file handle), nor, when `walked` (the start of
+    /// resync), one this run's walk saw.
+    fn finish_releases(&mut self, walked: bool) -> Result<()> {
+        for (id, rel, ino, handle) in self.j.releases()? {
+            let (pd, name) = fsx::split_parent(&rel);
+            let named_by_link = handle.as_deref().is_some_and(|h| {
+                matches!(fsx::probe_handle(self.ctx.src_root.as_fd(), h),
+                    Ok(Some(p)) if p.target.as_deref() == Some(self.ctx.link_target(&rel).as_slice()))
+            });
+            if named_by_link || (walked && !self.j.links_naming(self.run, &rel)?.is_empty()) {
+                continue;
+            }
             if let Ok(d) = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd) {
-                if fsx::stat_at(d.as_fd(), name).is_ok_and(|s| s.st_ino == f.dest_ino) {
-                    steps::at(Step::ResyncRelease, rel);
-                    let _ = fsx::unlink_at(d.as_fd(), name);
+                match fsx::stat_at(d.as_fd(), name) {
+                    Ok(s) if s.st_ino == ino && s.st_nlink > 1 => {
+                        steps::at(Step::ResyncRelease, &rel);
+                        fsx::unlink_at(d.as_fd(), name)
+                            .ctx("remove an old DEST name of", &rel)?;
+                    }
+                    Ok(s) if s.st_ino == ino => self.note(format!(
+                        "DEST {} was to go (its copy went along with a renamed link) but is the copy's last name: kept",
+                        quoted(&rel)
+                    ))?,
+                    _ => {}
                 }
             }
+            self.j.release_done(id)?;
         }
         Ok(())
     }
@@ -1022,6 +1070,28 @@ impl Resync<'_> {
             }
         }
         let _ = self.j.note_claim(m.link.id, None);
+    }
+
+    /// Old DEST names of copies that a renamed link, seen by this walk, has taken over, which a
+    /// crash kept from being let go: they go now, as they would have then (no need to wait for
+    /// walks to show that no link names them: the copy lives on under its new name).
+    fn superseded_names(&mut self) -> Result<()> {
+        for row in self.j.superseded_names(self.run)? {
+            let Some(ino) = row.linked_ino else { continue };
+            let extra =
+                dest_stat(self.ctx, &row.path).is_some_and(|s| s.st_ino == ino && s.st_nlink > 1);
+            if !extra || self.link_still_names(&row)? {
+                continue;
+            }
+            self.j.begin()?;
+            self.j
+                .let_go(row.id, self.run, "renamed in SOURCE; its copy went along")?;
+            self.j
+                .note_release(&row.path, ino, row.copy.link_handle.as_deref())?;
+            self.j.commit()?;
+            self.finish_releases(false)?;
+        }
+        Ok(())
     }
 
     /// Copies no link names any more (deleted, or replaced by a new file): to the trash.
