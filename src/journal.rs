@@ -1232,7 +1232,7 @@ impl Journal {
                     reason = CASE state WHEN 'relocated' THEN 'its link was removed from SOURCE; the copy stays at DEST'
                                         ELSE 'no longer in SOURCE' END
                  WHERE (seen_run IS NULL OR seen_run != ?1)
-                   AND state IN ('pending', 'deferred', 'failed', 'skipped', 'relocated')",
+                   AND state IN ('pending', 'deferred', 'failed', 'skipped', 'relocated', 'staged_out')",
                 params![run, now()],
             )
             .map_err(self.e("mark vanished files"))

@@ -211,6 +211,15 @@ fn same_content_identity(a: &Stat, b: &Stat) -> bool {
         && fsx::mtime_ns(a) == fsx::mtime_ns(b)
 }
 
+/// The same inode, unchanged in content, mode and owner since it was copied. (Its ctime is no
+/// witness once it has been exchanged: the exchange itself changes it.)
+fn unchanged_since_copy(a: &Stat, b: &Stat) -> bool {
+    same_content_identity(a, b)
+        && a.st_mode == b.st_mode
+        && a.st_uid == b.st_uid
+        && a.st_gid == b.st_gid
+}
+
 /// Worker side: copy one inode to temporaries at DEST (one per name).
 pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
     const ATTEMPTS: u32 = 3;
@@ -376,6 +385,12 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
     }
     let after = fsx::fstat(src.fd.as_fd()).ctx("stat", &first.path)?;
     if !same_content_identity(&st, &after) || fsx::ctime_ns(&st) != fsx::ctime_ns(&after) {
+        // Deleted, or renamed away, while being read: the next attempt looks at the name again.
+        let still_here = fsx::stat_at(src_dir.as_fd(), name)
+            .is_ok_and(|s| s.st_ino == after.st_ino && s.st_dev == after.st_dev);
+        if after.st_nlink == 0 || !still_here {
+            return Ok(Attempt::Retry("changed during the copy".into()));
+        }
         // Released by the HSM while being read (its blocks freed): what was read may be the
         // stub's zeros; it is a stub now, never to be copied as data.
         if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &after) {
@@ -1059,8 +1074,9 @@ fn swap_one(
         }
     }
     g.exchanged.push(e);
-    // Post-check: what we swapped out is the inode we copied, and nobody opened it for writing.
-    let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if same_content_identity(&s, &c.st))
+    // Post-check: what we swapped out is the inode we copied, unchanged (a chmod between the
+    // pre-check and the exchange shows here), and nobody opened it for writing.
+    let ok = matches!(fsx::stat_at(dir, &lnk), Ok(s) if unchanged_since_copy(&s, &c.st))
         && c.src.intact();
     if !ok {
         return Err(SwapErr::Changed(
@@ -1100,7 +1116,7 @@ fn swap_attic(
     }
     let held = e.held.clone();
     g.exchanged.push(e);
-    let ok = matches!(fsx::stat_at(dir, &held), Ok(s) if same_content_identity(&s, &c.st))
+    let ok = matches!(fsx::stat_at(dir, &held), Ok(s) if unchanged_since_copy(&s, &c.st))
         && c.src.intact();
     if !ok {
         return Err(SwapErr::Changed(
@@ -1259,7 +1275,7 @@ pub fn finish(c: &Copied) -> std::result::Result<(), String> {
         return Err(why.clone());
     }
     let unchanged = g.exchanged.iter().all(|e| {
-        matches!(fsx::stat_at(e.dir.as_fd(), &e.held), Ok(st) if same_content_identity(&st, &c.st))
+        matches!(fsx::stat_at(e.dir.as_fd(), &e.held), Ok(st) if unchanged_since_copy(&st, &c.st))
     });
     if !unchanged || !c.src.intact() {
         let why = "written to just after the swap; put back";

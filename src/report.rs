@@ -483,6 +483,9 @@ fn fingerprint_json(f: Option<&journal::fingerprint::FpRun>) -> String {
 
 /// Not a problem: a relocated file that users have written to through its link since.
 const CHANGED_SINCE: &str = "changed since relocation";
+/// Mode or owner of a copy with its content intact, changed since: users chmod and chown through
+/// their links like any file. Reported, not a problem.
+const META_CHANGED: &str = "metadata changed since relocation: ";
 
 struct Problem {
     path: Vec<u8>,
@@ -504,6 +507,7 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
     let mut checked = 0u64;
     let mut problems: Vec<Problem> = Vec::new();
     let mut changed = 0u64;
+    let mut meta_changed: Vec<Problem> = Vec::new();
     let mut after = 0;
     loop {
         let page = j.relocated_batch(after, 1024)?;
@@ -522,6 +526,8 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
         for p in found {
             if p.what == CHANGED_SINCE {
                 changed += 1;
+            } else if p.what.starts_with(META_CHANGED) {
+                meta_changed.push(p);
             } else {
                 problems.push(p);
             }
@@ -540,15 +546,29 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
             })
             .collect::<Vec<_>>()
             .join(",");
+        let notes = meta_changed
+            .iter()
+            .map(|p| {
+                format!(
+                    "{{\"path\":{},\"change\":{}}}",
+                    json_str(&escape(&p.path)),
+                    json_str(&p.what[META_CHANGED.len()..])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         writeln!(
             out,
-            "{{\"checked\":{checked},\"ok\":{},\"problems\":[{ps}]}}",
+            "{{\"checked\":{checked},\"ok\":{},\"problems\":[{ps}],\"written_since\":{changed},\"metadata_changed\":[{notes}]}}",
             problems.is_empty()
         )
     } else {
         let mut r = Ok(());
         for p in &problems {
             r = r.and(writeln!(out, "PROBLEM {}: {}", quoted(&p.path), p.what));
+        }
+        for p in &meta_changed {
+            r = r.and(writeln!(out, "NOTE {}: {}", quoted(&p.path), p.what));
         }
         r.and(writeln!(
             out,
@@ -558,8 +578,16 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
                 format!("; {changed} written through their links since relocation (links checked, content not comparable)")
             } else {
                 String::new()
-            }
-        ))
+            },
+        ).and(if meta_changed.is_empty() {
+            Ok(())
+        } else {
+            writeln!(
+                out,
+                "verify: {} copies intact whose mode or owner users changed through their links since relocation (NOTE lines)",
+                meta_changed.len()
+            )
+        }))
     };
     res.map_err(|e| Error::Setup(format!("write output: {e}")))?;
     Ok(if problems.is_empty() { 0 } else { 3 })
@@ -624,16 +652,18 @@ fn check_one(
             st.st_size, r.size
         ));
     }
+    // Mode and owner: judged once the content is proven (below).
+    let mut meta = Vec::new();
     if st.st_mode & 0o7777 != r.mode & 0o7777 {
-        bad(format!(
-            "DEST mode {:o} differs from the journal's {:o}",
+        meta.push(format!(
+            "mode {:o} (was {:o})",
             st.st_mode & 0o7777,
             r.mode & 0o7777
         ));
     }
     if fsx::is_root() && (st.st_uid != r.uid || st.st_gid != r.gid) {
-        bad(format!(
-            "DEST owner {}:{} differs from the journal's {}:{}",
+        meta.push(format!(
+            "owner {}:{} (was {}:{})",
             st.st_uid, st.st_gid, r.uid, r.gid
         ));
     }
@@ -641,7 +671,11 @@ fn check_one(
         bad("DEST file is not the copy evac made (inode differs)".into());
     }
     match (&r.blake3, fsx::hash_fd(fd.as_fd(), buf)) {
-        (Some(want), Ok((h, _))) if h.as_bytes().as_slice() == want.as_slice() => {}
+        (Some(want), Ok((h, _))) if h.as_bytes().as_slice() == want.as_slice() => {
+            if !meta.is_empty() {
+                bad(format!("{META_CHANGED}{}", meta.join(", ")));
+            }
+        }
         (Some(want), Ok((h, _))) => bad(format!(
             "DEST content hash {} differs from the journal's {}",
             h.to_hex(),
