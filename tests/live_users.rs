@@ -84,7 +84,7 @@ fn s(b: &[u8]) -> String {
 
 /// The writer roles, one process each.
 const ROLES: &[&str] = &[
-    "append", "append", "hold", "replace", "truncate", "create", "rename", "make",
+    "append", "append", "hold", "replace", "truncate", "create", "rename", "make", "churn",
 ];
 
 /// Entry point of a writer process. In a normal test run (no role in the
@@ -107,6 +107,7 @@ fn live_writer_process() {
         "create" => role_create(&mut w),
         "rename" => role_rename(&mut w),
         "make" => role_make(&mut w),
+        "churn" => role_churn(&mut w),
         other => panic!("unknown writer role {other}"),
     }
     w.finish();
@@ -892,6 +893,255 @@ fn role_make(w: &mut Writer) {
             }
         }
         w.pace(5000, 15000);
+    }
+}
+
+/// What the churner's two threads share: which file each name holds, and each file's content.
+#[derive(Default)]
+struct Churn {
+    names: BTreeMap<Vec<u8>, u64>,
+    files: BTreeMap<u64, Vec<u8>>,
+    next: u64,
+}
+
+/// One user, two threads, one pool of names across directories: one thread appends and at once
+/// reads back through the path; the other renames the same files onto reused names (across
+/// directories), creates and deletes them, so that an append's open() and a rename of its name
+/// race. Every file begins with its own number, so a read through any name is checked against
+/// that file's whole history: a read that falls short of this user's writes, shows another file
+/// than the name holds, or an ENOENT on a name the user did not remove, is a failure at once.
+fn role_churn(w: &mut Writer) {
+    use std::os::unix::fs::FileExt;
+    use std::sync::{Arc, Mutex};
+    let pool: Vec<Vec<u8>> = (0..30)
+        .map(|n| w.name_in_base(&format!("w{}-ch{n}.txt", w.id)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let st = Arc::new(Mutex::new(Churn::default()));
+    let new_file = |w: &mut Writer, c: &mut Churn, rel: &[u8]| -> bool {
+        c.next += 1;
+        let fid = c.next;
+        let n = w.rng.range(10, 2000) as usize;
+        let mut data = format!("FILE {fid}\n").into_bytes();
+        data.extend(w.rec("churn", n));
+        let ok = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(w.p(rel))
+            .and_then(|mut f| f.write_all(&data));
+        match ok {
+            Ok(()) => {
+                w.stat("writes", 1);
+                w.logop(&format!("CREATE {} file {fid}", s(rel)));
+                c.names.insert(rel.to_vec(), fid);
+                c.files.insert(fid, data);
+                true
+            }
+            Err(e) => {
+                w.note(format!("churn create {}: {e}", s(rel)));
+                false
+            }
+        }
+    };
+    {
+        let mut c = st.lock().unwrap();
+        for r in pool.iter().take(20) {
+            new_file(w, &mut c, r);
+        }
+    }
+    w.ready();
+    // The second thread: a Writer of its own for its log, figures and notes.
+    let seed2 = w.rng.range(1, u64::MAX / 2);
+    let mut w2 = Writer::new(
+        w.id + 1000,
+        "churn-renamer",
+        seed2,
+        w.src.clone(),
+        w.ctl.clone(),
+    );
+    w2.base_dirs = w.base_dirs.clone();
+    let st2 = st.clone();
+    let pool2 = pool.clone();
+    let renamer = std::thread::spawn(move || {
+        let w = &mut w2;
+        while !w.stopped() {
+            {
+                let mut c = st2.lock().unwrap();
+                let present: Vec<Vec<u8>> = pool2
+                    .iter()
+                    .filter(|r| c.names.contains_key(*r))
+                    .cloned()
+                    .collect();
+                let absent: Vec<Vec<u8>> = pool2
+                    .iter()
+                    .filter(|r| !c.names.contains_key(*r))
+                    .cloned()
+                    .collect();
+                let x = w.rng.below(100);
+                if x < 70 {
+                    // Rename onto a free name or over another file, across directories.
+                    let from = w.pick(&present);
+                    let to = if x < 35 {
+                        w.pick(&absent)
+                    } else {
+                        w.pick(&present)
+                    };
+                    if let (Some(from), Some(to)) = (from, to) {
+                        if from != to {
+                            match std::fs::rename(w.p(&from), w.p(&to)) {
+                                Ok(()) => {
+                                    w.stat("renames", 1);
+                                    w.logop(&format!("RENAME {} {}", s(&from), s(&to)));
+                                    let fid = c.names.remove(&from).unwrap();
+                                    w.removed.insert(from.clone());
+                                    w.renamed_into.insert(to.clone());
+                                    c.names.insert(to, fid);
+                                }
+                                Err(e) => {
+                                    w.note(format!("churn rename {} -> {}: {e}", s(&from), s(&to)))
+                                }
+                            }
+                        }
+                    }
+                } else if x < 85 {
+                    if let Some(r) = w.pick(&absent) {
+                        new_file(w, &mut c, &r);
+                    }
+                } else if let Some(r) = w.pick(&present) {
+                    match std::fs::remove_file(w.p(&r)) {
+                        Ok(()) => {
+                            w.stat("deletes", 1);
+                            w.logop(&format!("DELETE {}", s(&r)));
+                            w.removed.insert(r.clone());
+                            c.names.remove(&r);
+                        }
+                        Err(e) => w.note(format!("churn delete {}: {e}", s(&r))),
+                    }
+                }
+            }
+            w.pace(500, 3000);
+        }
+        w2
+    });
+    while !w.stopped() {
+        let pick = {
+            let c = st.lock().unwrap();
+            let present: Vec<(Vec<u8>, u64)> = pool
+                .iter()
+                .filter_map(|r| c.names.get(r).map(|f| (r.clone(), *f)))
+                .collect();
+            present
+        };
+        let Some((rel, fid)) = (if pick.is_empty() {
+            None
+        } else {
+            Some(pick[w.rng.below(pick.len() as u64) as usize].clone())
+        }) else {
+            w.pace(500, 1000);
+            continue;
+        };
+        // The open races the renamer (no lock held): it may find the name gone, or another file.
+        let opened = w.open_w(&rel, OpenOptions::new().read(true).append(true));
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                let c = st.lock().unwrap();
+                if c.names.get(&rel) == Some(&fid) {
+                    drop(c);
+                    w.note(format!(
+                        "LIVE MISMATCH churn append to {}: {e}, but this user left the name alone",
+                        s(&rel)
+                    ));
+                } else {
+                    drop(c);
+                    w.stat("raced_renames", 1);
+                }
+                continue;
+            }
+        };
+        let mut head = [0u8; 32];
+        let n = f.read_at(&mut head, 0).unwrap_or(0);
+        let Some(got) = std::str::from_utf8(&head[..n])
+            .ok()
+            .and_then(|t| t.strip_prefix("FILE "))
+            .and_then(|t| t.split('\n').next())
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            w.note(format!(
+                "LIVE MISMATCH churn: {} opened a file without a header: {:?}",
+                s(&rel),
+                String::from_utf8_lossy(&head[..n])
+            ));
+            continue;
+        };
+        let n = w.rng.range(10, 300) as usize;
+        let rec = w.rec("churnapp", n);
+        match f.write_all(&rec) {
+            Ok(()) => {
+                w.stat("writes", 1);
+                w.logop(&format!("APPEND {} file {got} {}", s(&rel), rec.len()));
+                st.lock()
+                    .unwrap()
+                    .files
+                    .get_mut(&got)
+                    .expect("a numbered file")
+                    .extend_from_slice(&rec);
+            }
+            Err(e) => w.note(format!("churn append to {}: {e}", s(&rel))),
+        }
+        drop(f);
+        // At once, through the path, with the renamer held off: the file the name holds, whole.
+        let c = st.lock().unwrap();
+        let Some(&now_fid) = c.names.get(&rel) else {
+            continue;
+        };
+        let want = c.files[&now_fid].clone();
+        let read = std::fs::read(w.p(&rel));
+        drop(c);
+        w.stat("live_checks", 1);
+        match read {
+            Ok(g) if g == want => {}
+            Ok(g) => {
+                w.stat("live_mismatches", 1);
+                let gh = std::str::from_utf8(&g[..g.len().min(32)])
+                    .ok()
+                    .and_then(|t| t.strip_prefix("FILE "))
+                    .and_then(|t| t.split('\n').next())
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                w.note(format!(
+                    "LIVE MISMATCH churn read-back of {} at {} ns: file {now_fid} must have {} bytes, read {} bytes of file {gh} (link: {})",
+                    s(&rel),
+                    now_ns(),
+                    want.len(),
+                    g.len(),
+                    std::fs::read_link(w.p(&rel)).map(|t| t.display().to_string()).unwrap_or_else(|e| format!("not a link: {e}"))
+                ));
+            }
+            Err(e) => {
+                w.stat("live_mismatches", 1);
+                w.note(format!(
+                    "LIVE MISMATCH churn read-back of {}: {e}, but this user left the name alone",
+                    s(&rel)
+                ));
+            }
+        }
+        w.pace(300, 2000);
+    }
+    let w2 = renamer.join().expect("the renamer thread");
+    for (k, v) in w2.stats {
+        w.stat(k, v);
+    }
+    for n in w2.notes {
+        w.note(n);
+    }
+    w.removed.extend(w2.removed);
+    w.renamed_into.extend(w2.renamed_into);
+    let c = st.lock().unwrap();
+    for r in &pool {
+        let v = c.names.get(r).map(|fid| c.files[fid].clone());
+        w.model.insert(r.clone(), v);
     }
 }
 
