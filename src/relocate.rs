@@ -1180,10 +1180,13 @@ fn put_back_name(ctx: &Ctx, e: &Exchanged) -> PutBack {
         return save_original(ctx, e);
     }
     for _ in 0..4 {
+        steps::at(Step::SwapUndo, &e.rel);
         if is_our_link(dir, &e.fname, e.link_ino) {
-            steps::at(Step::SwapUndo, &e.rel);
-            if let Err(err) = fsx::rename_exchange(dir, &e.held, dir, &e.fname) {
-                return PutBack::Stuck(format!("put back the original: {err}"));
+            match fsx::rename_exchange(dir, &e.held, dir, &e.fname) {
+                Ok(()) => {}
+                // The user moved the link in that instant: look again.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => return PutBack::Stuck(format!("put back the original: {err}")),
             }
             if is_our_link(dir, &e.held, e.link_ino) {
                 steps::at(Step::SwapUnlinkLink, &e.rel);
@@ -1196,8 +1199,14 @@ fn put_back_name(ctx: &Ctx, e: &Exchanged) -> PutBack {
         }
         if let Some((d2, n2, rel2)) = locate_link(ctx, e) {
             steps::at(Step::SwapFollowLink, &e.rel);
-            if let Err(err) = fsx::rename_exchange(dir, &e.held, d2.as_fd(), &n2) {
-                return PutBack::Stuck(format!("put back the original where its link went: {err}"));
+            match fsx::rename_exchange(dir, &e.held, d2.as_fd(), &n2) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => {
+                    return PutBack::Stuck(format!(
+                        "put back the original where its link went: {err}"
+                    ))
+                }
             }
             if is_our_link(dir, &e.held, e.link_ino) {
                 steps::at(Step::SwapUnlinkLink, &e.rel);
@@ -1418,9 +1427,14 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
                 // but was stopped before recording that): it is relocated.
                 result = RecoverResult::Relocated;
             } else if !linked_now && ours_at_dest {
-                steps::at(Step::RecoverUnlinkCopy, path);
-                fsx::unlink_at(ddir.as_fd(), dname)
-                    .ctx("remove an unlinked copy at DEST of", path)?;
+                if swap_link_names_copy(ctx, j, id, path)? {
+                    // The fresh link, renamed by a user after the exchange, still names it.
+                    result = RecoverResult::KeepCopy(dest_ino.unwrap_or(0));
+                } else {
+                    steps::at(Step::RecoverUnlinkCopy, path);
+                    fsx::unlink_at(ddir.as_fd(), dname)
+                        .ctx("remove an unlinked copy at DEST of", path)?;
+                }
             }
         }
     }
@@ -1433,8 +1447,20 @@ fn dest_inos(j: &Journal, id: i64) -> Result<(Option<u64>, Option<u64>)> {
         .unwrap_or((None, None)))
 }
 
+/// Whether the link made for `id`'s swap still exists and names its DEST copy (a user renamed
+/// it away from its path after the exchange), as far as its file handle can tell.
+fn swap_link_names_copy(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<bool> {
+    let Some((ino, Some(h))) = j.swap_link(id)? else {
+        return Ok(false);
+    };
+    Ok(matches!(fsx::probe_handle(ctx.src_root.as_fd(), &h),
+        Ok(Some(p)) if p.ino == ino && p.target.as_deref() == Some(ctx.link_target(path).as_slice())))
+}
+
 pub enum RecoverResult {
     Pending,
+    /// Pending, and the copy stays at DEST for a link that names it (resync gives it to it).
+    KeepCopy(u64),
     Relocated,
     /// Relocated once the journal says so: then `drop_held` removes the original.
     Completed {

@@ -948,6 +948,10 @@ impl Runner {
     fn recover_one(&mut self, id: i64, path: &[u8]) -> Result<()> {
         match relocate::recover(&self.ctx, &self.j, id, path) {
             Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
+            Ok(RecoverResult::KeepCopy(ino)) => {
+                self.j.set_state(id, "pending", None)?;
+                self.j.keep_copy(id, ino)
+            }
             Ok(RecoverResult::Relocated) => {
                 self.touch_ancestors(path, &mut HashSet::new())?;
                 self.j.mark_recovered_relocated(id)

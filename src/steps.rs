@@ -8,10 +8,11 @@
 //!   of that point in this process, from 1);
 //! - `EVAC_TEST_STEP_CRASH=NAME@K` kills the process with SIGKILL at the K-th passage of NAME,
 //!   before its effect (nothing unwinds, nothing is flushed: a kill -9);
-//! - `EVAC_TEST_STEP_PAUSE=NAME@K` holds the thread at the K-th passage of NAME: evac writes
-//!   `DIR/paused` (`NAME\tK\tPATH-HEX\n`, put in place by rename) and waits until `DIR/go`
-//!   exists, removes both and goes on. Other threads go on meanwhile (a lease break is still
-//!   answered), as they would while the kernel holds this one;
+//! - `EVAC_TEST_STEP_PAUSE=NAME@K[,NAME@K...]` holds the thread at the K-th passage of each NAME:
+//!   evac writes `DIR/paused` (`NAME\tK\tPATH-HEX\n`, put in place by rename) and waits until
+//!   `DIR/go` exists, removes both and goes on. Other threads go on meanwhile (a lease break is
+//!   still answered, unless it must wait for the held thread), as they would while the kernel
+//!   holds this one;
 //! - `EVAC_TEST_STEP_PATH=HEX` counts only the passages concerning that path (relative to
 //!   SOURCE or DEST, hex-encoded bytes), so that a test can name "the exchange of this file".
 //!
@@ -221,12 +222,11 @@ struct Armed {
     trace: Mutex<std::fs::File>,
     counts: Mutex<HashMap<Step, u64>>,
     crash: Option<(Step, u64)>,
-    pause: Option<(Step, u64)>,
+    pause: Vec<(Step, u64)>,
     path: Option<Vec<u8>>,
 }
 
-fn spec(var: &str) -> Option<(Step, u64)> {
-    let v = std::env::var(var).ok()?;
+fn spec(v: &str) -> Option<(Step, u64)> {
     let (name, k) = v.rsplit_once('@')?;
     Some((Step::from_name(name)?, k.parse().ok()?))
 }
@@ -260,8 +260,14 @@ fn armed() -> Option<&'static Armed> {
                 dir,
                 trace: Mutex::new(trace),
                 counts: Mutex::new(HashMap::new()),
-                crash: spec("EVAC_TEST_STEP_CRASH"),
-                pause: spec("EVAC_TEST_STEP_PAUSE"),
+                crash: std::env::var("EVAC_TEST_STEP_CRASH")
+                    .ok()
+                    .and_then(|v| spec(&v)),
+                pause: std::env::var("EVAC_TEST_STEP_PAUSE")
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(spec)
+                    .collect(),
                 path: std::env::var("EVAC_TEST_STEP_PATH")
                     .ok()
                     .and_then(|h| unhex(&h)),
@@ -299,7 +305,7 @@ pub fn at(step: Step, path: &[u8]) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
-    if a.pause == Some((step, k)) {
+    if a.pause.contains(&(step, k)) {
         let tmp = a.dir.join("paused.tmp");
         let _ =
             std::fs::write(&tmp, &line).and_then(|()| std::fs::rename(&tmp, a.dir.join("paused")));

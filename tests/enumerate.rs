@@ -410,6 +410,19 @@ fn sc_renamed_dir(ws: &Ws) -> Model {
     m
 }
 
+/// The shape of races 1 and 3: a link renamed away while a new file takes its old name, so that
+/// the old copy's DEST name is still named by the renamed link when the new file wants it.
+fn sc_renamed_and_reused(ws: &Ws) -> Model {
+    let mut m = Model::default();
+    put(ws, &mut m, "d/a", &body("a-first", 1500), 0o644, T0 + 12);
+    put(ws, &mut m, "d/b", &body("b", 700), 0o644, T0 + 13);
+    prelim(ws);
+    mv(ws, "d/a", "e/moved");
+    renamed(&mut m, "d/a", "e/moved");
+    put(ws, &mut m, "d/a", &body("a-second", 1600), 0o640, T0 + 14);
+    m
+}
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "plain",
@@ -438,6 +451,10 @@ const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "renamed-dir",
         build: sc_renamed_dir,
+    },
+    Scenario {
+        name: "renamed-and-reused",
+        build: sc_renamed_and_reused,
     },
 ];
 
@@ -1394,4 +1411,230 @@ fn user_acts_at_every_step_point() {
         n,
         started,
     );
+}
+
+// ===========================================================================
+// Races found before, replayed at their exact steps
+// ===========================================================================
+
+/// Wait until evac is held at `point`; the path it concerns.
+fn wait_paused(ws: &Ws, child: &mut Child, point: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(l) = std::fs::read_to_string(ws.steps.join("paused")) {
+            let f: Vec<&str> = l.trim_end().split('\t').collect();
+            if f[0] == point {
+                return String::from_utf8(unhex(f.get(2).copied().unwrap_or(""))).unwrap();
+            }
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("evac ended ({st:?}) before reaching {point}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "evac never reached {point}"
+        );
+        std::thread::sleep(Duration::from_micros(300));
+    }
+}
+
+/// Let a held evac go on, and wait until it has.
+fn let_go(ws: &Ws) {
+    std::fs::write(ws.steps.join("go"), b"").unwrap();
+    let t0 = Instant::now();
+    while ws.steps.join("go").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "evac did not go on");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+}
+
+/// Races 2 and 4 of the correctness issue, at their exact steps. A user's append opens the
+/// file just before evac exchanges it for its link: the open() breaks evac's lease. Evac must
+/// not let the lease go until the original is back where the user's path leads, so that:
+/// - the append cannot land in an original moved aside, while reads through the path show the
+///   copy without it (race 2: a read-back short by the append);
+/// - if the user renames the path (by then the link) meanwhile, the original takes the link's
+///   place at the new name, with the append; putting it back under the name the user left
+///   (race 4) loses the append from the user's view.
+#[test]
+fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
+    skip_unless_root!(
+        "a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads",
+        "the original follows a renamed link by its file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
+    );
+    let base = base_dir().join("races");
+    for rename in [false, true] {
+        let ws = Ws::new(&base, &format!("race-append-rename-{rename}"));
+        let mut m = Model::default();
+        let first = body("raced", 2000);
+        put(&ws, &mut m, "d/f", &first, 0o644, T0);
+        let add = b"+ the user's append\n";
+        let mut child = spawn(
+            &ws,
+            &first_args(&ws),
+            &[(
+                "EVAC_TEST_STEP_PAUSE",
+                "swap.exchange@1,swap.undo@1".to_string(),
+            )],
+        );
+        assert_eq!(wait_paused(&ws, &mut child, "swap.exchange"), "d/f");
+        // The user's append: open() now, before the exchange.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = ws.s("d/f");
+        let moved = ws.s("d/g");
+        let writer = std::thread::spawn(move || {
+            let r = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(add));
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+            // The read-back, at once, through the name the file has now.
+            let at = if rename { &moved } else { &p };
+            std::fs::read(at).map_err(|e| e.to_string())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            rx.try_recv().is_err(),
+            "rename={rename}: the writer's open() returned while evac held the swap (the lease was let go before the original was settled)"
+        );
+        let_go(&ws);
+        // Exchanged, the check failed (the lease is breaking): held before putting it back.
+        assert_eq!(wait_paused(&ws, &mut child, "swap.undo"), "d/f");
+        assert!(
+            rx.try_recv().is_err(),
+            "rename={rename}: the writer's open() returned before the original was put back"
+        );
+        assert_eq!(
+            std::fs::read(ws.s("d/f")).unwrap(),
+            first,
+            "rename={rename}: the path must show the copy, whole, while the append waits"
+        );
+        if rename {
+            mv(&ws, "d/f", "d/g");
+            renamed(&mut m, "d/f", "d/g");
+        }
+        let_go(&ws);
+        let wrote = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the writer's open() never returned");
+        assert!(
+            wrote.is_ok(),
+            "rename={rename}: the append failed: {wrote:?}"
+        );
+        let back = writer.join().unwrap().expect("read back");
+        let mut want = first.clone();
+        want.extend_from_slice(add);
+        assert_eq!(
+            back.len(),
+            want.len(),
+            "rename={rename}: the read-back right after the append is short by {} bytes",
+            want.len() as i64 - back.len() as i64
+        );
+        assert_eq!(back, want, "rename={rename}: the read-back differs");
+        let r = finish(child, Duration::from_secs(30));
+        assert!(
+            r.code == Some(0) || r.code == Some(3),
+            "the held run: {:?}\n{}",
+            r.code,
+            r.stderr
+        );
+        let name = if rename { "d/g" } else { "d/f" };
+        let w = m.files.get_mut(name).unwrap();
+        w.data = want;
+        w.mtime_ns = None;
+        m.versions.insert(w.data.clone());
+        m.trash_exact = Some(Vec::new());
+        resume_to_end(&ws, &mut |_| {}).unwrap();
+        let p = final_problems(&ws, &m);
+        assert!(p.is_empty(), "rename={rename}:\n{}", p.join("\n"));
+        let _ = std::fs::remove_dir_all(&ws.root);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The same race with evac killed while the writer waits: the kernel lets the lease go with the
+/// process, and the append lands in the original moved aside (until the next run, reads through
+/// the path show the copy without it: the README says so). The next run's recovery finds the
+/// link the user renamed by the inode and file handle recorded with the placement, before the
+/// exchange, and puts the original, with the append, in its place. A link moved out of SOURCE
+/// cannot take it: the original is saved beside its old name, and the copy stays at DEST for the
+/// link, which must still read it.
+#[test]
+fn after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link() {
+    skip_unless_root!(
+        "after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link",
+        "recovery follows a renamed link by its file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
+    );
+    let base = base_dir().join("races-kill");
+    for outside in [false, true] {
+        let ws = Ws::new(&base, &format!("race-kill-{outside}"));
+        let mut m = Model::default();
+        let first = body("killed", 1800);
+        put(&ws, &mut m, "d/f", &first, 0o644, T0);
+        let add = b"+ appended while evac was down\n";
+        let mut child = spawn(
+            &ws,
+            &first_args(&ws),
+            &[(
+                "EVAC_TEST_STEP_PAUSE",
+                "swap.exchange@1,swap.undo@1".to_string(),
+            )],
+        );
+        wait_paused(&ws, &mut child, "swap.exchange");
+        let p = ws.s("d/f");
+        let writer = std::thread::spawn(move || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(add))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let_go(&ws);
+        wait_paused(&ws, &mut child, "swap.undo");
+        let out = ws.root.join("outside-link");
+        if outside {
+            std::fs::rename(ws.s("d/f"), &out).unwrap();
+            m.files.remove("d/f");
+        } else {
+            mv(&ws, "d/f", "d/g");
+            renamed(&mut m, "d/f", "d/g");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        writer
+            .join()
+            .unwrap()
+            .expect("the append, once the lease went with evac");
+        let mut want = first.clone();
+        want.extend_from_slice(add);
+        let name = if outside { "d/f.evac-saved" } else { "d/g" };
+        m.add(
+            name,
+            Want {
+                data: want,
+                mode: Some(0o644),
+                mtime_ns: None,
+                group: None,
+                sparse: false,
+            },
+        );
+        m.trash_exact = None;
+        let mut outside_read = Vec::new();
+        resume_to_end(&ws, &mut |i| {
+            if outside && i == 0 {
+                outside_read.push(std::fs::read(&out).map_err(|e| e.to_string()));
+            }
+        })
+        .unwrap();
+        if outside {
+            assert!(
+                outside_read[0].as_deref().ok() == Some(&first[..]),
+                "the link moved out of SOURCE must still read its copy after recovery: {:?}",
+                outside_read[0].as_ref().map(|v| v.len())
+            );
+        }
+        let p = final_problems(&ws, &m);
+        assert!(p.is_empty(), "outside={outside}:\n{}", p.join("\n"));
+    }
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -64,6 +64,25 @@ fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Writer open() latencies are counted in these buckets (upper bounds, ms; the last is "more").
+const OPEN_BUCKETS_MS: &[u64] = &[1, 5, 10, 25, 50, 100, 250, 1000];
+const OPEN_BUCKET_NAMES: &[&str] = &[
+    "open_ms_lt1",
+    "open_ms_lt5",
+    "open_ms_lt10",
+    "open_ms_lt25",
+    "open_ms_lt50",
+    "open_ms_lt100",
+    "open_ms_lt250",
+    "open_ms_lt1000",
+    "open_ms_ge1000",
+];
+
+/// The longest a writer's open() may wait in the suite without kills: what the lease-break path
+/// takes here (releasing a lease is answered at once, or after a swap in flight is settled) with
+/// room for a loaded machine. Measured: see the README's figures.
+const NO_KILL_OPEN_LIMIT_MS: u64 = 250;
+
 /// The two suites load the machine heavily and measure latencies: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -261,6 +280,12 @@ impl Writer {
         let us = t.elapsed().as_micros() as u64;
         self.stat("opens", 1);
         self.max_stat("max_open_us", us);
+        // The distribution, in buckets of milliseconds.
+        let bucket = OPEN_BUCKETS_MS
+            .iter()
+            .position(|&ms| us < ms * 1000)
+            .unwrap_or(OPEN_BUCKETS_MS.len());
+        self.stat(OPEN_BUCKET_NAMES[bucket], 1);
         if us > 100_000 {
             self.stat("slow_opens", 1);
             self.logop(&format!("SLOW_OPEN {} {us}us", s(rel)));
@@ -1143,6 +1168,47 @@ fn role_churn(w: &mut Writer) {
         let v = c.names.get(r).map(|fid| c.files[fid].clone());
         w.model.insert(r.clone(), v);
     }
+}
+
+/// All writers' open() latencies: bucket counts, and the bucket holding the median and the 99th.
+fn open_distribution(ctx: &Ctx) -> String {
+    let counts: Vec<u64> = OPEN_BUCKET_NAMES
+        .iter()
+        .map(|k| {
+            ctx.results
+                .iter()
+                .filter_map(|w| w.stats.get(*k))
+                .sum::<u64>()
+        })
+        .collect();
+    let total: u64 = counts.iter().sum();
+    let label = |i: usize| match OPEN_BUCKETS_MS.get(i) {
+        Some(ms) => format!("<{ms} ms"),
+        None => format!(">={} ms", OPEN_BUCKETS_MS.last().unwrap()),
+    };
+    let at = |q: f64| {
+        let want = (total as f64 * q).ceil() as u64;
+        let mut acc = 0;
+        for (i, c) in counts.iter().enumerate() {
+            acc += c;
+            if acc >= want.max(1) {
+                return label(i);
+            }
+        }
+        label(counts.len() - 1)
+    };
+    let parts: Vec<String> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c > 0)
+        .map(|(i, c)| format!("{} {c}", label(i)))
+        .collect();
+    format!(
+        "{total} opens: {}; median {}, p99 {}",
+        parts.join(", "),
+        at(0.5),
+        at(0.99)
+    )
 }
 
 // ===========================================================================
@@ -2120,18 +2186,30 @@ fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &s
     for w in &ctx.results {
         eprintln!("  writer {} ({}): {:?}", w.id, w.role, w.stats);
     }
+    figures(
+        &format!("live_users {name}"),
+        &format!("writer open() latency: {}", open_distribution(ctx)),
+    );
     let mut p_all = Problems::default();
     for (k, v) in &p.by {
         for m in v {
             p_all.add(k, m.clone());
         }
     }
-    if fig.max_open_us >= 2_000_000 {
+    // With kills, a kill -9 during a syncfs holds users' open() up until the kernel finishes it
+    // (the README's known limit); without, evac alone answers.
+    let limit_ms = if name.starts_with("crashes") {
+        2000
+    } else {
+        NO_KILL_OPEN_LIMIT_MS
+    };
+    if fig.max_open_us >= limit_ms * 1000 {
         p_all.add(
             "writer open() blocked too long",
             format!(
-                "max {:.1} ms (limit 2000 ms, target 100 ms)",
-                fig.max_open_us as f64 / 1000.0
+                "max {:.1} ms (limit {limit_ms} ms); distribution {}",
+                fig.max_open_us as f64 / 1000.0,
+                open_distribution(ctx)
             ),
         );
     }
