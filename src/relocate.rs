@@ -1,7 +1,14 @@
 //! The per-file protocol: copy under a lease into a 0600 temporary at DEST, hashing as the bytes
-//! pass; then, a batch at a time, make the copies durable, place them with RENAME_NOREPLACE, and
-//! swap each original for a symlink with RENAME_EXCHANGE, checking the swapped-out original
-//! before it is unlinked. Also the recovery of anything a crash left half done.
+//! pass; then, a batch at a time, make the copies durable, make each name's link beside its
+//! original and record both (state `placed`), place the copies with no-replace links, and swap
+//! each original for its link with RENAME_EXCHANGE, checking the swapped-out original before it
+//! is unlinked. Also the recovery of anything a crash left half done.
+//!
+//! From the first exchange until the original is removed, a swap's state is shared with the
+//! lease-break handler (`SwapShared`): a writer who opened the original just before the exchange
+//! breaks the lease, and the handler puts the original back where the user's path now leads (in
+//! place of the link, wherever the user moved it, found by the link's file handle) before it lets
+//! the lease go, so the kernel returns the writer's `open()` only then.
 
 use crate::busy::Mapped;
 use crate::error::{Error, IoContext, Result};

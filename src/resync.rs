@@ -4,10 +4,36 @@
 //! directory whose SOURCE directory is gone is removed once empty.
 //!
 //! A rename keeps a symlink's inode, so the inode of each link evac made says which copy a link
-//! belongs to, even after the copy went to the trash. The order of steps keeps every path
-//! resolving (I1): the copy gets its new DEST name (a hard link) and is made durable before the
-//! SOURCE link is rewritten to it, and the old DEST name goes only after the rewritten links are
-//! durable and recorded.
+//! belongs to, even after the copy went to the trash.
+//!
+//! # The DEST name rule
+//!
+//! A link reads its copy through a DEST name, and users move links at any moment, so a DEST
+//! name is removed or given to another copy only when no link may still read through it:
+//!
+//! 1. A copy gets a new name (a hard link at DEST, recorded as a claim first) and that name is
+//!    made durable before any link is rewritten to it.
+//! 2. The take-over is journaled before the link's exchange; the exchange is checked after it
+//!    (what came out must be the link the walk saw) and undone, with the claim, if not.
+//! 3. The old name is let go in the journal (a row of `releases`, with the file handle of the
+//!    link that named it) only after every link that named it was rewritten and those rewrites
+//!    are durable; a name in the trash or on a staging name is released the same way once the
+//!    link that took it back was rewritten.
+//! 4. A release is carried out only while the name is still that copy and not its last name,
+//!    and while neither the link recorded with it (probed by its file handle) nor, after a crash,
+//!    a link the new walk saw names it. Pending releases survive crashes in the journal.
+//! 5. A displaced copy goes to the trash only when no link names it: not one this walk saw, not
+//!    one waiting in this batch (links naming it are rewritten first, cycles through a staging
+//!    name), not the link recorded for it (probed by handle: kept while it lives in SOURCE, for
+//!    three complete walks out of it), and never before two complete walks have missed it. A
+//!    copy that lives on under another recorded name loses the old name instead.
+//! 6. A new file at a path whose old copy is still recorded there waits for the run after the
+//!    one that let that copy go (the dispatch skips rows with a linked copy), so placement never
+//!    has to displace a copy a link may read.
+//!
+//! The enumeration suites (`tests/enumerate.rs`) stop evac at every step of this on renamed,
+//! replaced, cycled and reused names, and make users rename and replace at every step, and
+//! check that no path ever reads another file's copy or nothing.
 
 use crate::error::{IoContext, Result};
 use crate::escape::quoted;
