@@ -125,7 +125,7 @@ fn make_tree(src: &Path, seed: u64, weird: bool) -> Manifest {
 #[test]
 fn kill_9_at_random_moments_then_resume() {
     let seed = time_seed();
-    eprintln!("crash test seed: {seed} (replay with EVAC_TEST_SEED={seed})");
+    eprintln!("crash test seed: {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test crash -- --nocapture)");
     let mut rng = Rng::new(seed);
     let e = env();
     let started = Instant::now();

@@ -1547,7 +1547,7 @@ impl Problems {
     }
     fn report(&self, seed: u64) -> String {
         let mut out = format!(
-            "{} problem(s) (seed {seed}; replay with EVAC_TEST_SEED={seed}):\n",
+            "{} problem(s) (seed {seed}; replay: EVAC_TEST_SEED={seed} cargo test --release --test live_users -- --nocapture):\n",
             self.total()
         );
         for (cat, v) in &self.by {
@@ -2070,7 +2070,7 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let seed = time_seed();
-    eprintln!("{name}: seed {seed} (replay with EVAC_TEST_SEED={seed})");
+    eprintln!("{name}: seed {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test live_users {name} -- --nocapture)");
     let files = knob("EVAC_LIVE_FILES", 2500) as usize;
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(files, seed));

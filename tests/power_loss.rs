@@ -596,7 +596,7 @@ fn power_cuts_leave_every_path_resolving_and_resume_completes() {
         }
     }
     let seed = time_seed();
-    eprintln!("power-loss test seed: {seed} (replay its choices with EVAC_TEST_SEED={seed})");
+    eprintln!("power-loss test seed: {seed} (replay its choices: EVAC_TEST_SEED={seed} cargo test --release --test power_loss -- --nocapture)");
     eprintln!("soak: EVAC_POWER_CUTS=50 cargo test --release --test power_loss -- --nocapture");
     let mut rng = Rng::new(seed);
     let started = Instant::now();
