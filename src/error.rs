@@ -5,14 +5,14 @@ use std::path::PathBuf;
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     /// A filesystem operation on one path failed.
-    #[error("{op} {}: {source}", crate::escape::quoted(path))]
+    #[error("{op} {}: {source}", crate::util::escape::quoted(path))]
     Io {
         op: &'static str,
         path: Vec<u8>,
         #[source]
         source: std::io::Error,
     },
-    #[error("journal {}: {op}: {msg}", crate::escape::quoted(path.as_os_str().as_encoded_bytes()))]
+    #[error("journal {}: {op}: {msg}", crate::util::escape::quoted(path.as_os_str().as_encoded_bytes()))]
     Journal {
         path: PathBuf,
         op: &'static str,
@@ -22,7 +22,7 @@ pub enum Error {
     #[error("{0}")]
     Setup(String),
     /// Another run holds the journal.
-    #[error("journal {} is in use by another evac run (pid {pid}); wait for it or stop it", crate::escape::quoted(path.as_os_str().as_encoded_bytes()))]
+    #[error("journal {} is in use by another evac run (pid {pid}); wait for it or stop it", crate::util::escape::quoted(path.as_os_str().as_encoded_bytes()))]
     Locked { path: PathBuf, pid: String },
 }
 

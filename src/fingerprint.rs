@@ -18,11 +18,11 @@ pub use hashing::{
 pub use output::{iso_time, Format};
 
 use crate::error::{Error, Result};
-use crate::escape::{escape, quoted};
-use crate::fsx;
 use crate::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
 use crate::journal::{self, Journal};
-use crate::lock::JournalLock;
+use crate::sys::fsx;
+use crate::sys::lock::JournalLock;
+use crate::util::escape::{escape, quoted};
 use hashing::EDGE;
 use index::Found;
 use leftovers::Leftover;
@@ -282,8 +282,8 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     let cwd = std::env::current_dir().map_err(|e| setup(format!("current directory: {e}")))?;
     o.journal = cwd.join(&o.journal);
     o.report = o.report.map(|r| cwd.join(r));
-    let (_, stop) =
-        crate::signals::process().map_err(|e| setup(format!("set up signal handling: {e}")))?;
+    let (_, stop) = crate::sys::signals::process()
+        .map_err(|e| setup(format!("set up signal handling: {e}")))?;
     let lock = JournalLock::acquire(&o.journal)?;
     let j = Journal::open(&o.journal, false)?;
     let plan = j.plan()?.ok_or_else(|| {
@@ -292,7 +292,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             quoted(o.journal.as_os_str().as_encoded_bytes())
         ))
     })?;
-    let mode: crate::hsm::Mode = j
+    let mode: crate::hsm::detect::Mode = j
         .plan_option("hsm")?
         .unwrap_or_else(|| "auto".into())
         .parse()
@@ -397,7 +397,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     // Candidates are judged from metadata too; a program-based mode answers only during a
     // run's walk, so the blocks rule stands in for it (as in `evac stage`).
     let candidate_mode = match &mode {
-        crate::hsm::Mode::Cmd { .. } => crate::hsm::Mode::Blocks,
+        crate::hsm::detect::Mode::Cmd { .. } => crate::hsm::detect::Mode::Blocks,
         m => m.clone(),
     };
     let (found, mounts) = if roots.is_empty() || left.is_empty() {
@@ -554,7 +554,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             "FINISH fingerprint {run_id}: interrupted after reading {files_read} candidate files; what was read is cached: run it again to go on; exit 4"
         ))?;
         drop(lock);
-        return Ok(crate::run::EXIT_INTERRUPTED);
+        return Ok(crate::engine::EXIT_INTERRUPTED);
     }
 
     // 4. Each leftover's candidates, best first.
@@ -668,9 +668,9 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     let code = if report_err.is_some() {
         1
     } else if run.exact == run.leftovers {
-        crate::run::EXIT_OK
+        crate::engine::EXIT_OK
     } else {
-        crate::run::EXIT_LEFT
+        crate::engine::EXIT_LEFT
     };
     note(format!(
             "FINISH fingerprint {run_id}: {} leftovers: {} exact, {} probable, {} weak, {} none; {} files indexed, {} read ({} bytes), {} from the cache, {} unreadable; exit {code}",

@@ -84,7 +84,7 @@ pub struct Seen {
     pub target: Option<Vec<u8>>,
     /// For regular files the HSM has moved away (or whose state is unknown): why evac must not
     /// open them.
-    pub hsm: Option<crate::hsm::Classified>,
+    pub hsm: Option<crate::hsm::detect::Classified>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,9 +345,9 @@ impl Journal {
 
     /// Every commit passes the `journal.commit` step point (inert outside tests).
     fn pass_commit_points(&self) {
-        if crate::steps::enabled() {
+        if crate::sys::steps::enabled() {
             self.conn.commit_hook(Some(|| {
-                crate::steps::at(crate::steps::Step::JournalCommit, b"");
+                crate::sys::steps::at(crate::sys::steps::Step::JournalCommit, b"");
                 false
             }));
         }
@@ -359,7 +359,7 @@ impl Journal {
         if !path.exists() {
             return Err(Error::Setup(format!(
                 "journal {}: no such file",
-                crate::escape::quoted(path.as_os_str().as_encoded_bytes())
+                crate::util::escape::quoted(path.as_os_str().as_encoded_bytes())
             )));
         }
         let conn = Connection::open_with_flags(
@@ -381,7 +381,7 @@ impl Journal {
         if v as usize != MIGRATIONS.len() {
             return Err(Error::Setup(format!(
                 "journal {}: schema version {v}, this evac uses {} ({})",
-                crate::escape::quoted(path.as_os_str().as_encoded_bytes()),
+                crate::util::escape::quoted(path.as_os_str().as_encoded_bytes()),
                 MIGRATIONS.len(),
                 if v == 0 {
                     "it is being created, or is not an evac journal"
@@ -443,7 +443,7 @@ impl Journal {
         }
         Err(Error::Setup(format!(
             "journal {} is damaged ({}); refusing to use it: restore a copy, or start a new journal (links already made are recognised as relocated)",
-            crate::escape::quoted(self.path.as_os_str().as_encoded_bytes()),
+            crate::util::escape::quoted(self.path.as_os_str().as_encoded_bytes()),
             rows.join("; ")
         )))
     }
@@ -527,7 +527,7 @@ impl Journal {
         &self,
         rel: &[u8],
         state: &str,
-        r: &crate::hsm_import::Record,
+        r: &crate::hsm::import::Record,
         import_id: i64,
     ) -> Result<()> {
         self.conn
@@ -1323,7 +1323,7 @@ impl Journal {
         id: i64,
         blake3: &[u8],
         dest_ino: u64,
-        src: &crate::fsx::Stat,
+        src: &crate::sys::fsx::Stat,
         (link_ino, link_handle): (u64, Option<&[u8]>),
     ) -> Result<()> {
         self.conn
@@ -1338,7 +1338,7 @@ impl Journal {
                     dest_ino as i64,
                     now(),
                     src.st_size,
-                    crate::fsx::mtime_ns(src),
+                    crate::sys::fsx::mtime_ns(src),
                     src.st_ino as i64,
                     link_ino as i64,
                     link_handle
@@ -2044,7 +2044,7 @@ impl Journal {
             )
             .map_err(self.e("summarise reasons"))?;
         let rows = st
-            .query_map(params![limit, crate::busy::HOLDERS_MARK], |r| {
+            .query_map(params![limit, crate::sys::busy::HOLDERS_MARK], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .map_err(self.e("summarise reasons"))?;
@@ -2109,7 +2109,7 @@ impl Journal {
         blake3: &[u8],
         dest_ino: u64,
         (link_ino, link_handle): (u64, Option<&[u8]>),
-        st: &crate::fsx::Stat,
+        st: &crate::sys::fsx::Stat,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
@@ -2120,8 +2120,8 @@ impl Journal {
             .and_then(|mut s| {
                 s.execute(params![
                     id, blake3, dest_ino as i64, st.st_size, st.st_mode, st.st_uid, st.st_gid,
-                    crate::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
-                    crate::fsx::ctime_ns(st), link_ino as i64, run, link_handle
+                    crate::sys::fsx::mtime_ns(st), st.st_dev as i64, st.st_ino as i64, now(),
+                    crate::sys::fsx::ctime_ns(st), link_ino as i64, run, link_handle
                 ])
             })
             .map_err(self.e("record state"))?;
@@ -2134,7 +2134,7 @@ impl Journal {
         id: i64,
         blake3: &[u8],
         dest_ino: u64,
-        st: &crate::fsx::Stat,
+        st: &crate::sys::fsx::Stat,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
@@ -2149,7 +2149,7 @@ impl Journal {
                     st.st_mode,
                     st.st_uid,
                     st.st_gid,
-                    crate::fsx::mtime_ns(st)
+                    crate::sys::fsx::mtime_ns(st)
                 ])
             })
             .map_err(self.e("record state"))?;

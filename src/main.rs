@@ -2,7 +2,7 @@
 
 use clap::Parser as _;
 use evac::cli::{Cli, Command};
-use evac::run::RunOpts;
+use evac::engine::RunOpts;
 
 /// The simulated HSM of `src/bin/evac-hsm-sim.rs`, also reachable as `evac hsm-sim …` so that
 /// `evac demo` finds it in the binary it runs from.
@@ -30,11 +30,11 @@ fn main() {
     };
     let args_text = std::env::args_os()
         .skip(1)
-        .map(|a| evac::escape::escape(a.as_encoded_bytes()))
+        .map(|a| evac::util::escape::escape(a.as_encoded_bytes()))
         .collect::<Vec<_>>()
         .join(" ");
     let result = match cli.command {
-        Command::Run(a) => evac::run::run(RunOpts {
+        Command::Run(a) => evac::engine::run(RunOpts {
             source: a.source,
             dest: a.dest,
             journal: a.journal,
@@ -62,12 +62,14 @@ fn main() {
             governor_log: a.governor_log,
             args_text,
         }),
-        Command::Status(a) => evac::report::status(&a.journal, a.json, a.list.as_deref(), a.null),
-        Command::Verify(a) => evac::report::verify(&a.journal, a.json, a.workers),
-        Command::Holders(a) => evac::report::holders(&a.source, a.json, a.null),
-        Command::Demo(a) => evac::demo::demo(a.dir, a.files),
-        Command::Pause(a) => evac::report::control(&a.journal, &[("paused", "1".into())]),
-        Command::Resume(a) => evac::report::control(&a.journal, &[("paused", "0".into())]),
+        Command::Status(a) => {
+            evac::app::report::status(&a.journal, a.json, a.list.as_deref(), a.null)
+        }
+        Command::Verify(a) => evac::app::report::verify(&a.journal, a.json, a.workers),
+        Command::Holders(a) => evac::app::report::holders(&a.source, a.json, a.null),
+        Command::Demo(a) => evac::app::demo::demo(a.dir, a.files),
+        Command::Pause(a) => evac::app::report::control(&a.journal, &[("paused", "1".into())]),
+        Command::Resume(a) => evac::app::report::control(&a.journal, &[("paused", "0".into())]),
         Command::Throttle(a) => {
             let mut v = Vec::new();
             if let Some(b) = a.bwlimit {
@@ -80,9 +82,9 @@ fn main() {
                 v.push(("workers", n.to_string()));
             }
             v.extend(a.governor.entries());
-            evac::report::control(&a.journal, &v)
+            evac::app::report::control(&a.journal, &v)
         }
-        Command::Stage(a) => evac::stage::stage(evac::stage::StageOpts {
+        Command::Stage(a) => evac::hsm::stage::stage(evac::hsm::stage::StageOpts {
             journal: a.journal,
             program: a.stage_cmd,
             drives: a.drives,
@@ -109,7 +111,7 @@ fn main() {
                 args_text,
             })
         }
-        Command::Recover(a) => evac::recover::recover(evac::recover::RecoverOpts {
+        Command::Recover(a) => evac::app::recover::recover(evac::app::recover::RecoverOpts {
             journal: a.journal,
             path: a.path,
             from: a.from,
@@ -119,7 +121,7 @@ fn main() {
         }),
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => {
-                evac::hsm_import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)
+                evac::hsm::import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)
             }
             Err(e) => Err(evac::error::Error::Setup(e)),
         },

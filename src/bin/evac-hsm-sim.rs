@@ -573,8 +573,8 @@ fn set_hsm(fd: BorrowedFd<'_>, flags: u32, arch: u64) -> io::Result<()> {
 
 /// A file's state as evac's `lustre` and blocks rules see it.
 fn state_name(md: &Metadata, attr: Option<&[u8]>) -> &'static str {
-    use evac::hsm::State;
-    if let Some(c) = attr.and_then(evac::hsm::lustre_state) {
+    use evac::hsm::detect::State;
+    if let Some(c) = attr.and_then(evac::hsm::detect::lustre_state) {
         return match c.state {
             State::Resident => "resident",
             State::Premigrated => "premigrated",
@@ -2025,8 +2025,8 @@ mod tests {
         let a = hsm_attr(HS_EXISTS | HS_ARCHIVED | HS_RELEASED, 3);
         assert_eq!(flags_of(&a), (0xd, 3));
         assert_eq!(
-            evac::hsm::lustre_state(&a).map(|c| c.state),
-            Some(evac::hsm::State::StagedOut)
+            evac::hsm::detect::lustre_state(&a).map(|c| c.state),
+            Some(evac::hsm::detect::State::StagedOut)
         );
     }
 }

@@ -3,8 +3,8 @@
 //! out most same-size files after 32 KiB of reading; and opening a candidate by absolute path
 //! without following symlinks.
 
-use crate::fsx;
 use crate::journal::fingerprint::FpLeftover;
+use crate::sys::fsx;
 use md5::Digest as _;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io;

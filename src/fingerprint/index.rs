@@ -5,9 +5,9 @@
 //! has; nothing is opened but directories.
 
 use super::ui::Stats;
-use crate::escape::quoted;
-use crate::fsx;
-use crate::hsm;
+use crate::hsm::detect as hsm;
+use crate::sys::fsx;
+use crate::util::escape::quoted;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Dir, FileType};
 use std::collections::HashSet;

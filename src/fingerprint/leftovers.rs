@@ -4,9 +4,10 @@
 //! recorded as staged out is opened only if metadata now shows its data back on disk).
 
 use super::hashing::{self, Algo, EDGE};
-use crate::fsx;
-use crate::hsm::{self, Mode};
+use crate::hsm::detect as hsm;
+use crate::hsm::detect::Mode;
 use crate::journal::fingerprint::{FpLeftover, LeftoverRow};
+use crate::sys::fsx;
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 

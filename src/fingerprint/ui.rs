@@ -3,8 +3,8 @@
 //! prints a plain line per interval otherwise, and prints messages above them. `--quiet`
 //! leaves only the messages.
 
-use crate::progress::human_bytes;
-use crate::progress::Ui;
+use crate::ui::progress::human_bytes;
+use crate::ui::progress::Ui;
 use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -142,7 +142,7 @@ fn draw(
         }
         if finished {
             if let Some((mp, index, hash)) = &bars {
-                crate::progress::clear_bars(mp, &[index, hash]);
+                crate::ui::progress::clear_bars(mp, &[index, hash]);
             }
             return;
         }

@@ -3,7 +3,7 @@
 //! workers may be active (and, below one, what share of the time the last one may work), backing
 //! off fast when a signal is over its target and coming back slowly when all are under.
 
-use crate::disks::{self, Backing, Counters, Roots};
+use crate::sys::disks::{self, Backing, Counters, Roots};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -699,7 +699,7 @@ impl Governor {
                 .map_err(|e| {
                     eprintln!(
                         "evac: governor log {}: {e}",
-                        crate::escape::quoted(p.as_os_str().as_encoded_bytes())
+                        crate::util::escape::quoted(p.as_os_str().as_encoded_bytes())
                     )
                 })
                 .ok()?;
@@ -1002,7 +1002,7 @@ mod tests {
     /// up while any signal is over, and never under one worker at MIN_DUTY.
     #[test]
     fn replay_of_a_recorded_full_speed_run() {
-        let tr = trace(include_str!("../tests/data/governor/full_speed.tsv"));
+        let tr = trace(include_str!("../../tests/data/governor/full_speed.tsv"));
         assert!(tr.len() > 50, "the trace has {} ticks", tr.len());
         let targets = Targets::default();
         let mut law = Law::new(8);
@@ -1038,7 +1038,7 @@ mod tests {
     /// An idle machine, recorded: nothing changes, the whole pool stays allowed.
     #[test]
     fn replay_of_a_recorded_idle_machine() {
-        let tr = trace(include_str!("../tests/data/governor/idle.tsv"));
+        let tr = trace(include_str!("../../tests/data/governor/idle.tsv"));
         assert!(tr.len() > 100);
         let mut law = Law::new(8);
         for (t, s) in &tr {
@@ -1055,8 +1055,8 @@ mod tests {
     /// per CALM) and reaches the full pool again.
     #[test]
     fn replay_of_load_then_quiet_recovers_slowly() {
-        let busy = trace(include_str!("../tests/data/governor/full_speed.tsv"));
-        let idle = trace(include_str!("../tests/data/governor/idle.tsv"));
+        let busy = trace(include_str!("../../tests/data/governor/full_speed.tsv"));
+        let idle = trace(include_str!("../../tests/data/governor/idle.tsv"));
         let targets = Targets::default();
         let mut law = Law::new(8);
         let mut t_end = 0.0;

@@ -247,15 +247,15 @@ pub struct RunArgs {
     /// Most bytes per second read from SOURCE (K, M, G, T), or a timetable by local time:
     /// `08:00,10M 19:00,off` (each rate holds until the next time; `off` is unlimited). The cap
     /// applies inside each file's copy.
-    #[arg(long, value_name = "RATE|TIMETABLE", value_parser = |s: &str| s.parse::<crate::throttle::Schedule>())]
-    pub bwlimit: Option<crate::throttle::Schedule>,
+    #[arg(long, value_name = "RATE|TIMETABLE", value_parser = |s: &str| s.parse::<crate::pace::throttle::Schedule>())]
+    pub bwlimit: Option<crate::pace::throttle::Schedule>,
     /// Most files started per second (metadata operations on the old server).
     #[arg(long, value_name = "N")]
     pub files_per_sec: Option<f64>,
     /// Start new files only inside this window of local time, e.g. 19:00-07:00 (repeatable).
     /// Outside, files in flight finish and evac idles until the next window opens.
-    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = |s: &str| s.parse::<crate::throttle::Window>())]
-    pub window: Vec<crate::throttle::Window>,
+    #[arg(long, value_name = "HH:MM-HH:MM", value_parser = |s: &str| s.parse::<crate::pace::throttle::Window>())]
+    pub window: Vec<crate::pace::throttle::Window>,
     /// Outside the windows, exit with status 4 instead of idling (for cron).
     #[arg(long)]
     pub exit_outside_window: bool,
@@ -278,25 +278,26 @@ pub struct GovernorArgs {
     pub governor: Option<bool>,
     /// Most tasks running or waiting for I/O per CPU, averaged over 5 s, or `off`. [default: 2]
     #[arg(long, value_name = "N|off")]
-    pub max_load: Option<crate::governor::Target>,
+    pub max_load: Option<crate::pace::governor::Target>,
     /// Most share of the time some task waits for I/O (/proc/pressure/io "some"), percent, or
     /// `off`. [default: 60]
     #[arg(long, value_name = "PCT|off")]
-    pub max_io_pressure: Option<crate::governor::Target>,
+    pub max_io_pressure: Option<crate::pace::governor::Target>,
     /// Most share of the time a disk behind SOURCE or DEST is busy (/proc/diskstats), percent,
     /// or `off`. [default: 90]
     #[arg(long, value_name = "PCT|off")]
-    pub max_util: Option<crate::governor::Target>,
+    pub max_util: Option<crate::pace::governor::Target>,
     /// Most average time an I/O request takes on those disks (or an NFS mount's round trip),
     /// milliseconds (or with `s`), or `off`. [default: 50]
     #[arg(long, value_name = "MS|off")]
-    pub max_latency: Option<crate::governor::Target>,
+    pub max_latency: Option<crate::pace::governor::Target>,
 }
 
 impl GovernorArgs {
     /// The options given, as control-table entries (key, value).
     pub fn entries(&self) -> Vec<(&'static str, String)> {
-        let t = |v: &crate::governor::Target| v.0.map_or("off".to_string(), |x| x.to_string());
+        let t =
+            |v: &crate::pace::governor::Target| v.0.map_or("off".to_string(), |x| x.to_string());
         let mut v = Vec::new();
         if let Some(g) = self.governor {
             v.push(("governor", if g { "on" } else { "off" }.to_string()));
@@ -315,8 +316,8 @@ impl GovernorArgs {
     }
 
     /// The governor's settings for a run: the defaults, then what was given.
-    pub fn settings(&self) -> crate::governor::Settings {
-        let mut s = crate::governor::Settings::default();
+    pub fn settings(&self) -> crate::pace::governor::Settings {
+        let mut s = crate::pace::governor::Settings::default();
         for (k, v) in self.entries() {
             s.apply(k, &v);
         }

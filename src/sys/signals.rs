@@ -8,7 +8,7 @@
 //! by the kernel until that moment, so its writes land in the file its path names when the
 //! `open()` returns, never in an original that a swap had moved aside (I2).
 
-use crate::fsx;
+use crate::sys::fsx;
 use rustix::fd::BorrowedFd;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -170,10 +170,10 @@ fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
             if sig == lease_signal() {
                 leases.broken(info.ssi_fd);
             } else if sig == libc::SIGUSR1 {
-                crate::throttle::set_paused(true);
+                crate::pace::throttle::set_paused(true);
                 eprintln!("evac: paused (SIGUSR1); SIGUSR2 or `evac resume` goes on");
             } else if sig == libc::SIGUSR2 {
-                crate::throttle::set_paused(false);
+                crate::pace::throttle::set_paused(false);
                 eprintln!("evac: resumed (SIGUSR2)");
             } else {
                 let n = stopper.count.fetch_add(1, Ordering::SeqCst);

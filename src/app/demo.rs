@@ -2,9 +2,9 @@
 //! thousand files, hard links, a sparse file, xattrs, awkward names, a symlink and a FIFO),
 //! relocates it, then shows `status` and runs `verify`.
 
+use crate::engine::{self, RunOpts};
 use crate::error::{Error, Result};
-use crate::escape::quoted;
-use crate::run::{self, RunOpts};
+use crate::util::escape::quoted;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -127,7 +127,7 @@ fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
 /// hsm-sim`). Needs root (Lustre's `trusted.hsm` attribute) and a filesystem that punches holes;
 /// otherwise says what it skips. The evac binary to run the simulator from, if it was done.
 fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
-    if !crate::fsx::is_root() {
+    if !crate::sys::fsx::is_root() {
         eprintln!("evac demo: skipping the HSM part (phases 1 and 2 with stubs): making stubs needs root (Lustre's trusted.hsm attribute); try it with sudo");
         return Ok(None);
     }
@@ -228,7 +228,7 @@ fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
         "\n$ evac recover --journal {} --all-exact",
         journal.display()
     );
-    crate::recover::recover(crate::recover::RecoverOpts {
+    crate::app::recover::recover(crate::app::recover::RecoverOpts {
         journal: journal.to_path_buf(),
         path: None,
         from: None,
@@ -246,9 +246,9 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         journal.display(),
         listing.display()
     );
-    crate::hsm_import::import(
+    crate::hsm::import::import(
         journal,
-        crate::hsm_import::Format::Tsv,
+        crate::hsm::import::Format::Tsv,
         &listing,
         None,
         false,
@@ -258,7 +258,7 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         journal.display(),
         tape.display()
     );
-    let code = crate::stage::stage(crate::stage::StageOpts {
+    let code = crate::hsm::stage::stage(crate::hsm::stage::StageOpts {
         journal: journal.to_path_buf(),
         program: vec![
             exe.as_os_str().to_owned(),
@@ -283,7 +283,7 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         quiet: false,
     })?;
     println!("\n$ evac status --journal {}", journal.display());
-    crate::report::status(journal, false, None, false)?;
+    crate::app::report::status(journal, false, None, false)?;
     Ok(code)
 }
 
@@ -307,12 +307,12 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     let (n, bytes) = build_tree(&old, files)?;
     eprintln!(
         "evac demo: {n} files ({}), with hard links, a sparse file, xattrs and awkward names; relocating to {}",
-        crate::progress::human_bytes(bytes as f64),
+        crate::ui::progress::human_bytes(bytes as f64),
         quoted(new.as_os_str().as_bytes())
     );
     let tape = top.join("hsm-tape");
     let hsm = release_some(&old, &tape)?;
-    let code = run::run(RunOpts {
+    let code = engine::run(RunOpts {
         source: Some(old.clone()),
         dest: Some(new.clone()),
         quiet: false,
@@ -321,7 +321,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;
     println!("\n$ evac status --journal {}", journal.display());
-    crate::report::status(&journal, false, None, false)?;
+    crate::app::report::status(&journal, false, None, false)?;
     let code = match hsm {
         Some(exe) => {
             phase2(&journal, &tape, &exe)?;
@@ -334,7 +334,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         None => code,
     };
     println!("\n$ evac verify --journal {}", journal.display());
-    let v = crate::report::verify(&journal, false, None)?;
+    let v = crate::app::report::verify(&journal, false, None)?;
     println!(
         "\nLook around:\n  ls -l {old}/proj0/src0 | head      # originals are now symlinks\n  ls -l {new}/proj0/src0 | head      # the copies, with the originals' metadata\n  evac status --journal {j} --list skipped\n  {top}/leftovers.html           # phase 3's worksheet (as root)\n  evac run --journal {j}             # a second run finds nothing to do\nRemove it all with: rm -rf {top}",
         old = old.display(),

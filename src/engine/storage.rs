@@ -7,13 +7,13 @@
 
 use super::{Runner, EXIT_INTERRUPTED};
 use crate::error::{Error, Result};
-use crate::escape::quoted;
-use crate::faults::{self, DEST_FULL};
-use crate::fsx;
 use crate::journal::Journal;
-use crate::progress::Stats;
-use crate::relocate::{self, Copied, Ctx, Job, Outcome};
-use crate::watchdog::{self, Deadman, Slot, Stall};
+use crate::protocol::faults::{self, DEST_FULL};
+use crate::protocol::{self, Copied, Ctx, Job, Outcome};
+use crate::sys::fsx;
+use crate::sys::watchdog::{self, Deadman, Slot, Stall};
+use crate::ui::progress::Stats;
+use crate::util::escape::quoted;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::fd::AsFd;
 use std::collections::HashMap;
@@ -180,13 +180,13 @@ fn work(
         }
         slot.begin(&ids, job.names.first().map_or(&[][..], |r| &r.path));
         Stats::add(&stats.busy_workers, 1);
-        let out = relocate::copy_job(ctx, job, &mut buf);
+        let out = protocol::copy_job(ctx, job, &mut buf);
         stats.busy_workers.fetch_sub(1, Ordering::Relaxed);
         if !slot.end() {
             // Given up on while blocked: the file is already recorded as deferred and another
             // worker has taken this one's place. Leave nothing of this copy behind.
             if let Outcome::Copied(c) = out {
-                relocate::discard(ctx, &c, true);
+                protocol::discard(ctx, &c, true);
             }
             return;
         }
@@ -419,7 +419,7 @@ impl Runner {
                 "not tried: an earlier syncfs of DEST did not return ({NOT_ANSWERING})"
             ))));
         }
-        crate::steps::at(crate::steps::Step::SyncDest, b"");
+        crate::sys::steps::at(crate::sys::steps::Step::SyncDest, b"");
         self.storage.syncs += 1;
         let stall = self
             .storage

@@ -2,9 +2,9 @@
 //! never leaves SOURCE's filesystem and never enters DEST or the journal's directory. It streams
 //! what it sees (memory is bounded by depth, not by the number of files).
 
-use crate::fsx;
-use crate::hsm;
+use crate::hsm::detect as hsm;
 use crate::journal::{Kind, Seen};
+use crate::sys::fsx;
 use crossbeam_channel::Sender;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{Dir, FileType};

@@ -5,14 +5,15 @@
 //! is killed with its process group after `--stage-timeout` and its files tried again later
 //! with backoff; files that cannot be staged end as leftovers with the reason.
 
+use crate::engine::{self, RunOpts};
 use crate::error::{Error, Result};
-use crate::escape::quoted;
-use crate::fsx;
-use crate::hsm::{self, Mode};
+use crate::hsm::detect as hsm;
+use crate::hsm::detect::Mode;
 use crate::journal::{self, Journal, StageRow};
-use crate::lock::JournalLock;
-use crate::progress::human_bytes;
-use crate::run::{self, RunOpts};
+use crate::sys::fsx;
+use crate::sys::lock::JournalLock;
+use crate::ui::progress::human_bytes;
+use crate::util::escape::quoted;
 use rustix::fd::{AsFd, OwnedFd};
 use std::ffi::OsString;
 use std::io::Write;
@@ -190,7 +191,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
             .map_err(|e| Error::Setup(format!("current directory: {e}")))?
             .join(&o.journal);
     }
-    let (_, stop) = crate::signals::process()
+    let (_, stop) = crate::sys::signals::process()
         .map_err(|e| Error::Setup(format!("set up signal handling: {e}")))?;
     let lock = JournalLock::acquire(&o.journal)?;
     let j = Journal::open(&o.journal, false)?;
@@ -386,13 +387,13 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
         p.given_up
     ));
     if stop.load(Ordering::Relaxed) {
-        return Ok(run::EXIT_INTERRUPTED);
+        return Ok(engine::EXIT_INTERRUPTED);
     }
     let remaining = j.stage_candidates(false)?.len();
     Ok(if remaining == 0 && left == 0 && p.given_up == 0 {
-        run::EXIT_OK
+        engine::EXIT_OK
     } else {
-        run::EXIT_LEFT
+        engine::EXIT_LEFT
     })
 }
 
@@ -408,7 +409,7 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         }
     }
     j.commit()?;
-    let code = run::run_locked(RunOpts::waiting_only(
+    let code = engine::run_locked(RunOpts::waiting_only(
         o.journal.clone(),
         o.workers,
         "stage (relocating staged files)",
@@ -434,7 +435,7 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
         }
     }
     j.commit()?;
-    if code == run::EXIT_INTERRUPTED {
+    if code == engine::EXIT_INTERRUPTED {
         say("stage: stopped while relocating; run again to go on".into());
     }
     Ok(n)

@@ -10,13 +10,15 @@
 //! place of the link, wherever the user moved it, found by the link's file handle) before it lets
 //! the lease go, so the kernel returns the writer's `open()` only then.
 
-use crate::busy::Mapped;
+pub mod faults;
+
 use crate::error::{Error, IoContext, Result};
-use crate::escape::quoted;
-use crate::fsx::{self, Stat};
 use crate::journal::{FileRec, Journal};
-use crate::signals::{lease_signal, Lease, Leases, OnBreak};
-use crate::steps::{self, Step};
+use crate::sys::busy::Mapped;
+use crate::sys::fsx::{self, Stat};
+use crate::sys::signals::{lease_signal, Lease, Leases, OnBreak};
+use crate::sys::steps::{self, Step};
+use crate::util::escape::quoted;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +35,9 @@ pub struct Ctx {
     pub mapped: Arc<Mapped>,
     pub relocate_mapped: bool,
     /// How HSM stubs are told apart (I4: never opened).
-    pub hsm: crate::hsm::Mode,
+    pub hsm: crate::hsm::detect::Mode,
     /// --bwlimit and --files-per-sec, shared by the copy workers.
-    pub limiter: Arc<crate::throttle::Limiter>,
+    pub limiter: Arc<crate::pace::throttle::Limiter>,
     pub stop: Arc<AtomicBool>,
     /// Set once a file's filesystem refused a lease; the run log says so once.
     pub no_lease_seen: AtomicBool,
@@ -204,10 +206,10 @@ fn is_gone(e: &io::Error) -> bool {
 /// Why `name` (stat'ed as `st`) must not be opened, if the HSM has moved it away (metadata
 /// modes only: an --hsm cmd:PROGRAM is asked during the walk).
 fn stub_reason(ctx: &Ctx, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Option<String> {
-    match crate::hsm::classify(&ctx.hsm, dir, name, st) {
+    match crate::hsm::detect::classify(&ctx.hsm, dir, name, st) {
         Ok(c) if c.openable() => None,
         Ok(c) => Some(c.why),
-        Err(e) => Some(crate::hsm::Classified::unknown(&e.to_string()).why),
+        Err(e) => Some(crate::hsm::detect::Classified::unknown(&e.to_string()).why),
     }
 }
 
@@ -240,7 +242,7 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Attempt::Gone) => return Outcome::Gone(job),
             Ok(Attempt::Aborted) => return Outcome::Aborted(job),
             Ok(Attempt::Fail(why)) => return Outcome::Failed(job, why),
-            Err(e) => return crate::faults::copy_failed(job, &e),
+            Err(e) => return crate::protocol::faults::copy_failed(job, &e),
         }
     }
     Outcome::Deferred(job, last)
@@ -350,7 +352,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
         }
     };
     let st = fst;
-    if let Some(why) = crate::faults::source_refuses(src.fd.as_fd(), src_dir.as_fd()) {
+    if let Some(why) = crate::protocol::faults::source_refuses(src.fd.as_fd(), src_dir.as_fd()) {
         return Err(Error::Setup(why));
     }
 
@@ -382,7 +384,7 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
             ctx.limiter.streaming(),
         )
     };
-    match outcome.map_err(|e| crate::faults::copy_error(&first.path, e))? {
+    match outcome.map_err(|e| crate::protocol::faults::copy_error(&first.path, e))? {
         fsx::CopyOutcome::Done { .. } => {}
         fsx::CopyOutcome::Aborted if stopped_by_user => return Ok(Attempt::Aborted),
         fsx::CopyOutcome::Aborted => {
@@ -470,7 +472,7 @@ fn recover_copy(
         Err(e) => {
             return Ok(Attempt::Fail(format!(
                 "recover: open the candidate {}: {e}",
-                crate::escape::quoted(&r.candidate)
+                crate::util::escape::quoted(&r.candidate)
             )))
         }
     };
@@ -480,7 +482,7 @@ fn recover_copy(
     {
         return Ok(Attempt::Fail(format!(
             "recover: the candidate {} ({} bytes) or the leftover ({} bytes) is no longer the size checked ({})",
-            crate::escape::quoted(&r.candidate),
+            crate::util::escape::quoted(&r.candidate),
             cst.st_size,
             fst.st_size,
             r.size
@@ -508,14 +510,14 @@ fn recover_copy(
         Ok(fsx::CopyOutcome::Done { .. }) | Ok(fsx::CopyOutcome::Shrunk) => {
             return Ok(Attempt::Fail(format!(
                 "recover: the candidate {} changed since it was checked",
-                crate::escape::quoted(&r.candidate)
+                crate::util::escape::quoted(&r.candidate)
             )))
         }
         Ok(fsx::CopyOutcome::Aborted) => return Ok(Attempt::Aborted),
         Err(e) => {
             return Ok(Attempt::Fail(format!(
                 "recover: read the candidate {}: {e}",
-                crate::escape::quoted(&r.candidate)
+                crate::util::escape::quoted(&r.candidate)
             )))
         }
     }
@@ -524,7 +526,7 @@ fn recover_copy(
         .ctx("read xattrs of", &first.path)
         .map(|v| {
             v.into_iter()
-                .filter(|(n, _)| !crate::hsm::is_hsm_attribute(&ctx.hsm, n))
+                .filter(|(n, _)| !crate::hsm::detect::is_hsm_attribute(&ctx.hsm, n))
                 .collect::<Vec<_>>()
         });
     let dst_st = give_metadata(&dst, st, xattrs, &first.path)?;
@@ -586,7 +588,7 @@ fn dest_temporary(ctx: &Ctx, first: &FileRec) -> Result<(DestTemp, OwnedFd)> {
         }
         Err(e) => return Err(Error::io("open DEST directory for", &first.path, e)),
     };
-    if let Some(why) = crate::faults::dest_dir_refuses(dst_dir.as_fd()) {
+    if let Some(why) = crate::protocol::faults::dest_dir_refuses(dst_dir.as_fd()) {
         return Err(Error::Setup(why));
     }
     let tmp = ctx.tmp_name(first.id, "tmp");
@@ -622,10 +624,10 @@ fn link_name(ctx: &Ctx, rec: &FileRec, st: &Stat) -> Result<Option<Name>> {
         Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(Error::io("stat", &rec.path, e)),
     }
-    if let Some(flag) = crate::faults::refusing_flag(src_dir.as_fd()) {
+    if let Some(flag) = crate::protocol::faults::refusing_flag(src_dir.as_fd()) {
         return Err(Error::Setup(format!(
             "the SOURCE directory of its name {} is {flag}: the kernel refuses to replace names in it; clear the flag to relocate it",
-            crate::escape::quoted(&rec.path)
+            crate::util::escape::quoted(&rec.path)
         )));
     }
     steps::at(Step::DestMkdir, &rec.path);
@@ -813,7 +815,7 @@ pub fn remove_dest_name(ctx: &Ctx, rel: &[u8], ino: u64) -> io::Result<()> {
 /// Move DEST `dir`/`fname` (the copy of `rel`) into DEST's dated trash, where evac keeps copies
 /// it will not overwrite or destroy.
 fn to_trash(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], rel: &[u8]) -> io::Result<()> {
-    let trel = crate::resync::trash_name(ctx, rel)?;
+    let trel = crate::engine::resync::trash_name(ctx, rel)?;
     let (tpd, tname) = fsx::split_parent(&trel);
     let tdir = fsx::resolve_dir(ctx.dst_root.as_fd(), tpd)?;
     fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname)

@@ -2,13 +2,13 @@
 //! candidate of `evac fingerprint`), after checking the copy against the leftover's
 //! fingerprint; the relocation itself is the normal protocol, journaled and resumable.
 
+use crate::engine::{self, RunOpts};
 use crate::error::{Error, Result};
-use crate::escape::quoted;
 use crate::fingerprint::hashing::{self, Algo};
 use crate::journal::fingerprint::FpLeftover;
 use crate::journal::{Journal, RecoveryRow};
-use crate::lock::JournalLock;
-use crate::run::{self, RunOpts};
+use crate::sys::lock::JournalLock;
+use crate::util::escape::quoted;
 use std::path::{Path, PathBuf};
 
 pub struct RecoverOpts {
@@ -177,13 +177,13 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
     if requested.is_empty() {
         println!("recover: nothing to recover");
         return Ok(if refused > 0 {
-            run::EXIT_LEFT
+            engine::EXIT_LEFT
         } else {
-            run::EXIT_OK
+            engine::EXIT_OK
         });
     }
     drop(j);
-    let code = run::run_locked(RunOpts::waiting_only(
+    let code = engine::run_locked(RunOpts::waiting_only(
         o.journal.clone(),
         o.workers,
         "recover (relocating leftovers from their candidates)",
@@ -200,7 +200,7 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
                 done += 1;
             }
             // Stopped before its turn: the next `evac recover` goes on with it.
-            Some((s, _)) if s == "pending" && code == run::EXIT_INTERRUPTED => {}
+            Some((s, _)) if s == "pending" && code == engine::EXIT_INTERRUPTED => {}
             Some((s, why)) => {
                 let why = why.unwrap_or_else(|| s.clone());
                 j.finish_recovery(r.file_id, "failed", Some(&why))?;
@@ -211,11 +211,11 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
         }
     }
     println!("recover: {done} recovered, {failed} not, {refused} refused");
-    Ok(if code == run::EXIT_INTERRUPTED {
-        run::EXIT_INTERRUPTED
+    Ok(if code == engine::EXIT_INTERRUPTED {
+        engine::EXIT_INTERRUPTED
     } else if failed + refused > 0 {
-        run::EXIT_LEFT
+        engine::EXIT_LEFT
     } else {
-        run::EXIT_OK
+        engine::EXIT_OK
     })
 }

@@ -5,18 +5,16 @@
 // pointer where the struct (stat buffers, fds, names) would be copied.
 #![allow(clippy::vec_box)]
 
-use crate::busy::{self, Mapped};
 use crate::error::{Error, IoContext, Result};
-use crate::escape::quoted;
-use crate::fsx;
 use crate::journal::{self, FileRec, Journal, Kind, Next, Plan};
-use crate::lock::JournalLock;
-use crate::progress::{human_bytes, Stats, Ui};
-use crate::relocate::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
-use crate::resync;
-use crate::signals;
-use crate::steps::{self, Step};
-use crate::walk::{self, WalkMsg, WalkOpts};
+use crate::protocol::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
+use crate::sys::busy::{self, Mapped};
+use crate::sys::fsx;
+use crate::sys::lock::JournalLock;
+use crate::sys::signals;
+use crate::sys::steps::{self, Step};
+use crate::ui::progress::{human_bytes, Stats, Ui};
+use crate::util::escape::quoted;
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 use rustix::fd::AsFd;
@@ -25,8 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use walk::{WalkMsg, WalkOpts};
 
+pub mod resync;
 mod storage;
+pub mod walk;
 
 pub struct RunOpts {
     pub source: Option<PathBuf>,
@@ -50,13 +51,13 @@ pub struct RunOpts {
     pub hsm_timeout: f64,
     /// Relocate the files waiting in the journal without walking SOURCE (`evac stage`).
     pub skip_walk: bool,
-    pub bwlimit: Option<crate::throttle::Schedule>,
+    pub bwlimit: Option<crate::pace::throttle::Schedule>,
     pub files_per_sec: Option<f64>,
-    pub windows: Vec<crate::throttle::Window>,
+    pub windows: Vec<crate::pace::throttle::Window>,
     pub exit_outside_window: bool,
     /// The load governor's settings as given on the command line (defaults otherwise), and the
     /// control-table entries they make (which replace earlier `evac throttle` ones).
-    pub governor: crate::governor::Settings,
+    pub governor: crate::pace::governor::Settings,
     pub governor_given: Vec<(&'static str, String)>,
     pub governor_log: Option<PathBuf>,
     /// The command line, for the START record.
@@ -382,7 +383,7 @@ impl Runner {
             }
             None => j.plan_option("hsm")?.unwrap_or_else(|| "auto".into()),
         };
-        let hsm_mode: crate::hsm::Mode = hsm_text.parse().map_err(Error::Setup)?;
+        let hsm_mode: crate::hsm::detect::Mode = hsm_text.parse().map_err(Error::Setup)?;
         let src_root = fsx::open_root(&plan.source)
             .ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
         let dst_root = fsx::open_root(&plan.dest)
@@ -404,10 +405,10 @@ impl Runner {
             mapped: Arc::new(Mapped::default()),
             relocate_mapped: o.relocate_mapped,
             hsm: hsm_mode,
-            limiter: Arc::new(crate::throttle::Limiter::with_windows(
+            limiter: Arc::new(crate::pace::throttle::Limiter::with_windows(
                 o.bwlimit
                     .clone()
-                    .unwrap_or_else(crate::throttle::Schedule::unlimited),
+                    .unwrap_or_else(crate::pace::throttle::Schedule::unlimited),
                 o.files_per_sec,
                 o.windows.clone(),
             )),
@@ -574,7 +575,10 @@ impl Runner {
 
     fn body(&mut self, workers: usize) -> Result<i32> {
         if self.o.exit_outside_window
-            && !crate::throttle::in_windows(&self.o.windows, crate::throttle::local_minute())
+            && !crate::pace::throttle::in_windows(
+                &self.o.windows,
+                crate::pace::throttle::local_minute(),
+            )
         {
             self.say(format!(
                 "evac: outside the run windows ({}); exit 4 (--exit-outside-window)",
@@ -718,12 +722,16 @@ impl Runner {
         for (k, _) in &self.o.governor_given {
             self.j.set_control(k, "")?;
         }
-        let settings = crate::governor::Settings {
+        let settings = crate::pace::governor::Settings {
             log: self.o.governor_log.clone(),
             ..self.o.governor.clone()
         };
-        let gov =
-            crate::governor::Governor::new(&settings, workers, &self.plan.source, &self.plan.dest);
+        let gov = crate::pace::governor::Governor::new(
+            &settings,
+            workers,
+            &self.plan.source,
+            &self.plan.dest,
+        );
         let said = format!(
             "governor {}: {}; targets: {}",
             if settings.enabled { "on" } else { "off" },
@@ -798,7 +806,7 @@ impl Runner {
                         if c != seen {
                             if c.get("paused") != seen.get("paused") {
                                 let p = c.get("paused").is_some_and(|v| v == "1");
-                                crate::throttle::set_paused(p);
+                                crate::pace::throttle::set_paused(p);
                                 eprintln!(
                                     "evac: {}",
                                     if p {
@@ -819,19 +827,19 @@ impl Runner {
                             eprintln!("evac: run window: {said}");
                             window_said = said;
                         }
-                        let m = crate::throttle::local_minute();
-                        if exit_outside && !crate::throttle::in_windows(&windows, m) {
+                        let m = crate::pace::throttle::local_minute();
+                        if exit_outside && !crate::pace::throttle::in_windows(&windows, m) {
                             stop.store(true, Ordering::SeqCst);
                         }
                     }
                     let now = state.lock().map(|s| s.clone()).unwrap_or_default();
                     if now != state_said {
-                        crate::governor::write_state(&jid, &now.0, &now.1);
+                        crate::pace::governor::write_state(&jid, &now.0, &now.1);
                         state_said = now;
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                crate::governor::clear_state(&jid);
+                crate::pace::governor::clear_state(&jid);
                 if !windows.is_empty() {
                     let _ = j.set_control("window", "");
                 }
@@ -886,7 +894,7 @@ impl Runner {
     fn release_stale_name(&mut self, c: &Copied) -> Result<bool> {
         let mut any = false;
         for n in &c.names {
-            let Some(ino) = relocate::extra_name_at_dest(&self.ctx, &n.rec.path) else {
+            let Some(ino) = protocol::extra_name_at_dest(&self.ctx, &n.rec.path) else {
                 continue;
             };
             if !self.j.copy_known_elsewhere(ino, &n.rec.path)? {
@@ -900,7 +908,7 @@ impl Runner {
             if unseen {
                 continue;
             }
-            if relocate::remove_dest_name(&self.ctx, &n.rec.path, ino).is_ok() {
+            if protocol::remove_dest_name(&self.ctx, &n.rec.path, ino).is_ok() {
                 self.j.log(
                     Some(self.run_id),
                     "info",
@@ -926,7 +934,7 @@ impl Runner {
         }
         self.j.commit()?;
         for (path, name, ino) in held {
-            if let Err(e) = relocate::drop_held(&self.ctx, &path, &name, ino) {
+            if let Err(e) = protocol::drop_held(&self.ctx, &path, &name, ino) {
                 // The next walk finds it under its temporary name and recovery tries again.
                 self.say(format!("evac: recover: {e}"));
             }
@@ -946,7 +954,7 @@ impl Runner {
     }
 
     fn recover_one(&mut self, id: i64, path: &[u8]) -> Result<()> {
-        match relocate::recover(&self.ctx, &self.j, id, path) {
+        match protocol::recover(&self.ctx, &self.j, id, path) {
             Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
             Ok(RecoverResult::KeepCopy(ino)) => {
                 self.j.set_state(id, "pending", None)?;
@@ -1291,10 +1299,10 @@ impl Runner {
     /// A copy that will not be relocated this time: remove what it left at DEST, count it, and
     /// queue its state (with the reason) for the next journal commit.
     fn give_up(&mut self, c: &Copied, state: &'static str, why: String) {
-        relocate::discard(&self.ctx, c, false);
+        protocol::discard(&self.ctx, c, false);
         let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
         let put_back = c.put_back();
-        if put_back.iter().any(relocate::PutBack::keeps_copy) {
+        if put_back.iter().any(protocol::PutBack::keeps_copy) {
             // The copy stays at DEST as this path's linked copy: resync gives it to a link that
             // names it, or to the trash once walks show no link names it.
             self.kept_copies.push((ids.clone(), c.dst_st.st_ino));
@@ -1302,7 +1310,7 @@ impl Runner {
         let why = if put_back.is_empty() {
             why
         } else {
-            relocate::put_back_reason(&why, c)
+            protocol::put_back_reason(&why, c)
         };
         match state {
             "failed" => {
@@ -1320,7 +1328,7 @@ impl Runner {
     /// that `give_up` removes (unless a link may still name it), or the file would wait as if a
     /// link still needed it.
     fn give_up_recorded(&mut self, c: &Copied, why: String) {
-        if !c.put_back().iter().any(relocate::PutBack::keeps_copy) {
+        if !c.put_back().iter().any(protocol::PutBack::keeps_copy) {
             let ids = c.names.iter().map(|n| n.rec.id).collect();
             self.dropped_copies.push((ids, c.dst_st.st_ino));
         }
@@ -1330,7 +1338,7 @@ impl Runner {
     /// DEST could not be made durable: put the unfinished batch's originals back.
     fn unswap_unfinished(&mut self, why: &str) {
         for c in std::mem::take(&mut self.unfinished) {
-            relocate::unswap(&c, why);
+            protocol::unswap(&c, why);
             self.give_up_recorded(&c, why.to_string());
         }
     }
@@ -1338,7 +1346,7 @@ impl Runner {
     /// Remove the originals of swapped files whose DEST names a syncfs has since made durable.
     fn finish_unfinished(&mut self) {
         let items = std::mem::take(&mut self.unfinished);
-        let results = each_in_parallel(items, relocate::finish);
+        let results = each_in_parallel(items, protocol::finish);
         for (c, r) in results {
             let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
             match r {
@@ -1380,7 +1388,7 @@ impl Runner {
         let mut batch = batch;
         let made: Vec<_> = batch
             .par_iter_mut()
-            .map(|c| relocate::make_links(&ctx, c))
+            .map(|c| protocol::make_links(&ctx, c))
             .collect();
         let mut linked = Vec::with_capacity(batch.len());
         for (c, r) in batch.into_iter().zip(made) {
@@ -1407,12 +1415,12 @@ impl Runner {
         self.prof.placed_tx += t.elapsed();
         t = Instant::now();
         // 3. Final names at DEST.
-        let placed = each_in_parallel(batch, |c| relocate::place(&ctx, c));
+        let placed = each_in_parallel(batch, |c| protocol::place(&ctx, c));
         let mut ok = Vec::with_capacity(placed.len());
         for (c, r) in placed {
             let r = match r {
-                Err(why) if why == relocate::CONFLICT && self.release_stale_name(&c)? => {
-                    relocate::place(&ctx, &c)
+                Err(why) if why == protocol::CONFLICT && self.release_stale_name(&c)? => {
+                    protocol::place(&ctx, &c)
                 }
                 r => r,
             };
@@ -1436,7 +1444,7 @@ impl Runner {
         };
         let swaps: Vec<Swap> = ok
             .into_par_iter()
-            .map(|c| relocate::swap(&ctx, c, writers.as_ref()))
+            .map(|c| protocol::swap(&ctx, c, writers.as_ref()))
             .collect();
         let mut swapped = Vec::with_capacity(swaps.len());
         for s in swaps {
@@ -1839,7 +1847,7 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
         root_dev,
         prune,
         reserved_prefix: b"\0".to_vec(),
-        hsm: crate::hsm::Mode::None,
+        hsm: crate::hsm::detect::Mode::None,
         hsm_timeout: Duration::from_secs(60),
         source_abs: PathBuf::new(),
     };
@@ -1866,7 +1874,7 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
                             let _ = if o.null {
                                 out.write_all(&s.path).and_then(|_| out.write_all(b"\0"))
                             } else {
-                                writeln!(out, "{}", crate::escape::escape(&s.path))
+                                writeln!(out, "{}", crate::util::escape::escape(&s.path))
                             };
                         }
                     }
@@ -1919,13 +1927,13 @@ fn pause_after_swap() -> Option<Duration> {
 fn apply_controls(
     c: &std::collections::BTreeMap<String, String>,
     before: &std::collections::BTreeMap<String, String>,
-    limiter: &crate::throttle::Limiter,
-    gov: &mut crate::governor::Governor,
+    limiter: &crate::pace::throttle::Limiter,
+    gov: &mut crate::pace::governor::Governor,
 ) {
     let changed = |k: &str| c.get(k) != before.get(k);
     let given = |k: &str| c.get(k).filter(|v| !v.is_empty() && changed(k));
     if let Some(v) = given("bwlimit") {
-        if let Ok(s) = v.parse::<crate::throttle::Schedule>() {
+        if let Ok(s) = v.parse::<crate::pace::throttle::Schedule>() {
             limiter.set(Some(s), None);
             eprintln!("evac: --bwlimit now {v}");
         }
@@ -1965,12 +1973,12 @@ struct GovState {
 }
 
 fn governor_state(
-    gov: &crate::governor::Governor,
-    d: &crate::governor::Decision,
+    gov: &crate::pace::governor::Governor,
+    d: &crate::pace::governor::Decision,
     active: usize,
     window: Option<&str>,
 ) -> GovState {
-    use crate::report::json_str;
+    use crate::app::report::json_str;
     let (bps, fps) = gov.rate();
     let on = gov.settings.enabled;
     let allowed = d.allowed;
@@ -1979,7 +1987,7 @@ fn governor_state(
     } else {
         String::new()
     };
-    let paused = crate::throttle::paused();
+    let paused = crate::pace::throttle::paused();
     let over = d.worst.as_ref().filter(|w| w.ratio() > 1.0);
     let why = match (&d.worst, over) {
         (_, Some(w)) => format!("limited by {}", w.describe()),
@@ -1991,7 +1999,7 @@ fn governor_state(
         "{}{allowed} of {} workers allowed{duty}, {active} active, {}/s, {fps:.1} files/s; {why}",
         if paused { "paused; " } else if on { "" } else { "off; " },
         gov.max(),
-        crate::progress::human_bytes(bps),
+        crate::ui::progress::human_bytes(bps),
     );
     let short = format!(
         "gov {allowed}/{}{}{}",
@@ -2004,7 +2012,7 @@ fn governor_state(
         over.map(|w| format!(" {} {}", w.signal.name(), w.signal.fmt(w.value)))
             .unwrap_or_default()
     );
-    let reading = |w: &crate::governor::Reading| {
+    let reading = |w: &crate::pace::governor::Reading| {
         format!(
             "{{\"signal\":{},\"value\":{:.3},\"target\":{},\"device\":{}}}",
             json_str(w.signal.name()),
@@ -2034,12 +2042,12 @@ fn governor_state(
 }
 
 /// "inside a window until HH:MM" / "outside the windows: …", for the run log and `status`.
-fn window_state(ws: &[crate::throttle::Window]) -> String {
-    let m = crate::throttle::local_minute();
-    let next = crate::throttle::next_window_change(ws, m)
-        .map(crate::throttle::fmt_minute)
+fn window_state(ws: &[crate::pace::throttle::Window]) -> String {
+    let m = crate::pace::throttle::local_minute();
+    let next = crate::pace::throttle::next_window_change(ws, m)
+        .map(crate::pace::throttle::fmt_minute)
         .unwrap_or_else(|| "never".into());
-    if crate::throttle::in_windows(ws, m) {
+    if crate::pace::throttle::in_windows(ws, m) {
         format!("inside a window until {next}")
     } else {
         format!("outside the windows: no new file starts before {next}")

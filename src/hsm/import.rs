@@ -4,10 +4,10 @@
 //! `lfs hsm_state` output, and DMF's `dmls -l` (or `-lR`) output.
 
 use crate::error::{Error, Result};
-use crate::escape::quoted;
-use crate::fsx;
-use crate::hsm::State;
+use crate::hsm::detect::State;
 use crate::journal::{self, Journal};
+use crate::sys::fsx;
+use crate::util::escape::quoted;
 use rustix::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -406,7 +406,7 @@ pub fn import(
     root: Option<&Path>,
     quiet: bool,
 ) -> Result<i32> {
-    let lock = crate::lock::JournalLock::acquire(journal)?;
+    let lock = crate::sys::lock::JournalLock::acquire(journal)?;
     let j = Journal::open(journal, false)?;
     let plan = j.plan()?.ok_or_else(|| {
         Error::Setup(format!(

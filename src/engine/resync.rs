@@ -36,11 +36,11 @@
 //! check that no path ever reads another file's copy or nothing.
 
 use crate::error::{IoContext, Result};
-use crate::escape::quoted;
-use crate::fsx;
 use crate::journal::{CopyMeta, ElsewhereLink, Journal, PathRow};
-use crate::relocate::Ctx;
-use crate::steps::{self, Step};
+use crate::protocol::Ctx;
+use crate::sys::fsx;
+use crate::sys::steps::{self, Step};
+use crate::util::escape::quoted;
 use rustix::fd::AsFd;
 use std::collections::HashSet;
 use std::io;
@@ -178,7 +178,7 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
 }
 
 fn trash_date_dir() -> Vec<u8> {
-    format!(".evac-trash/{}", crate::report::today()).into_bytes()
+    format!(".evac-trash/{}", crate::app::report::today()).into_bytes()
 }
 
 /// A free name in today's trash for the copy that stood at `rel` (its relative path is kept, so
@@ -432,7 +432,7 @@ impl Resync<'_> {
                                 .as_ref()
                                 .map_or(Ok(false), |r| self.link_still_names(r))?;
                         if !stale
-                            || crate::relocate::remove_dest_name(self.ctx, &l.path, st.st_ino)
+                            || crate::protocol::remove_dest_name(self.ctx, &l.path, st.st_ino)
                                 .is_err()
                         {
                             return self.problem(
@@ -795,7 +795,7 @@ impl Resync<'_> {
             self.run,
             &format!(
                 "{why}; its copy is kept at DEST/{}",
-                crate::escape::escape(&rel)
+                crate::util::escape::escape(&rel)
             ),
         )?;
         self.stats.trashed += 1;
@@ -836,9 +836,9 @@ impl Resync<'_> {
         self.j.begin()?;
         for (m, p) in &prepared {
             let from = match &m.from.origin {
-                Origin::Row { path, .. } => format!("from {}", crate::escape::escape(path)),
+                Origin::Row { path, .. } => format!("from {}", crate::util::escape::escape(path)),
                 Origin::Trash { rel, .. } => {
-                    format!("from DEST/{} (the trash)", crate::escape::escape(rel))
+                    format!("from DEST/{} (the trash)", crate::util::escape::escape(rel))
                 }
             };
             self.j.take_over(
@@ -910,7 +910,7 @@ impl Resync<'_> {
                     self.run,
                     &format!(
                         "renamed in SOURCE; its copy went along (was {})",
-                        crate::escape::escape(path)
+                        crate::util::escape::escape(path)
                     ),
                 )?;
             }
@@ -1220,7 +1220,7 @@ impl Resync<'_> {
                 if !extra || !self.j.links_naming(self.run, &path)?.is_empty() {
                     continue;
                 }
-                if crate::relocate::remove_dest_name(self.ctx, &path, ino).is_ok() {
+                if crate::protocol::remove_dest_name(self.ctx, &path, ino).is_ok() {
                     self.j.note_claim(id, None)?;
                 }
             }

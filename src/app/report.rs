@@ -2,10 +2,10 @@
 //! relocated copy against the journal and check every source link).
 
 use crate::error::{Error, IoContext, Result};
-use crate::escape::{escape, quoted};
-use crate::fsx;
 use crate::journal::{self, Journal, Plan};
-use crate::progress::human_bytes;
+use crate::sys::fsx;
+use crate::ui::progress::human_bytes;
+use crate::util::escape::{escape, quoted};
 use rayon::prelude::*;
 use rustix::fd::AsFd;
 use std::io::Write;
@@ -88,7 +88,7 @@ pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
     }
     for (k, v) in set {
         if *k == "bwlimit" {
-            v.parse::<crate::throttle::Schedule>()
+            v.parse::<crate::pace::throttle::Schedule>()
                 .map_err(Error::Setup)?;
         }
     }
@@ -97,7 +97,7 @@ pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
     for (k, v) in set {
         j.set_control(k, v)?;
     }
-    let running = crate::lock::running_pid(journal);
+    let running = crate::sys::lock::running_pid(journal);
     let what = set
         .iter()
         .map(|(k, v)| match (*k, v.as_str()) {
@@ -156,7 +156,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     for (s, n) in &counts.by_state {
         *by.entry(public_state(s)).or_insert(0) += n;
     }
-    let running_pid = crate::lock::running_pid(journal);
+    let running_pid = crate::sys::lock::running_pid(journal);
     let last = j.last_run()?;
     let running = running_pid.is_some();
     let rate = match (&last, running) {
@@ -176,7 +176,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
     let reasons = j.top_reasons(10)?;
     let cut = j.cutover()?;
     let hsm_mode = j.plan_option("hsm")?.unwrap_or_else(|| "auto".into());
-    let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::BLOCKS_RULE)?;
+    let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::detect::BLOCKS_RULE)?;
     let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
     let sp = j.stage_progress()?;
     let fp = j.fp_last_run()?;
@@ -205,7 +205,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         _ => 0.0,
     };
     // The governor's state, written by the run every second (in memory) while it runs.
-    let gov = crate::governor::read_state(&plan.journal_id).filter(|_| running_pid.is_some());
+    let gov = crate::pace::governor::read_state(&plan.journal_id).filter(|_| running_pid.is_some());
     let governor = gov.as_ref().map(|g| &g.0);
     let governor_j = gov
         .as_ref()
@@ -691,7 +691,7 @@ fn check_one(
 /// user, command, what, path relative to SOURCE), or as JSON, or the held paths NUL-separated.
 /// Exit 0 when nothing holds SOURCE, 3 when something does (like a run that left files).
 pub fn holders(source: &Path, json: bool, null: bool) -> Result<i32> {
-    let scan = crate::holders::scan(source)?;
+    let scan = crate::sys::proc::scan(source)?;
     let mut out = std::io::stdout().lock();
     let written = if json {
         let items = scan

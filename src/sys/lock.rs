@@ -41,7 +41,7 @@ impl JournalLock {
         let fd = open(journal, true).map_err(|e| {
             Error::Setup(format!(
                 "create lock file {}: {e}",
-                crate::escape::quoted(lock_path(journal).as_os_str().as_encoded_bytes())
+                crate::util::escape::quoted(lock_path(journal).as_os_str().as_encoded_bytes())
             ))
         })?;
         if rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {

@@ -3,7 +3,7 @@
 //! file. Blocked threads cannot be cancelled; the coordinator gives up on them instead (see
 //! `run::storage`), and a coordinator that is itself stuck is ended by the deadman here.
 
-use crate::escape::quoted;
+use crate::util::escape::quoted;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

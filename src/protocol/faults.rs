@@ -3,8 +3,8 @@
 //! kernel will not let anyone replace (immutable, append-only).
 
 use crate::error::Error;
-use crate::fsx::SourceError;
-use crate::relocate::{Job, Outcome};
+use crate::protocol::{Job, Outcome};
+use crate::sys::fsx::SourceError;
 use rustix::fd::BorrowedFd;
 use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
 use std::io;

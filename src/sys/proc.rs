@@ -4,7 +4,7 @@
 //! files themselves are never opened and no path a user controls is resolved.
 
 use crate::error::{Error, Result};
-use crate::escape::{escape, quoted};
+use crate::util::escape::{escape, quoted};
 use rustix::fs::Stat;
 use std::collections::{HashMap, HashSet};
 use std::io;

@@ -3,7 +3,7 @@
 //! not available, and the names of the processes that keep a deferred file busy. The reading of
 //! /proc itself is shared with `evac holders`, in `holders`.
 
-use crate::holders::{self, Access, Proc};
+use crate::sys::proc::{self, Access, Proc};
 use rustix::fs::Stat;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +84,11 @@ impl Mapped {
             .into_iter()
             .filter_map(|p| {
                 let comm = p.comm()?;
-                Some(format!("pid {} {}", p.0, crate::escape::escape(&comm)))
+                Some(format!(
+                    "pid {} {}",
+                    p.0,
+                    crate::util::escape::escape(&comm)
+                ))
             })
             .collect();
         if named.is_empty() {
@@ -137,7 +141,7 @@ impl Mapped {
 
 fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
     let mut out = HashSet::new();
-    for p in holders::other_processes().unwrap_or_default() {
+    for p in proc::other_processes().unwrap_or_default() {
         if let Ok(st) = p.stat_of("exe") {
             if st.st_dev == dev {
                 out.insert((st.st_dev, st.st_ino));
@@ -146,7 +150,7 @@ fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
         let Ok(maps) = p.maps() else {
             continue;
         };
-        for m in holders::mappings(&maps) {
+        for m in proc::mappings(&maps) {
             if m.ino != 0 && m.dev == dev {
                 out.insert((m.dev, m.ino));
             }
@@ -159,7 +163,7 @@ fn scan_mapped(dev: u64) -> HashSet<(u64, u64)> {
 /// who does and whether they can write to it.
 fn open_files(dev: u64) -> OpenFiles {
     let mut out: OpenFiles = HashMap::new();
-    for p in holders::other_processes().unwrap_or_default() {
+    for p in proc::other_processes().unwrap_or_default() {
         let mut add = |key: (u64, u64), writes: bool| {
             let v = out.entry(key).or_default();
             match v.iter_mut().find(|(q, _)| *q == p) {
@@ -178,7 +182,7 @@ fn open_files(dev: u64) -> OpenFiles {
         // A writable shared mapping writes to the file even after its fd is closed. Its device
         // and inode come from the maps line: the name there is a path users control.
         if let Ok(maps) = p.maps() {
-            for m in holders::mappings(&maps) {
+            for m in proc::mappings(&maps) {
                 if m.ino != 0 && m.dev == dev && m.shared_writable() {
                     add((m.dev, m.ino), true);
                 }

@@ -2,7 +2,7 @@
 //! lower tier. Nothing here opens or reads a file: stat fields, and extended attributes read
 //! through the path (the final component never followed), or an operator's program.
 
-use crate::fsx::Stat;
+use crate::sys::fsx::Stat;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::process::{Command, Stdio};

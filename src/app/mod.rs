@@ -1,0 +1,6 @@
+//! One module per command: each takes typed options, does its work through the layers below, and
+//! hands what it has to say to `ui`.
+
+pub mod demo;
+pub mod recover;
+pub mod report;

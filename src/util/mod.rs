@@ -1,0 +1,4 @@
+//! Helpers every layer may use: escaping of byte strings for people, JSON strings, time and
+//! calendar, byte units, exit codes.
+
+pub mod escape;
