@@ -4,7 +4,6 @@
 use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Phase 3's tables (`evac fingerprint`, read by `evac recover`).
 pub mod fingerprint;
@@ -46,12 +45,7 @@ pub struct RecoveryRow {
     pub blake3: [u8; 32],
 }
 
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use crate::util::time::now;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -527,7 +521,7 @@ impl Journal {
         &self,
         rel: &[u8],
         state: &str,
-        r: &crate::hsm::import::Record,
+        r: &crate::hsm::detect::Record,
         import_id: i64,
     ) -> Result<()> {
         self.conn

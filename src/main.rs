@@ -28,13 +28,14 @@ fn main() {
             std::process::exit(code);
         }
     };
+    evac::ui::install();
     let args_text = std::env::args_os()
         .skip(1)
         .map(|a| evac::util::escape::escape(a.as_encoded_bytes()))
         .collect::<Vec<_>>()
         .join(" ");
     let result = match cli.command {
-        Command::Run(a) => evac::engine::run(RunOpts {
+        Command::Run(a) => evac::app::run::run(RunOpts {
             source: a.source,
             dest: a.dest,
             journal: a.journal,
@@ -61,6 +62,7 @@ fn main() {
             governor_given: a.governor.entries(),
             governor_log: a.governor_log,
             args_text,
+            stats: Default::default(),
         }),
         Command::Status(a) => {
             evac::app::report::status(&a.journal, a.json, a.list.as_deref(), a.null)
@@ -101,7 +103,7 @@ fn main() {
             quiet: a.quiet,
         }),
         Command::Fingerprint(a) => {
-            evac::fingerprint::fingerprint(evac::fingerprint::FingerprintOpts {
+            evac::app::fingerprint::fingerprint(evac::app::fingerprint::FingerprintOpts {
                 journal: a.journal,
                 search: a.search,
                 report: a.report,

@@ -195,7 +195,7 @@ fn renames_deletes_replacements_and_swaps_are_mirrored_at_dest() {
     );
     // Copies no link names are kept, by path, in today's trash: h1 (deleted), f2 (replaced).
     let trash = trash_contents(&e.dst);
-    let day = evac::app::report::today();
+    let day = evac::util::time::today();
     for (content, rel) in [("c1", "c/h1"), ("a2", "a/f2")] {
         let names = trash.get(content.as_bytes()).cloned().unwrap_or_default();
         assert!(

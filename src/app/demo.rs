@@ -215,7 +215,7 @@ fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
         restore.display(),
         report.display()
     );
-    crate::fingerprint::fingerprint(crate::fingerprint::FingerprintOpts {
+    crate::app::fingerprint::fingerprint(crate::app::fingerprint::FingerprintOpts {
         journal: journal.to_path_buf(),
         search: vec![restore.to_path_buf()],
         report: Some(report.to_path_buf()),
@@ -292,7 +292,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         Some(d) => d,
         None => std::env::temp_dir(),
     };
-    let t = (crate::journal::now() * 1000.0) as u64;
+    let t = (crate::util::time::now() * 1000.0) as u64;
     let top = base.join(format!("evac-demo-{}-{t}", std::process::id()));
     let (old, new, journal) = (
         top.join("old-server"),
@@ -307,7 +307,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     let (n, bytes) = build_tree(&old, files)?;
     eprintln!(
         "evac demo: {n} files ({}), with hard links, a sparse file, xattrs and awkward names; relocating to {}",
-        crate::ui::progress::human_bytes(bytes as f64),
+        crate::util::units::human_bytes(bytes as f64),
         quoted(new.as_os_str().as_bytes())
     );
     let tape = top.join("hsm-tape");

@@ -2,5 +2,7 @@
 //! hands what it has to say to `ui`.
 
 pub mod demo;
+pub mod fingerprint;
 pub mod recover;
 pub mod report;
+pub mod run;

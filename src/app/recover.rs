@@ -56,7 +56,7 @@ fn check(
     let file_id = l.file_id.ok_or_else(|| {
         "only the HSM listing knows it (no file of that name was seen in SOURCE)".to_string()
     })?;
-    let (fd, st) = hashing::open_candidate(candidate)
+    let (fd, st) = crate::sys::fsx::open_absolute(candidate)
         .map_err(|e| format!("open the candidate {}: {e}", quoted(candidate)))?;
     if st.st_size as u64 != l.size {
         return Err(format!(

@@ -4,48 +4,13 @@
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{self, Journal, Plan};
 use crate::sys::fsx;
-use crate::ui::progress::human_bytes;
 use crate::util::escape::{escape, quoted};
+use crate::util::json::json_str;
+use crate::util::units::human_bytes;
 use rayon::prelude::*;
 use rustix::fd::AsFd;
 use std::io::Write;
 use std::path::Path;
-
-/// Today's date (UTC) as YYYY-MM-DD, for the dated trash directory.
-pub fn today() -> String {
-    let (y, m, d) = civil_from_days((journal::now() / 86400.0).floor() as i64);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's civil-from-days).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
 
 fn pathstr(p: &Path) -> String {
     escape(p.as_os_str().as_encoded_bytes())
@@ -379,7 +344,7 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
             &mut out,
             format!(
                 "fprint  phase 3 ({}): {} leftovers: {} exact, {} probable, {} weak, {} none{}",
-                crate::fingerprint::iso_time((f.started_at * 1e9) as i64)
+                crate::fingerprint::output::iso_time((f.started_at * 1e9) as i64)
                     .split('.')
                     .next()
                     .unwrap_or_default(),

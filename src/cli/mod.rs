@@ -1,5 +1,6 @@
 //! Command-line parsing only: clap definitions and their conversion into validated requests.
 
+use crate::util::units::parse_bytes;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -142,25 +143,6 @@ pub struct StageArgs {
     /// passed to it); the batch's absolute paths follow them.
     #[arg(long, required = true, num_args = 1.., allow_hyphen_values = true, value_name = "PROGRAM [ARGS...]")]
     pub stage_cmd: Vec<std::ffi::OsString>,
-}
-
-/// Bytes with an optional K, M, G or T suffix (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 500G, 10M, 4096)"))?;
-    if n.is_nan() || n < 0.0 {
-        return Err(format!("{s:?} is not a size"));
-    }
-    Ok((n * mult as f64) as u64)
 }
 
 #[derive(Subcommand, Debug)]

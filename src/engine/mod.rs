@@ -13,11 +13,12 @@ use crate::sys::fsx;
 use crate::sys::lock::JournalLock;
 use crate::sys::signals;
 use crate::sys::steps::{self, Step};
-use crate::ui::progress::{human_bytes, Stats, Ui};
 use crate::util::escape::quoted;
+use crate::util::units::human_bytes;
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 use rustix::fd::AsFd;
+use stats::Stats;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use walk::{WalkMsg, WalkOpts};
 
 pub mod resync;
+pub mod stats;
 mod storage;
 pub mod walk;
 
@@ -62,6 +64,8 @@ pub struct RunOpts {
     pub governor_log: Option<PathBuf>,
     /// The command line, for the START record.
     pub args_text: String,
+    /// What the run has done so far (the terminal side draws it).
+    pub stats: Arc<Stats>,
 }
 
 impl RunOpts {
@@ -95,13 +99,12 @@ impl RunOpts {
             governor_given: Vec::new(),
             governor_log: None,
             args_text: what.into(),
+            stats: Arc::default(),
         }
     }
 }
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_LEFT: i32 = 3;
-pub const EXIT_INTERRUPTED: i32 = 4;
+pub use crate::util::exit::{EXIT_INTERRUPTED, EXIT_LEFT, EXIT_OK};
 
 fn q(p: &Path) -> String {
     quoted(p.as_os_str().as_encoded_bytes())
@@ -140,7 +143,7 @@ fn default_workers() -> usize {
 fn new_journal_id() -> String {
     let mut b = [0u8; 8];
     if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
-        let t = journal::now().to_bits() ^ u64::from(std::process::id());
+        let t = crate::util::time::now().to_bits() ^ u64::from(std::process::id());
         b = t.to_le_bytes();
     }
     journal::blake3_hex(&b)
@@ -303,7 +306,6 @@ struct Runner {
     ctx: Arc<Ctx>,
     run_id: i64,
     stats: Arc<Stats>,
-    ui: Option<Ui>,
     stop: Arc<AtomicBool>,
     storage: storage::Storage,
     job_tx: Option<Sender<Job>>,
@@ -422,12 +424,7 @@ impl Runner {
                 .collect(),
         });
         let run_id = j.start_run(std::process::id(), &o.args_text)?;
-        let stats = Arc::new(Stats::default());
-        let ui = Ui::start(
-            stats.clone(),
-            o.quiet,
-            Duration::from_secs(o.progress_interval.max(1)),
-        );
+        let stats = o.stats.clone();
         let (job_tx, job_rx) = crossbeam_channel::unbounded();
         let (res_tx, res_rx) = crossbeam_channel::unbounded();
         let workers = o.workers.unwrap_or_else(default_workers).max(1);
@@ -446,7 +443,6 @@ impl Runner {
             ctx,
             run_id,
             stats,
-            ui: Some(ui),
             stop,
             storage,
             job_tx: Some(job_tx),
@@ -479,9 +475,7 @@ impl Runner {
     }
 
     fn say(&self, line: String) {
-        if let Some(ui) = &self.ui {
-            ui.message(line);
-        }
+        crate::util::notice::say(line);
     }
 
     fn log(&self, level: &str, msg: &str) -> Result<()> {
@@ -512,9 +506,6 @@ impl Runner {
             Err(e) => {
                 let _ = self.j.log(Some(self.run_id), "error", &e.to_string());
                 let _ = self.j.finish_run(self.run_id, 1, "{}");
-                if let Some(ui) = self.ui.take() {
-                    ui.finish();
-                }
                 return Err(e);
             }
         };
@@ -564,11 +555,8 @@ impl Runner {
                 quoted(self.o.journal.as_os_str().as_encoded_bytes())
             ));
         }
-        if let Some(ui) = self.ui.take() {
-            ui.finish();
-        }
         if std::env::var_os("EVAC_PROFILE").is_some() {
-            eprintln!("evac profile: {:?}", self.prof);
+            crate::util::notice::say(format!("evac profile: {:?}", self.prof));
         }
         Ok(code)
     }
@@ -806,7 +794,7 @@ impl Runner {
                         if c != seen {
                             if c.get("paused") != seen.get("paused") {
                                 let p = c.get("paused").is_some_and(|v| v == "1");
-                                crate::pace::throttle::set_paused(p);
+                                crate::sys::signals::set_paused(p);
                                 eprintln!(
                                     "evac: {}",
                                     if p {
@@ -824,7 +812,7 @@ impl Runner {
                         let said = window_state(&windows);
                         if said != window_said {
                             let _ = j.set_control("window", &said);
-                            eprintln!("evac: run window: {said}");
+                            crate::util::notice::say(format!("evac: run window: {said}"));
                             window_said = said;
                         }
                         let m = crate::pace::throttle::local_minute();
@@ -1895,7 +1883,7 @@ fn dry_run(o: &RunOpts) -> Result<i32> {
                 },
                 WalkMsg::Error { path, op, err } => {
                     errors += 1;
-                    eprintln!("evac: {op} {}: {err}", quoted(&path));
+                    crate::util::notice::say(format!("evac: {op} {}: {err}", quoted(&path)));
                 }
                 WalkMsg::Done { .. } => break,
             }
@@ -1935,19 +1923,19 @@ fn apply_controls(
     if let Some(v) = given("bwlimit") {
         if let Ok(s) = v.parse::<crate::pace::throttle::Schedule>() {
             limiter.set(Some(s), None);
-            eprintln!("evac: --bwlimit now {v}");
+            crate::util::notice::say(format!("evac: --bwlimit now {v}"));
         }
     }
     if let Some(v) = given("files_per_sec") {
         if let Ok(f) = v.parse::<f64>() {
             limiter.set(None, Some(Some(f)));
-            eprintln!("evac: --files-per-sec now {f}");
+            crate::util::notice::say(format!("evac: --files-per-sec now {f}"));
         }
     }
     if let Some(v) = given("workers") {
         if let Ok(n) = v.parse::<usize>() {
             gov.set_max(n);
-            eprintln!("evac: at most {} copy workers now", gov.max());
+            crate::util::notice::say(format!("evac: at most {} copy workers now", gov.max()));
         }
     }
     for k in [
@@ -1959,7 +1947,7 @@ fn apply_controls(
     ] {
         if let Some(v) = given(k) {
             if gov.settings.apply(k, v) {
-                eprintln!("evac: --{} now {v}", k.replace('_', "-"));
+                crate::util::notice::say(format!("evac: --{} now {v}", k.replace('_', "-")));
             }
         }
     }
@@ -1978,7 +1966,7 @@ fn governor_state(
     active: usize,
     window: Option<&str>,
 ) -> GovState {
-    use crate::app::report::json_str;
+    use crate::util::json::json_str;
     let (bps, fps) = gov.rate();
     let on = gov.settings.enabled;
     let allowed = d.allowed;
@@ -1987,7 +1975,7 @@ fn governor_state(
     } else {
         String::new()
     };
-    let paused = crate::pace::throttle::paused();
+    let paused = crate::sys::signals::paused();
     let over = d.worst.as_ref().filter(|w| w.ratio() > 1.0);
     let why = match (&d.worst, over) {
         (_, Some(w)) => format!("limited by {}", w.describe()),
@@ -1999,7 +1987,7 @@ fn governor_state(
         "{}{allowed} of {} workers allowed{duty}, {active} active, {}/s, {fps:.1} files/s; {why}",
         if paused { "paused; " } else if on { "" } else { "off; " },
         gov.max(),
-        crate::ui::progress::human_bytes(bps),
+        crate::util::units::human_bytes(bps),
     );
     let short = format!(
         "gov {allowed}/{}{}{}",

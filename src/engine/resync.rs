@@ -37,7 +37,7 @@
 
 use crate::error::{IoContext, Result};
 use crate::journal::{CopyMeta, ElsewhereLink, Journal, PathRow};
-use crate::protocol::Ctx;
+use crate::protocol::{names, Ctx};
 use crate::sys::fsx;
 use crate::sys::steps::{self, Step};
 use crate::util::escape::quoted;
@@ -175,31 +175,6 @@ pub fn resync(ctx: &Ctx, j: &Journal, run: i64, say: &mut dyn FnMut(String)) -> 
     r.j.note_waiting_new_versions()?;
     r.vanished_dirs()?;
     Ok(r.stats)
-}
-
-fn trash_date_dir() -> Vec<u8> {
-    format!(".evac-trash/{}", crate::app::report::today()).into_bytes()
-}
-
-/// A free name in today's trash for the copy that stood at `rel` (its relative path is kept, so
-/// the operator can find it): `DEST/.evac-trash/YYYY-MM-DD/<rel>`, with `.~N~` if taken.
-pub fn trash_name(ctx: &Ctx, rel: &[u8]) -> io::Result<Vec<u8>> {
-    let base = fsx::join(&trash_date_dir(), rel);
-    let (pd, name) = fsx::split_parent(&base);
-    steps::at(Step::DestMkdir, rel);
-    let dir = fsx::ensure_dir(ctx.dst_root.as_fd(), pd)?;
-    for k in 0..10_000u32 {
-        let mut n = name.to_vec();
-        if k > 0 {
-            n.extend_from_slice(format!(".~{k}~").as_bytes());
-        }
-        match fsx::stat_at(dir.as_fd(), &n) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(fsx::join(pd, &n)),
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-    }
-    Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 /// Whether the link evac last made for `row`'s path, opened by its file handle, still exists
@@ -760,7 +735,7 @@ impl Resync<'_> {
         let mut row = row.clone();
         row.copy = copy_meta(&row.copy, &st);
         let row = &row;
-        let rel = match trash_name(self.ctx, &row.path) {
+        let rel = match names::trash_name(self.ctx, &row.path) {
             Ok(r) => r,
             Err(e) => {
                 self.note(format!(
@@ -1177,7 +1152,7 @@ impl Resync<'_> {
                 .j
                 .files_in_state_any(file_id)?
                 .unwrap_or_else(|| t.trash_rel.clone());
-            let rel = match trash_name(self.ctx, &path) {
+            let rel = match names::trash_name(self.ctx, &path) {
                 Ok(r) => r,
                 Err(e) => {
                     self.note(format!("choose a trash name for {}: {e}", quoted(&path)))?;

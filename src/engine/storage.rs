@@ -6,13 +6,13 @@
 //! joined, so they cannot keep the process from exiting.
 
 use super::{Runner, EXIT_INTERRUPTED};
+use crate::engine::stats::Stats;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::protocol::faults::{self, DEST_FULL};
 use crate::protocol::{self, Copied, Ctx, Job, Outcome};
 use crate::sys::fsx;
 use crate::sys::watchdog::{self, Deadman, Slot, Stall};
-use crate::ui::progress::Stats;
 use crate::util::escape::quoted;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustix::fd::AsFd;
@@ -141,7 +141,7 @@ fn coordinator_stuck(journal: &Path, run_id: i64, what: &str, blocked: Duration)
         "{NOT_ANSWERING}: the coordinating thread has been blocked for {:.0} s in {what}; exiting now (the next run recovers the files in flight, as after a crash)",
         blocked.as_secs_f64()
     );
-    eprintln!("evac: error: {msg}");
+    crate::util::notice::say_now(format!("evac: error: {msg}"));
     let path = journal.to_path_buf();
     let (tx, rx) = crossbeam_channel::bounded(1);
     let _ = std::thread::Builder::new()

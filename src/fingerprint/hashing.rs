@@ -4,9 +4,9 @@
 //! without following symlinks.
 
 use crate::journal::fingerprint::FpLeftover;
-use crate::sys::fsx;
+
 use md5::Digest as _;
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::BorrowedFd;
 use std::io;
 
 /// Bytes hashed at each end of a file for its partial hash. Files up to twice this are read
@@ -252,27 +252,6 @@ pub fn advise_sequential(fd: BorrowedFd<'_>) {
 
 pub fn advise_done(fd: BorrowedFd<'_>) {
     let _ = rustix::fs::fadvise(fd, 0, None, rustix::fs::Advice::DontNeed);
-}
-
-/// Open a candidate by its absolute path for reading, resolving every component from `/`
-/// without following a symlink (a user who swaps a directory for a symlink cannot redirect
-/// the read), and stat it. Refuses anything but a regular file.
-pub fn open_candidate(abs: &[u8]) -> io::Result<(OwnedFd, fsx::Stat)> {
-    let rel = abs
-        .strip_prefix(b"/")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an absolute path"))?;
-    let root = fsx::open_root(std::path::Path::new("/"))?;
-    let (pd, name) = fsx::split_parent(rel);
-    let dir = fsx::resolve_dir(root.as_fd(), pd)?;
-    let fd = fsx::open_read(dir.as_fd(), name)?;
-    let st = fsx::fstat(fd.as_fd())?;
-    if fsx::file_type(&st) != rustix::fs::FileType::RegularFile {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok((fd, st))
 }
 
 /// What a candidate's content says against a leftover's fingerprint.

@@ -4,7 +4,7 @@
 //! search directory). It stats every entry and keeps only regular files of a size some leftover
 //! has; nothing is opened but directories.
 
-use super::ui::Stats;
+use super::stats::Stats;
 use crate::hsm::detect as hsm;
 use crate::sys::fsx;
 use crate::util::escape::quoted;

@@ -3,11 +3,11 @@
 //! escaped as everywhere in evac (one path, one unambiguous line), then quoted for the format.
 
 use super::hashing::hex;
-use crate::app::report::json_str;
 use crate::error::{Error, Result};
 use crate::journal::fingerprint::{FpLeftover, FpMatch, FpRun};
-use crate::ui::progress::human_bytes;
 use crate::util::escape::{escape, quoted};
+use crate::util::json::json_str;
+use crate::util::units::human_bytes;
 use std::io::Write;
 use std::path::Path;
 
@@ -78,7 +78,7 @@ pub fn iso_time(ns: i64) -> String {
     let nanos = ns.rem_euclid(1_000_000_000);
     let days = secs.div_euclid(86_400);
     let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = crate::app::report::civil_from_days(days);
+    let (y, m, d) = crate::util::time::civil_from_days(days);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
         y,

@@ -368,3 +368,16 @@ mod tests {
         assert!("tape".parse::<Mode>().is_err());
     }
 }
+
+/// One managed file as the HSM's listing gives it (`evac hsm import`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// As written in the listing: absolute, or relative to the listing's root.
+    pub path: Vec<u8>,
+    pub state: State,
+    pub tier: Option<i64>,
+    pub volume: Option<String>,
+    pub position: Option<i64>,
+    pub size: Option<i64>,
+    pub checksum: Option<String>,
+}

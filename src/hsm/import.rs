@@ -4,25 +4,12 @@
 //! `lfs hsm_state` output, and DMF's `dmls -l` (or `-lR`) output.
 
 use crate::error::{Error, Result};
-use crate::hsm::detect::State;
+use crate::hsm::detect::{Record, State};
 use crate::journal::{self, Journal};
 use crate::sys::fsx;
 use crate::util::escape::quoted;
 use rustix::fd::AsFd;
 use std::path::{Path, PathBuf};
-
-/// One managed file as a listing gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// As written in the listing: absolute, or relative to the listing's root.
-    pub path: Vec<u8>,
-    pub state: State,
-    pub tier: Option<i64>,
-    pub volume: Option<String>,
-    pub position: Option<i64>,
-    pub size: Option<i64>,
-    pub checksum: Option<String>,
-}
 
 /// A line the parser could not read, by number (1-based), with why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use crate::hsm::detect::Mode;
 use crate::journal::{self, Journal, StageRow};
 use crate::sys::fsx;
 use crate::sys::lock::JournalLock;
-use crate::ui::progress::human_bytes;
 use crate::util::escape::quoted;
+use crate::util::units::human_bytes;
 use rustix::fd::{AsFd, OwnedFd};
 use std::ffi::OsString;
 use std::io::Write;
@@ -214,7 +214,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
     let src = fsx::open_root(&plan.source).map_err(|e| Error::io("open SOURCE", &source, e))?;
     let say = |m: String| {
         if !o.quiet {
-            eprintln!("evac: {m}");
+            crate::util::notice::say(format!("evac: {m}"));
         }
     };
 

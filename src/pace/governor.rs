@@ -697,10 +697,10 @@ impl Governor {
         let log = settings.log.as_ref().and_then(|p| {
             let mut f = std::fs::File::create(p)
                 .map_err(|e| {
-                    eprintln!(
+                    crate::util::notice::say(format!(
                         "evac: governor log {}: {e}",
                         crate::util::escape::quoted(p.as_os_str().as_encoded_bytes())
-                    )
+                    ))
                 })
                 .ok()?;
             let _ = writeln!(f, "{LOG_HEADER}");

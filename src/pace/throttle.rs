@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 
 /// Paused (SIGUSR1, `evac pause`) until resumed (SIGUSR2, `evac resume`): process-wide, so the
 /// signal thread can set it.
-static PAUSED: AtomicBool = AtomicBool::new(false);
-
-pub fn set_paused(p: bool) {
-    PAUSED.store(p, Ordering::SeqCst);
-}
-
-pub fn paused() -> bool {
-    PAUSED.load(Ordering::SeqCst)
-}
-
 /// A rate in bytes per second by time of day: `10M`, `off`, or `08:00,10M 19:00,off` (each
 /// entry holds from its time until the next; the last one wraps around midnight).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +21,7 @@ pub struct Schedule {
 fn parse_rate(s: &str) -> Result<Option<u64>, String> {
     match s {
         "off" | "0" | "none" | "unlimited" => Ok(None),
-        _ => crate::cli::parse_bytes(s).map(|b| (b != 0).then_some(b)),
+        _ => crate::util::units::parse_bytes(s).map(|b| (b != 0).then_some(b)),
     }
 }
 
@@ -354,7 +344,7 @@ impl Limiter {
 
     /// While paused: wait (in slices, so that a stop or a lease break is seen at once).
     fn while_paused(go_on: &mut dyn FnMut() -> bool) -> bool {
-        while paused() {
+        while crate::sys::signals::paused() {
             if !go_on() {
                 return false;
             }

@@ -11,6 +11,7 @@
 //! the lease go, so the kernel returns the writer's `open()` only then.
 
 pub mod faults;
+pub mod names;
 
 use crate::error::{Error, IoContext, Result};
 use crate::journal::{FileRec, Journal};
@@ -467,7 +468,7 @@ fn recover_copy(
         leases: ctx.leases.clone(),
     };
     // Resolved from / without following a symlink: nobody can redirect the read.
-    let (cand, cst) = match crate::fingerprint::hashing::open_candidate(&r.candidate) {
+    let (cand, cst) = match crate::sys::fsx::open_absolute(&r.candidate) {
         Ok(c) => c,
         Err(e) => {
             return Ok(Attempt::Fail(format!(
@@ -815,7 +816,7 @@ pub fn remove_dest_name(ctx: &Ctx, rel: &[u8], ino: u64) -> io::Result<()> {
 /// Move DEST `dir`/`fname` (the copy of `rel`) into DEST's dated trash, where evac keeps copies
 /// it will not overwrite or destroy.
 fn to_trash(ctx: &Ctx, dir: BorrowedFd<'_>, fname: &[u8], rel: &[u8]) -> io::Result<()> {
-    let trel = crate::engine::resync::trash_name(ctx, rel)?;
+    let trel = names::trash_name(ctx, rel)?;
     let (tpd, tname) = fsx::split_parent(&trel);
     let tdir = fsx::resolve_dir(ctx.dst_root.as_fd(), tpd)?;
     fsx::rename_noreplace(dir, fname, tdir.as_fd(), tname)

@@ -364,6 +364,27 @@ pub fn probe_handle(fs: BorrowedFd<'_>, handle: &[u8]) -> io::Result<Option<Prob
     }))
 }
 
+/// Open a file by its absolute path for reading, resolving every component from `/`
+/// without following a symlink (a user who swaps a directory for a symlink cannot redirect
+/// the read), and stat it. Refuses anything but a regular file.
+pub fn open_absolute(abs: &[u8]) -> io::Result<(OwnedFd, Stat)> {
+    let rel = abs
+        .strip_prefix(b"/")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an absolute path"))?;
+    let root = open_root(std::path::Path::new("/"))?;
+    let (pd, name) = split_parent(rel);
+    let dir = resolve_dir(root.as_fd(), pd)?;
+    let fd = open_read(dir.as_fd(), name)?;
+    let st = fstat(fd.as_fd())?;
+    if file_type(&st) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok((fd, st))
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     rfs::syncfs(fd).map_err(err)
 }

@@ -84,6 +84,17 @@ impl Leases {
     }
 }
 
+/// Paused by `evac pause`, SIGUSR1 (until `evac resume` or SIGUSR2): copy workers wait.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_paused(p: bool) {
+    PAUSED.store(p, Ordering::SeqCst);
+}
+
+pub fn paused() -> bool {
+    PAUSED.load(Ordering::SeqCst)
+}
+
 pub fn lease_signal() -> i32 {
     libc::SIGRTMIN() + 2
 }
@@ -170,20 +181,22 @@ fn start(leases: Arc<Leases>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
             if sig == lease_signal() {
                 leases.broken(info.ssi_fd);
             } else if sig == libc::SIGUSR1 {
-                crate::pace::throttle::set_paused(true);
-                eprintln!("evac: paused (SIGUSR1); SIGUSR2 or `evac resume` goes on");
+                set_paused(true);
+                crate::util::notice::say("evac: paused (SIGUSR1); SIGUSR2 or `evac resume` goes on");
             } else if sig == libc::SIGUSR2 {
-                crate::pace::throttle::set_paused(false);
-                eprintln!("evac: resumed (SIGUSR2)");
+                set_paused(false);
+                crate::util::notice::say("evac: resumed (SIGUSR2)");
             } else {
                 let n = stopper.count.fetch_add(1, Ordering::SeqCst);
                 stopper.stop.store(true, Ordering::SeqCst);
                 if n >= 1 {
                     // Second request: stop now; the journal makes this as safe as a crash.
-                    eprintln!("evac: second stop request, exiting now; the next run will recover");
-                    std::process::exit(4);
+                    crate::util::notice::say_now(
+                        "evac: second stop request, exiting now; the next run will recover",
+                    );
+                    std::process::exit(crate::util::exit::EXIT_INTERRUPTED);
                 }
-                eprintln!("evac: stopping cleanly (finishing in-flight files); send again to stop at once");
+                crate::util::notice::say("evac: stopping cleanly (finishing in-flight files); send again to stop at once");
             }
         })?;
     Ok(())

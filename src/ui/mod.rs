@@ -1,3 +1,37 @@
-//! The terminal: the only code that writes to it (progress, status as text or JSON, messages).
+//! The terminal: the only code that writes to it. Notices from the core (`util::notice`) are
+//! printed here, above the progress bars while a progress display draws; command output
+//! (status, verify, holders, reports) is rendered here from the values the commands build.
 
+pub mod fingerprint;
 pub mod progress;
+
+use crossbeam_channel::Sender;
+use std::sync::{Arc, Mutex};
+
+/// The channel of the progress display drawing now, if any.
+static DRAWING: Mutex<Option<Sender<String>>> = Mutex::new(None);
+
+fn set_drawing(tx: Option<Sender<String>>) {
+    *DRAWING.lock().unwrap_or_else(|e| e.into_inner()) = tx;
+}
+
+struct Terminal;
+
+impl crate::util::notice::Listener for Terminal {
+    fn line(&self, text: &str) {
+        let tx = DRAWING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) if tx.send(text.to_string()).is_ok() => {}
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    fn urgent(&self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// Show the core's notices on this terminal (stderr), from now on.
+pub fn install() {
+    crate::util::notice::install(Arc::new(Terminal));
+}

@@ -1,56 +1,19 @@
 //! Progress for the operator: the core counts in atomics; one thread draws indicatif bars on a
 //! terminal, or prints a plain line per interval otherwise, and prints the core's messages.
 
+use crate::engine::stats::Stats;
+use crate::util::units::human_bytes;
 use crossbeam_channel::{Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Default)]
-pub struct Stats {
-    pub files_seen: AtomicU64,
-    pub bytes_seen: AtomicU64,
-    pub files_done: AtomicU64,
-    pub bytes_done: AtomicU64,
-    pub deferred: AtomicU64,
-    pub failed: AtomicU64,
-    pub busy_workers: AtomicU64,
-    pub workers: AtomicU64,
-    pub walk_done: AtomicBool,
-    /// The governor's state in a few words ("gov 2/8 util 97%").
-    pub governor: std::sync::Mutex<String>,
-}
-
-impl Stats {
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-    fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
 
 pub struct Ui {
     tx: Sender<String>,
     done: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-pub fn human_bytes(n: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n;
-    let mut i = 0;
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{v:.0} {}", units[i])
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
 }
 
 /// Finish the bars and take them off the terminal (the summary lines that follow stand alone).
@@ -82,6 +45,8 @@ impl Ui {
             .name(name.into())
             .spawn(move || draw(rx, d2))
             .ok();
+        // Notices from the core go above the bars while this draws.
+        super::set_drawing(Some(tx.clone()));
         Ui { tx, done, thread }
     }
 
@@ -99,11 +64,16 @@ impl Ui {
 
 impl Drop for Ui {
     fn drop(&mut self) {
+        super::set_drawing(None);
         self.done.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 fn draw(
@@ -148,10 +118,10 @@ fn draw(
                 None => eprintln!("{line}"),
             }
         }
-        let seen = Stats::get(&stats.files_seen);
-        let bseen = Stats::get(&stats.bytes_seen);
-        let fdone = Stats::get(&stats.files_done);
-        let bdone = Stats::get(&stats.bytes_done);
+        let seen = get(&stats.files_seen);
+        let bseen = get(&stats.bytes_seen);
+        let fdone = get(&stats.files_done);
+        let bdone = get(&stats.bytes_done);
         let walking = if stats.walk_done.load(Ordering::Relaxed) {
             ""
         } else {
@@ -170,10 +140,10 @@ fn draw(
             .unwrap_or_default();
         let busy = format!(
             "workers {}/{}{gov} deferred {} failed {}",
-            Stats::get(&stats.busy_workers),
-            Stats::get(&stats.workers),
-            Stats::get(&stats.deferred),
-            Stats::get(&stats.failed)
+            get(&stats.busy_workers),
+            get(&stats.workers),
+            get(&stats.deferred),
+            get(&stats.failed)
         );
         if let Some((_, f, b)) = &bars {
             f.set_length(seen);

@@ -2,3 +2,8 @@
 //! calendar, byte units, exit codes.
 
 pub mod escape;
+pub mod exit;
+pub mod json;
+pub mod notice;
+pub mod time;
+pub mod units;

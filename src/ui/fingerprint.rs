@@ -3,41 +3,15 @@
 //! prints a plain line per interval otherwise, and prints messages above them. `--quiet`
 //! leaves only the messages.
 
-use crate::ui::progress::human_bytes;
+use crate::fingerprint::stats::Stats;
 use crate::ui::progress::Ui;
+use crate::util::units::human_bytes;
 use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Default)]
-pub struct Stats {
-    pub dirs: AtomicU64,
-    pub files: AtomicU64,
-    pub bytes: AtomicU64,
-    pub candidates: AtomicU64,
-    pub errors: AtomicU64,
-    pub indexed: AtomicBool,
-    /// Candidate files to read (cache misses) and their bytes, once the index is complete.
-    pub to_read: AtomicU64,
-    pub to_read_bytes: AtomicU64,
-    /// Candidate files opened, and bytes read from them.
-    pub read: AtomicU64,
-    pub read_bytes: AtomicU64,
-    /// Candidate files finished with (read, or given up on).
-    pub done: AtomicU64,
-}
-
-impl Stats {
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
 
 /// The indexing and hashing progress, drawn by its own thread until the returned Ui is
 /// finished or dropped.

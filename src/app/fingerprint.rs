@@ -1,4 +1,4 @@
-//! Phase 3, `evac fingerprint`: fingerprint what the passes left (failed, deferred, staged-out
+//! `evac fingerprint` (phase 3): fingerprint what the passes left (failed, deferred, staged-out
 //! files, and files the HSM lost or phase 2 gave up on) without triggering a recall (I4), and
 //! find candidate copies of them under `--search` directories the way duplicate finders do:
 //! files of a leftover's size only, then a partial hash of their ends, then the full content
@@ -6,18 +6,14 @@
 //! go to the journal (for `evac recover`), a report file and the terminal. Candidates' hashes
 //! are cached in the journal by inode, so a rerun over unchanged trees reads no file.
 
-pub(crate) mod hashing;
-mod index;
-mod leftovers;
-mod output;
-mod ui;
+use crate::fingerprint::{hashing, index, leftovers, output};
+use crate::ui::fingerprint as ui;
 
-pub use hashing::{
-    check_content, known_hashes, open_candidate, parse_checksum, Algo, Check, Hashes,
-};
+pub use hashing::{check_content, known_hashes, parse_checksum, Algo, Check, Hashes};
 pub use output::{iso_time, Format};
 
 use crate::error::{Error, Result};
+use crate::fingerprint::stats::Stats;
 use crate::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
 use crate::journal::{self, Journal};
 use crate::sys::fsx;
@@ -33,7 +29,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use ui::Stats;
 
 pub struct FingerprintOpts {
     pub journal: PathBuf,
@@ -554,7 +549,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             "FINISH fingerprint {run_id}: interrupted after reading {files_read} candidate files; what was read is cached: run it again to go on; exit 4"
         ))?;
         drop(lock);
-        return Ok(crate::engine::EXIT_INTERRUPTED);
+        return Ok(crate::util::exit::EXIT_INTERRUPTED);
     }
 
     // 4. Each leftover's candidates, best first.
@@ -668,9 +663,9 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     let code = if report_err.is_some() {
         1
     } else if run.exact == run.leftovers {
-        crate::engine::EXIT_OK
+        crate::util::exit::EXIT_OK
     } else {
-        crate::engine::EXIT_LEFT
+        crate::util::exit::EXIT_LEFT
     };
     note(format!(
             "FINISH fingerprint {run_id}: {} leftovers: {} exact, {} probable, {} weak, {} none; {} files indexed, {} read ({} bytes), {} from the cache, {} unreadable; exit {code}",

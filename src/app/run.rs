@@ -1,0 +1,23 @@
+//! `evac run`: the engine's run with the terminal's progress display around it.
+
+use crate::engine::{self, RunOpts};
+use crate::error::Result;
+use crate::ui::progress::Ui;
+use std::time::Duration;
+
+/// Run (or resume) a relocation, drawing its progress on the terminal.
+pub fn run(o: RunOpts) -> Result<i32> {
+    // Before any other thread exists: the signal mask is inherited.
+    crate::sys::signals::process()
+        .map_err(|e| crate::error::Error::Setup(format!("set up signal handling: {e}")))?;
+    let ui = (!o.dry_run).then(|| {
+        Ui::start(
+            o.stats.clone(),
+            o.quiet,
+            Duration::from_secs(o.progress_interval.max(1)),
+        )
+    });
+    let r = engine::run(o);
+    drop(ui);
+    r
+}
