@@ -1312,8 +1312,8 @@ fn report(what: &str, t: &Tally, cases: usize, started: Instant) {
 fn points(base: &Path) -> Vec<(usize, usize, String, u64)> {
     let mut v = Vec::new();
     let want = std::env::var("EVAC_ENUM_SCENARIO").ok();
-    for sc in 0..SCENARIOS.len() {
-        if want.as_deref().is_some_and(|w| w != SCENARIOS[sc].name) {
+    for (sc, scenario) in SCENARIOS.iter().enumerate() {
+        if want.as_deref().is_some_and(|w| w != scenario.name) {
             continue;
         }
         for (r, trace) in learn(base, sc).into_iter().enumerate() {
