@@ -244,10 +244,10 @@ fn second_concurrent_run_exits_5_and_names_the_holder() {
     assert_eq!(
         st.get("running").and_then(|v| v.as_bool()),
         Some(true),
-        "status while the holder is stopped: {st:?}"
+        "status while the holder is held: {st:?}"
     );
 
-    bg.signal(libc::SIGCONT);
+    thaw(&e);
     bg.wait_for(RUN_TIMEOUT)
         .expect(3, "the first run, with a file still busy");
     holder.release();
@@ -259,7 +259,16 @@ fn interrupted_then_resumed(sig: i32, seed: u64, min_relocated: i64) {
     let e = env();
     let (mut bg, holder, before) = start_and_freeze(&e, 1500, seed, min_relocated);
     bg.signal(sig);
-    bg.signal(libc::SIGCONT);
+    // Let it go on only once it has taken the request, so that the stop cannot come too late.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&bg.output_so_far().1).contains("stopping cleanly") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "evac never said it took signal {sig}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    thaw(&e);
     let out = bg.wait_for(RUN_TIMEOUT);
     out.expect(4, &format!("run interrupted by signal {sig}"));
 

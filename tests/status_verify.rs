@@ -211,7 +211,7 @@ fn status_list_without_null_prints_the_escaped_path_and_reason() {
 fn status_works_while_a_run_is_going() {
     let e = env();
     let (mut bg, holder, before) = start_and_freeze(&e, 1000, 404, 1);
-    // The run is stopped mid-way (SIGSTOP) and holds the journal.
+    // The run is held mid-way at a step point and holds the journal.
     let o = evac_timeout(
         [
             OsStr::new("status"),
@@ -271,7 +271,7 @@ fn status_works_while_a_run_is_going() {
     )
     .expect(0, "status --list during a run");
 
-    bg.signal(libc::SIGCONT);
+    thaw(&e);
     bg.wait_for(RUN_TIMEOUT)
         .expect(3, "the run, with its busy file");
     holder.release();

@@ -168,9 +168,17 @@ impl Bg {
         }
     }
     fn read_back(f: &mut File) -> Vec<u8> {
+        // pread: the child writes through the same open file description, so moving its offset
+        // (seek, read) while it runs could put its next write over what it wrote before.
+        use std::os::unix::fs::FileExt;
         let mut v = Vec::new();
-        let _ = f.seek(SeekFrom::Start(0));
-        let _ = f.read_to_end(&mut v);
+        let mut buf = [0u8; 65536];
+        loop {
+            match f.read_at(&mut buf, v.len() as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => v.extend_from_slice(&buf[..n]),
+            }
+        }
         v
     }
     pub fn output_so_far(&mut self) -> (Vec<u8>, Vec<u8>) {
@@ -2530,32 +2538,47 @@ pub fn start_and_freeze(
     std::fs::write(&busy, b"held open for writing during the run\n").unwrap();
     let holder = Holder::hold_for_write(&busy);
     let before = Manifest::scan(&e.src);
-    let mut bg = spawn_evac(run_args(&e.src, &e.dst, &e.journal, &[]));
-    let progressed = |st: &Json| {
-        st.get("files")
-            .and_then(|f| f.get("relocated"))
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0)
-            >= min_relocated
+    // Held at a step point rather than stopped when status first shows progress: a run of a
+    // small tree may finish between two looks at its status, and a held run cannot.
+    let steps = e.tmp.path().join("steps");
+    std::fs::create_dir_all(&steps).unwrap();
+    let point = if min_relocated > 0 {
+        // The original goes once the journal records its relocation: at least one is recorded.
+        "finish.unlink@1"
+    } else {
+        "copy.create@1"
     };
-    if !wait_status(&e.journal, &mut bg, Duration::from_secs(120), progressed) {
-        let out = bg.wait();
-        panic!(
-            "the run ended before status --json ever said running=true\n{}",
-            out.dump()
-        );
+    let mut bg = spawn_evac_env(
+        run_args(&e.src, &e.dst, &e.journal, &[]),
+        &[
+            ("EVAC_TEST_STEPS", steps.as_os_str()),
+            ("EVAC_TEST_STEP_PAUSE", OsStr::new(point)),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !steps.join("paused").exists() {
+        if bg.poll().is_some() || Instant::now() > deadline {
+            let out = bg.wait_for(Duration::from_secs(10));
+            panic!("the run never reached {point}\n{}", out.dump());
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    bg.signal(libc::SIGSTOP);
-    // A stopped process is not reaped by try_wait; an exited one is.
-    std::thread::sleep(Duration::from_millis(20));
-    if let Some(st) = bg.poll() {
-        let out = bg.wait();
-        panic!(
-            "the run ended ({st:?}) right after status said running; cannot test a live holder\n{}",
-            out.dump()
-        );
-    }
+    let st = status(&e.journal);
+    let relocated = st
+        .get("files")
+        .and_then(|f| f.get("relocated"))
+        .and_then(|v| v.as_i64())
+        .unwrap_or(0);
+    assert!(
+        relocated >= min_relocated,
+        "held at {point} with {relocated} relocated (< {min_relocated}): {st:?}"
+    );
     (bg, holder, before)
+}
+
+/// Lets a run held by `start_and_freeze` go on.
+pub fn thaw(e: &Env) {
+    std::fs::write(e.tmp.path().join("steps").join("go"), b"").unwrap();
 }
 
 // ---------------------------------------------------------------------------
