@@ -65,13 +65,13 @@ fn main() {
             stats: Default::default(),
         }),
         Command::Status(a) => {
-            evac::app::report::status(&a.journal, a.json, a.list.as_deref(), a.null)
+            evac::app::status::status(&a.journal, a.json, a.list.as_deref(), a.null)
         }
-        Command::Verify(a) => evac::app::report::verify(&a.journal, a.json, a.workers),
-        Command::Holders(a) => evac::app::report::holders(&a.source, a.json, a.null),
+        Command::Verify(a) => evac::app::verify::verify(&a.journal, a.json, a.workers),
+        Command::Holders(a) => evac::app::verify::holders(&a.source, a.json, a.null),
         Command::Demo(a) => evac::app::demo::demo(a.dir, a.files),
-        Command::Pause(a) => evac::app::report::control(&a.journal, &[("paused", "1".into())]),
-        Command::Resume(a) => evac::app::report::control(&a.journal, &[("paused", "0".into())]),
+        Command::Pause(a) => evac::app::status::control(&a.journal, &[("paused", "1".into())]),
+        Command::Resume(a) => evac::app::status::control(&a.journal, &[("paused", "0".into())]),
         Command::Throttle(a) => {
             let mut v = Vec::new();
             if let Some(b) = a.bwlimit {
@@ -84,7 +84,7 @@ fn main() {
                 v.push(("workers", n.to_string()));
             }
             v.extend(a.governor.entries());
-            evac::app::report::control(&a.journal, &v)
+            evac::app::status::control(&a.journal, &v)
         }
         Command::Stage(a) => evac::hsm::stage::stage(evac::hsm::stage::StageOpts {
             journal: a.journal,

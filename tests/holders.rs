@@ -428,6 +428,14 @@ fn a_file_deferred_because_it_is_busy_names_its_holders() {
         vec![("open for writing by another process".to_string(), 2)],
         "{st:?}"
     );
+    // Grouped by its cause, which the journal records as a word, not told from the text.
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| r.get("state").and_then(|s| s.as_str()) == Some("deferred"))
+            .all(|r| r.get("cause").and_then(|c| c.as_str()) == Some("busy")),
+        "{st:?}"
+    );
 }
 
 #[test]

@@ -283,7 +283,7 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         quiet: false,
     })?;
     println!("\n$ evac status --journal {}", journal.display());
-    crate::app::report::status(journal, false, None, false)?;
+    crate::app::status::status(journal, false, None, false)?;
     Ok(code)
 }
 
@@ -321,7 +321,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;
     println!("\n$ evac status --journal {}", journal.display());
-    crate::app::report::status(&journal, false, None, false)?;
+    crate::app::status::status(&journal, false, None, false)?;
     let code = match hsm {
         Some(exe) => {
             phase2(&journal, &tape, &exe)?;
@@ -334,7 +334,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         None => code,
     };
     println!("\n$ evac verify --journal {}", journal.display());
-    let v = crate::app::report::verify(&journal, false, None)?;
+    let v = crate::app::verify::verify(&journal, false, None)?;
     println!(
         "\nLook around:\n  ls -l {old}/proj0/src0 | head      # originals are now symlinks\n  ls -l {new}/proj0/src0 | head      # the copies, with the originals' metadata\n  evac status --journal {j} --list skipped\n  {top}/leftovers.html           # phase 3's worksheet (as root)\n  evac run --journal {j}             # a second run finds nothing to do\nRemove it all with: rm -rf {top}",
         old = old.display(),

@@ -15,7 +15,7 @@ pub use output::{iso_time, Format};
 use crate::error::{Error, Result};
 use crate::fingerprint::stats::Stats;
 use crate::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
-use crate::journal::{self, Journal};
+use crate::journal::{self, FileState, Journal};
 use crate::sys::fsx;
 use crate::sys::lock::JournalLock;
 use crate::util::escape::{escape, quoted};
@@ -253,20 +253,14 @@ fn setup(e: impl std::fmt::Display) -> Error {
 
 /// The leftover states: failed, deferred and staged-out files, and files still pending after a
 /// run that finished (a run that was interrupted will take them up: they are not left over).
-fn leftover_states(j: &Journal) -> Result<(Vec<&'static str>, i64)> {
-    let mut states = vec!["staged_out", "failed", "deferred"];
+fn leftover_states(j: &Journal) -> Result<(Vec<FileState>, i64)> {
+    let mut states = vec![FileState::StagedOut, FileState::Failed, FileState::Deferred];
     let finished = j
         .last_run()?
         .is_some_and(|r| matches!(r.exit_code, Some(0) | Some(3)));
-    let pending: i64 = j
-        .counts()?
-        .by_state
-        .iter()
-        .filter(|(s, _)| matches!(s.as_str(), "pending" | "copying" | "placed"))
-        .map(|(_, n)| n)
-        .sum();
+    let pending = j.counts()?.unfinished();
     if finished {
-        states.extend(["pending", "copying", "placed"]);
+        states.extend([FileState::Pending, FileState::Copying, FileState::Placed]);
         return Ok((states, 0));
     }
     Ok((states, pending))
@@ -503,7 +497,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
         // Should that fail, the channel goes with this closure, so no worker waits on it.
         let rrx = rrx;
         let mut batch = 0;
-        j.begin()?;
+        let mut tx = j.tx()?;
         for (i, r) in rrx.iter() {
             let f = jobs[i].found;
             match r {
@@ -533,12 +527,12 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             }
             batch += 1;
             if batch >= 256 {
-                j.commit()?;
-                j.begin()?;
+                tx.commit()?;
+                tx = j.tx()?;
                 batch = 0;
             }
         }
-        j.commit()
+        tx.commit()
     });
     store?;
     let files_read = Stats::get(&stats.read) as i64;
@@ -644,9 +638,9 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             Err(e) => report_err = Some(e),
         }
     }
-    j.begin()?;
+    let tx = j.tx()?;
     j.fp_store_results(&run, &fps, &matches)?;
-    j.commit()?;
+    tx.commit()?;
     let r = output::Results {
         source: &source,
         search: &roots,

@@ -4,5 +4,6 @@
 pub mod demo;
 pub mod fingerprint;
 pub mod recover;
-pub mod report;
 pub mod run;
+pub mod status;
+pub mod verify;

@@ -6,7 +6,7 @@ use crate::engine::{self, RunOpts};
 use crate::error::{Error, Result};
 use crate::fingerprint::hashing::{self, Algo};
 use crate::journal::fingerprint::FpLeftover;
-use crate::journal::{Journal, RecoveryRow};
+use crate::journal::{FileState, Journal, RecoveryRow};
 use crate::sys::lock::JournalLock;
 use crate::util::escape::quoted;
 use std::path::{Path, PathBuf};
@@ -153,7 +153,9 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
     let mut refused = 0;
     for (l, cand) in &picks {
         if let Some(id) = l.file_id {
-            if j.file_state(id)?.is_some_and(|s| s.0 == "relocated") {
+            if j.file_state(id)?
+                .is_some_and(|s| s.0 == FileState::Relocated)
+            {
                 println!("recover: {} is already relocated", quoted(&l.path));
                 continue;
             }
@@ -193,16 +195,16 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
     for r in &requested {
         let path = j.files_in_state_any(r.file_id)?.unwrap_or_default();
         match j.state_and_reason(r.file_id)? {
-            Some((s, _)) if s == "relocated" => {
+            Some((FileState::Relocated, _)) => {
                 j.finish_recovery(r.file_id, "done", None)?;
                 j.event(r.file_id, None, "recovered", &quoted(&r.candidate))?;
                 println!("recovered {} from {}", quoted(&path), quoted(&r.candidate));
                 done += 1;
             }
             // Stopped before its turn: the next `evac recover` goes on with it.
-            Some((s, _)) if s == "pending" && code == engine::EXIT_INTERRUPTED => {}
+            Some((FileState::Pending, _)) if code == engine::EXIT_INTERRUPTED => {}
             Some((s, why)) => {
-                let why = why.unwrap_or_else(|| s.clone());
+                let why = why.unwrap_or_else(|| s.to_string());
                 j.finish_recovery(r.file_id, "failed", Some(&why))?;
                 eprintln!("recover: {}: not recovered: {why}", quoted(&path));
                 failed += 1;

@@ -7,7 +7,7 @@ use super::*;
 impl Runner {
     /// A copy that will not be relocated this time: remove what it left at DEST, count it, and
     /// queue its state (with the reason) for the next journal commit.
-    pub(super) fn give_up(&mut self, c: &Copied, state: &'static str, why: String) {
+    pub(super) fn give_up(&mut self, c: &Copied, state: FileState, why: Why) {
         protocol::discard(&self.ctx, c, false);
         let ids: Vec<i64> = c.names.iter().map(|n| n.rec.id).collect();
         let put_back = c.put_back();
@@ -19,14 +19,14 @@ impl Runner {
         let why = if put_back.is_empty() {
             why
         } else {
-            protocol::put_back_reason(&why, c)
+            protocol::put_back_reason(why, c)
         };
         match state {
-            "failed" => {
+            FileState::Failed => {
                 Stats::add(&self.stats.failed, ids.len() as u64);
-                self.report_failure(&c.names[0].rec.path, &why);
+                self.report_failure(&c.names[0].rec.path, &why.text);
             }
-            "deferred" => Stats::add(&self.stats.deferred, ids.len() as u64),
+            FileState::Deferred => Stats::add(&self.stats.deferred, ids.len() as u64),
             _ => {}
         }
         self.forget(&ids);
@@ -36,19 +36,19 @@ impl Runner {
     /// A recorded relocation whose originals went back: the journal must stop naming the copy
     /// that `give_up` removes (unless a link may still name it), or the file would wait as if a
     /// link still needed it.
-    pub(super) fn give_up_recorded(&mut self, c: &Copied, why: String) {
+    pub(super) fn give_up_recorded(&mut self, c: &Copied, why: Why) {
         if !c.put_back().iter().any(protocol::PutBack::keeps_copy) {
             let ids = c.names.iter().map(|n| n.rec.id).collect();
             self.dropped_copies.push((ids, c.dst_st.st_ino));
         }
-        self.give_up(c, "deferred", why);
+        self.give_up(c, FileState::Deferred, why);
     }
 
     /// DEST could not be made durable: put the unfinished batch's originals back.
     pub(super) fn unswap_unfinished(&mut self, why: &str) {
         for c in std::mem::take(&mut self.unfinished) {
             protocol::unswap(&c, why);
-            self.give_up_recorded(&c, why.to_string());
+            self.give_up_recorded(&c, Why::new(Cause::Error, why));
         }
     }
 
@@ -63,7 +63,7 @@ impl Runner {
                     Stats::add(&self.stats.files_done, ids.len() as u64);
                     Stats::add(&self.stats.bytes_done, c.bytes);
                 }
-                Err(why) => self.give_up_recorded(&c, why),
+                Err(why) => self.give_up_recorded(&c, Why::new(Cause::Error, why)),
             }
             self.forget(&ids);
         }
@@ -83,7 +83,7 @@ impl Runner {
             self.say(format!("evac: {why}"));
             self.unswap_unfinished(&why);
             for c in batch {
-                self.give_up(&c, "failed", why.clone());
+                self.give_up(&c, FileState::Failed, Why::new(Cause::Error, why.clone()));
             }
             return self.flush_outcomes();
         }
@@ -103,11 +103,12 @@ impl Runner {
         for (c, r) in batch.into_iter().zip(made) {
             match r {
                 Ok(()) => linked.push(c),
-                Err(why) => self.give_up(&c, "failed", why),
+                Err(why) => self.give_up(&c, FileState::Failed, Why::new(Cause::Error, why)),
             }
         }
         let batch = linked;
-        self.j.begin()?;
+        let j = self.j.clone();
+        let tx = j.tx()?;
         self.record_outcomes()?;
         for c in &batch {
             for n in &c.names {
@@ -120,7 +121,7 @@ impl Runner {
                 )?;
             }
         }
-        self.j.commit()?;
+        tx.commit()?;
         self.prof.placed_tx += t.elapsed();
         t = Instant::now();
         // 3. Final names at DEST.
@@ -128,7 +129,7 @@ impl Runner {
         let mut ok = Vec::with_capacity(placed.len());
         for (c, r) in placed {
             let r = match r {
-                Err(why) if why == protocol::CONFLICT && self.release_stale_name(&c)? => {
+                Err(protocol::PlaceFault::Conflict) if self.release_stale_name(&c)? => {
                     protocol::place(&ctx, &c)
                 }
                 r => r,
@@ -159,8 +160,8 @@ impl Runner {
         for s in swaps {
             match s {
                 Swap::Swapped(c) => swapped.push(c),
-                Swap::Deferred(c, why) => self.give_up(&c, "deferred", why),
-                Swap::Failed(c, why) => self.give_up(&c, "failed", why),
+                Swap::Deferred(c, why) => self.give_up(&c, FileState::Deferred, why),
+                Swap::Failed(c, why) => self.give_up(&c, FileState::Failed, why),
             }
         }
         if !swapped.is_empty() {
@@ -194,9 +195,11 @@ impl Runner {
                 .as_ref()
                 .and_then(|s| s.lock().why.clone())
                 .unwrap_or_default();
-            self.give_up(&c, "deferred", why);
+            // A lease break (a user opening the file to write) put the original back.
+            self.give_up(&c, FileState::Deferred, Why::new(Cause::Busy, why));
         }
-        self.j.begin()?;
+        let j = self.j.clone();
+        let tx = j.tx()?;
         self.record_outcomes()?;
         for c in &swapped {
             for n in &c.names {
@@ -217,7 +220,7 @@ impl Runner {
             }
         }
         self.heartbeat()?;
-        self.j.commit()?;
+        tx.commit()?;
         self.prof.reloc_tx += t.elapsed();
         self.unfinished = swapped;
         Ok(())
@@ -239,12 +242,13 @@ impl Runner {
 
 /// Run one step of the protocol on every copy of a batch at once (each is independent), keeping
 /// each copy with its result.
-pub(super) fn each_in_parallel<F>(
+pub(super) fn each_in_parallel<F, E>(
     items: Vec<Box<Copied>>,
     f: F,
-) -> Vec<(Box<Copied>, std::result::Result<(), String>)>
+) -> Vec<(Box<Copied>, std::result::Result<(), E>)>
 where
-    F: Fn(&Copied) -> std::result::Result<(), String> + Sync,
+    F: Fn(&Copied) -> std::result::Result<(), E> + Sync,
+    E: Send,
 {
     items
         .into_par_iter()

@@ -39,7 +39,8 @@ impl Runner {
             let rows = self.j.unhashed_relocated(after, 256)?;
             let Some(l) = rows.last() else { break };
             after = l.0;
-            self.j.begin()?;
+            let j = self.j.clone();
+            let tx = j.tx()?;
             for (id, path) in rows {
                 let (pd, name) = fsx::split_parent(&path);
                 let fd = fsx::resolve_dir(self.ctx.dst_root.as_fd(), pd)
@@ -55,7 +56,7 @@ impl Runner {
                     self.j.adopt_link(id, h.as_bytes(), st.st_ino, &st)?;
                 }
             }
-            self.j.commit()?;
+            tx.commit()?;
         }
         Ok(())
     }

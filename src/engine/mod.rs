@@ -6,7 +6,7 @@
 #![allow(clippy::vec_box)]
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{self, FileRec, Journal, Kind, Next, Plan};
+use crate::journal::{self, Cause, FileRec, FileState, Journal, Kind, Next, Plan, Why};
 use crate::protocol::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
 use crate::sys::busy::{self, Mapped};
 use crate::sys::fsx;
@@ -168,7 +168,8 @@ pub fn run_locked(o: RunOpts) -> Result<i32> {
 struct Runner {
     o: RunOpts,
     plan: Plan,
-    j: Journal,
+    /// Shared with the transactions the runner holds open (`Tx` borrows it) while it works.
+    j: std::rc::Rc<Journal>,
     ctx: Arc<Ctx>,
     run_id: i64,
     stats: Arc<Stats>,
@@ -188,7 +189,7 @@ struct Runner {
     unfinished: Vec<Box<Copied>>,
     batch_started: Instant,
     /// Outcomes not yet recorded: (ids, state, reason).
-    outcomes: Vec<(Vec<i64>, &'static str, Option<String>)>,
+    outcomes: Vec<(Vec<i64>, FileState, Option<Why>)>,
     reserved_seen: Vec<(i64, Vec<u8>)>,
     /// Originals of relocations recovery completed: (path, temporary name, inode), removed
     /// once the journal has committed them relocated.
@@ -305,7 +306,7 @@ impl Runner {
         Ok(Runner {
             o,
             plan,
-            j,
+            j: std::rc::Rc::new(j),
             ctx,
             run_id,
             stats,
@@ -377,26 +378,19 @@ impl Runner {
         };
         let code = self.storage_exit_code(code);
         let counts = self.j.counts()?;
-        let get = |s: &str| {
-            counts
-                .by_state
-                .iter()
-                .find(|(k, _)| k == s)
-                .map(|(_, n)| *n)
-                .unwrap_or(0)
-        };
-        let totals = format!(
-            "{{\"relocated\":{},\"deferred\":{},\"failed\":{},\"skipped\":{},\"pending\":{},\"gone\":{},\"bytes_relocated_this_run\":{},\"files_relocated_this_run\":{},\"seconds\":{:.3}}}",
-            get("relocated"),
-            get("deferred"),
-            get("failed"),
-            get("skipped"),
-            get("pending") + get("copying") + get("placed"),
-            get("gone"),
-            self.stats.bytes_done.load(Ordering::Relaxed),
-            self.stats.files_done.load(Ordering::Relaxed),
-            started.elapsed().as_secs_f64()
-        );
+        let get = |s: FileState| counts.of(s);
+        let totals = serde_json::json!({
+            "relocated": get(FileState::Relocated),
+            "deferred": get(FileState::Deferred),
+            "failed": get(FileState::Failed),
+            "skipped": get(FileState::Skipped),
+            "pending": counts.unfinished(),
+            "gone": get(FileState::Gone),
+            "bytes_relocated_this_run": self.stats.bytes_done.load(Ordering::Relaxed),
+            "files_relocated_this_run": self.stats.files_done.load(Ordering::Relaxed),
+            "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        })
+        .to_string();
         self.j.finish_run(self.run_id, code, &totals)?;
         let el = started.elapsed().as_secs_f64();
         let bytes = self.stats.bytes_done.load(Ordering::Relaxed);
@@ -408,11 +402,11 @@ impl Runner {
                 self.stats.files_done.load(Ordering::Relaxed),
                 human_bytes(bytes as f64),
                 human_bytes(bytes as f64 / el.max(0.001)),
-                get("relocated"),
-                get("deferred"),
-                get("failed"),
-                get("skipped"),
-                get("pending") + get("copying") + get("placed"),
+                get(FileState::Relocated),
+                get(FileState::Deferred),
+                get(FileState::Failed),
+                get(FileState::Skipped),
+                counts.unfinished(),
             ),
         )?;
         if code == EXIT_LEFT {
@@ -504,17 +498,10 @@ impl Runner {
             return Ok(EXIT_INTERRUPTED);
         }
         let c = self.j.counts()?;
-        let left: i64 = c
-            .by_state
-            .iter()
-            .filter(|(s, _)| {
-                matches!(
-                    s.as_str(),
-                    "deferred" | "failed" | "pending" | "copying" | "placed" | "staged_out"
-                )
-            })
-            .map(|(_, n)| *n)
-            .sum();
+        let left = c.unfinished()
+            + c.of(FileState::Deferred)
+            + c.of(FileState::Failed)
+            + c.of(FileState::StagedOut);
         if !complete || self.walk_errors > 0 || left > 0 {
             Ok(EXIT_LEFT)
         } else {

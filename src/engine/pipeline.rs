@@ -11,16 +11,21 @@ impl Runner {
         if jobs.is_empty() {
             return Ok(());
         }
-        let own_tx = !self.j.in_transaction();
-        if own_tx {
-            self.j.begin()?;
+        // Committed before any job leaves, so that recovery knows of every temporary: never
+        // inside a caller's transaction, which could not be committed here.
+        if self.j.in_transaction() {
+            return Err(Error::Setup(
+                "internal error: jobs dispatched inside a journal transaction".into(),
+            ));
         }
+        let j = self.j.clone();
+        let tx = j.tx()?;
         for job in &jobs {
             for r in &job.names {
                 self.j.mark_copying(r.id)?;
             }
         }
-        self.j.commit()?;
+        tx.commit()?;
         let Some(tx) = &self.job_tx else {
             return Ok(());
         };
@@ -68,7 +73,8 @@ impl Runner {
                 if !msgs.is_empty() {
                     progressed = true;
                     let t0 = Instant::now();
-                    self.j.begin()?;
+                    let j = self.j.clone();
+                    let tx = j.tx()?;
                     for m in msgs {
                         match m {
                             WalkMsg::Entry(s) => {
@@ -117,7 +123,7 @@ impl Runner {
                             }
                         }
                     }
-                    self.j.commit()?;
+                    tx.commit()?;
                     self.prof.observe += t0.elapsed();
                     self.handle_reserved()?;
                 }
@@ -128,7 +134,7 @@ impl Runner {
                 drained = false;
             } else if self.in_flight < self.max_in_flight && !self.stopping() {
                 let want = (self.max_in_flight - self.in_flight).min(512) as i64;
-                let recs = self.j.files_in_state("pending", cursor, want)?;
+                let recs = self.j.files_in_state(FileState::Pending, cursor, want)?;
                 if let Some(l) = recs.last() {
                     cursor = l.id;
                     drained = false;
@@ -180,29 +186,32 @@ impl Runner {
             Outcome::Deferred(_, why) => {
                 Stats::add(&self.stats.deferred, ids.len() as u64);
                 self.forget(&ids);
-                self.outcomes.push((ids, "deferred", Some(why)));
+                self.outcomes.push((ids, FileState::Deferred, Some(why)));
             }
             Outcome::Failed(job, why) => {
                 Stats::add(&self.stats.failed, ids.len() as u64);
-                self.report_failure(&job.names[0].path, &why);
+                self.report_failure(&job.names[0].path, &why.text);
                 self.forget(&ids);
-                self.outcomes.push((ids, "failed", Some(why)));
+                self.outcomes.push((ids, FileState::Failed, Some(why)));
             }
             Outcome::StagedOut(_, why) => {
                 self.forget(&ids);
-                self.outcomes.push((ids, "staged_out", Some(why)));
+                self.outcomes.push((ids, FileState::StagedOut, Some(why)));
             }
             Outcome::Gone(_) => {
                 self.forget(&ids);
                 self.outcomes.push((
                     ids,
-                    "gone",
-                    Some("vanished from SOURCE before its copy".into()),
+                    FileState::Gone,
+                    Some(Why::new(
+                        Cause::Changed,
+                        "vanished from SOURCE before its copy",
+                    )),
                 ));
             }
             Outcome::Aborted(_) => {
                 self.forget(&ids);
-                self.outcomes.push((ids, "pending", None));
+                self.outcomes.push((ids, FileState::Pending, None));
             }
         }
     }
@@ -266,10 +275,10 @@ impl Runner {
         }
         for (ids, state, why) in std::mem::take(&mut self.outcomes) {
             for id in ids {
-                self.j.set_state(id, state, why.as_deref())?;
-                if state == "deferred" || state == "failed" {
-                    self.j
-                        .event(id, Some(self.run_id), state, why.as_deref().unwrap_or(""))?;
+                self.j.set_state(id, state, why.as_ref())?;
+                if matches!(state, FileState::Deferred | FileState::Failed) {
+                    let text = why.as_ref().map_or("", |w| w.text.as_str());
+                    self.j.event(id, Some(self.run_id), state.as_str(), text)?;
                 }
             }
         }
@@ -280,9 +289,10 @@ impl Runner {
         if self.outcomes.is_empty() {
             return Ok(());
         }
-        self.j.begin()?;
+        let j = self.j.clone();
+        let tx = j.tx()?;
         self.record_outcomes()?;
-        self.j.commit()
+        tx.commit()
     }
 
     pub(super) fn heartbeat(&mut self) -> Result<()> {
@@ -317,7 +327,7 @@ impl Runner {
             while self.in_flight >= self.max_in_flight {
                 self.pump(true)?;
             }
-            let recs = self.j.files_in_state("pending", after, 256)?;
+            let recs = self.j.files_in_state(FileState::Pending, after, 256)?;
             let Some(last) = recs.last() else { break };
             after = last.id;
             // A new file where a link was waits while the old copy is still at its DEST path
@@ -366,7 +376,8 @@ impl Runner {
             }
             let mut jobs = Vec::new();
             let mut group: Vec<FileRec> = Vec::new();
-            self.j.begin()?;
+            let j = self.j.clone();
+            let tx = j.tx()?;
             for r in recs {
                 if group
                     .first()
@@ -379,10 +390,9 @@ impl Runner {
             if !group.is_empty() {
                 self.hardlink_group(group, &mut jobs)?;
             }
+            // The groups' records first: dispatch commits the copying states on its own.
+            tx.commit()?;
             self.dispatch(jobs)?;
-            if self.j.in_transaction() {
-                self.j.commit()?;
-            }
             if !full_page {
                 break;
             }
@@ -408,7 +418,11 @@ impl Runner {
                 nlink
             );
             for r in &group {
-                self.j.set_state(r.id, "skipped", Some(&why))?;
+                self.j.set_state(
+                    r.id,
+                    FileState::Skipped,
+                    Some(&Why::new(Cause::HardLinks, why.clone())),
+                )?;
             }
             return Ok(());
         }

@@ -7,18 +7,19 @@ impl Runner {
     /// Files a previous run left between dispatch and relocation.
     pub(super) fn recover_in_flight(&mut self) -> Result<()> {
         let mut n = 0;
-        for state in ["copying", "placed"] {
+        for state in [FileState::Copying, FileState::Placed] {
             loop {
                 let recs = self.j.files_in_state(state, 0, 1000)?;
                 if recs.is_empty() {
                     break;
                 }
-                self.j.begin()?;
+                let j = self.j.clone();
+                let tx = j.tx()?;
                 for r in &recs {
                     self.recover_one(r.id, &r.path)?;
                     n += 1;
                 }
-                self.commit_recovered()?;
+                self.commit_recovered(tx)?;
             }
         }
         if n > 0 {
@@ -68,14 +69,14 @@ impl Runner {
 
     /// Commit what recovery decided. Relocations it completed are made durable on both sides
     /// before the journal says so, and their originals removed only after that.
-    pub(super) fn commit_recovered(&mut self) -> Result<()> {
+    pub(super) fn commit_recovered(&mut self, tx: journal::Tx<'_>) -> Result<()> {
         let held = std::mem::take(&mut self.held_originals);
         if !held.is_empty() {
             steps::at(Step::RecoverSync, b"");
             fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
             fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
         }
-        self.j.commit()?;
+        tx.commit()?;
         for (path, name, ino) in held {
             if let Err(e) = protocol::drop_held(&self.ctx, &path, &name, ino) {
                 // The next walk finds it under its temporary name and recovery tries again.
@@ -102,9 +103,9 @@ impl Runner {
 
     pub(super) fn recover_one(&mut self, id: i64, path: &[u8]) -> Result<()> {
         match protocol::recover(&self.ctx, &self.j, id, path) {
-            Ok(RecoverResult::Pending) => self.j.set_state(id, "pending", None),
+            Ok(RecoverResult::Pending) => self.j.set_state(id, FileState::Pending, None),
             Ok(RecoverResult::KeepCopy(ino)) => {
-                self.j.set_state(id, "pending", None)?;
+                self.j.set_state(id, FileState::Pending, None)?;
                 self.j.keep_copy(id, ino)
             }
             Ok(RecoverResult::Relocated) => {
@@ -119,7 +120,11 @@ impl Runner {
             Ok(RecoverResult::Unknown) => Ok(()),
             Err(e) => {
                 self.say(format!("evac: recover: {e}"));
-                self.j.set_state(id, "failed", Some(&e.to_string()))
+                self.j.set_state(
+                    id,
+                    FileState::Failed,
+                    Some(&Why::new(Cause::Error, e.to_string())),
+                )
             }
         }
     }
@@ -138,9 +143,10 @@ impl Runner {
             if fsx::split_parent(&rec_path).0 != fsx::split_parent(&path).0 {
                 continue;
             }
-            self.j.begin()?;
+            let j = self.j.clone();
+            let tx = j.tx()?;
             self.recover_one(id, &rec_path)?;
-            self.commit_recovered()?;
+            self.commit_recovered(tx)?;
         }
         Ok(())
     }

@@ -36,7 +36,7 @@
 //! check that no path ever reads another file's copy or nothing.
 
 use crate::error::{IoContext, Result};
-use crate::journal::{CopyMeta, ElsewhereLink, Journal, PathRow};
+use crate::journal::{Cause, CopyMeta, ElsewhereLink, FileState, Journal, PathRow, Why};
 use crate::protocol::{names, Ctx};
 use crate::sys::fsx;
 use crate::sys::steps::{self, Step};
@@ -249,7 +249,8 @@ impl Resync<'_> {
     /// Whether a row's copy is free to be claimed: it has one, its own link is not in place
     /// (seen this run), and it still stands at its DEST path.
     fn row_claimable(&self, q: &PathRow) -> Option<Claimable> {
-        let own_linked = q.kind == "file" && q.state == "relocated" && q.seen_run == Some(self.run);
+        let own_linked =
+            q.kind == "file" && q.state == FileState::Relocated && q.seen_run == Some(self.run);
         let ino = q.linked_ino?;
         let st = dest_stat(self.ctx, &q.path).filter(|s| s.st_ino == ino)?;
         if own_linked {
@@ -341,13 +342,17 @@ impl Resync<'_> {
                     let why = if self
                         .j
                         .path_row(&l.target)?
-                        .is_some_and(|q| q.kind == "file" && q.state == "relocated")
+                        .is_some_and(|q| q.kind == "file" && q.state == FileState::Relocated)
                     {
                         "a link to another file's copy at DEST (left as it is)"
                     } else {
                         "a link into DEST that names no copy evac knows (left as it is)"
                     };
-                    self.j.set_state(l.id, "skipped", Some(why))?;
+                    self.j.set_state(
+                        l.id,
+                        FileState::Skipped,
+                        Some(&Why::new(Cause::ForeignLink, why)),
+                    )?;
                     self.stuck.insert(l.id);
                     continue;
                 };
@@ -614,7 +619,7 @@ impl Resync<'_> {
             let row = PathRow {
                 id: l.id,
                 path: stage_rel.clone(),
-                state: String::new(),
+                state: FileState::Relocated,
                 kind: String::new(),
                 seen_run: None,
                 version: from.version,
@@ -623,11 +628,8 @@ impl Resync<'_> {
                 copy: copy.clone(),
                 link_seen_run: None,
             };
-            let own_tx = !j.in_transaction();
             let r = (|| {
-                if own_tx {
-                    j.begin()?;
-                }
+                let tx = j.tx()?;
                 tid = j.add_trash(
                     &row,
                     from.dest_ino,
@@ -635,9 +637,7 @@ impl Resync<'_> {
                     "staged for a renamed link while a cycle of renames is untangled",
                 )?;
                 j.trash_moved(tid)?;
-                if own_tx {
-                    j.commit()?;
-                }
+                tx.commit()?;
                 Ok::<(), crate::error::Error>(())
             })();
             r.map_err(|e| e.to_string())
@@ -688,7 +688,11 @@ impl Resync<'_> {
         self.stuck.insert(l.id);
         self.stats.problems += 1;
         let reason = format!("renamed link: {op}: {why}");
-        self.j.set_state(l.id, "failed", Some(&reason))?;
+        self.j.set_state(
+            l.id,
+            FileState::Failed,
+            Some(&Why::new(Cause::Renamed, reason)),
+        )?;
         self.note(format!("{op} {}: {why}", quoted(&l.path)))?;
         Ok(false)
     }
@@ -698,7 +702,11 @@ impl Resync<'_> {
         self.stuck.insert(l.id);
         let reason =
             format!("renamed link changed since the walk ({why}); the next run follows it");
-        self.j.set_state(l.id, "deferred", Some(&reason))?;
+        self.j.set_state(
+            l.id,
+            FileState::Deferred,
+            Some(&Why::new(Cause::Renamed, reason)),
+        )?;
         Ok(false)
     }
 
@@ -720,7 +728,8 @@ impl Resync<'_> {
             // The copy lives on under another name the journal records (a renamed link took it,
             // it is parked for one, or it is a hard-linked file's other name): this name only
             // goes, nothing is trashed.
-            self.j.begin()?;
+            let j = self.j;
+            let tx = j.tx()?;
             self.j.let_go(
                 row.id,
                 self.run,
@@ -728,7 +737,7 @@ impl Resync<'_> {
             )?;
             self.j
                 .note_release(&row.path, ino, row.copy.link_handle.as_deref())?;
-            self.j.commit()?;
+            tx.commit()?;
             self.finish_releases(false)?;
             return Ok(true);
         }
@@ -745,14 +754,10 @@ impl Resync<'_> {
                 return Ok(false);
             }
         };
-        let own_tx = !self.j.in_transaction();
-        if own_tx {
-            self.j.begin()?;
-        }
+        let j = self.j;
+        let tx = j.tx()?;
         let tid = self.j.add_trash(row, ino, &rel, why)?;
-        if own_tx {
-            self.j.commit()?;
-        }
+        tx.commit()?;
         let (pd, name) = fsx::split_parent(&row.path);
         let (tpd, tname) = fsx::split_parent(&rel);
         steps::at(Step::ResyncTrash, &row.path);
@@ -808,7 +813,8 @@ impl Resync<'_> {
         }
         // The journal first: a crash after an exchange must find the link's new handle and its
         // copy recorded (else the copy could pass for an unlinked or stale name).
-        self.j.begin()?;
+        let j = self.j;
+        let tx = j.tx()?;
         for (m, p) in &prepared {
             let from = match &m.from.origin {
                 Origin::Row { path, .. } => format!("from {}", crate::util::escape::escape(path)),
@@ -831,7 +837,7 @@ impl Resync<'_> {
                     .note_release(rel, m.from.dest_ino, m.from.copy.link_handle.as_deref())?;
             }
         }
-        self.j.commit()?;
+        tx.commit()?;
         let mut done = Vec::new();
         let mut undone = Vec::new();
         for (m, p) in prepared {
@@ -852,7 +858,8 @@ impl Resync<'_> {
         }
         steps::at(Step::ResyncSyncSource, b"");
         fsx::syncfs(self.ctx.src_root.as_fd()).ctx("make SOURCE durable (syncfs)", b".")?;
-        self.j.begin()?;
+        let j = self.j;
+        let tx = j.tx()?;
         for (m, why) in &undone {
             self.j
                 .undo_take_over(m.link.id, &m.link.target, m.link.link_ino)?;
@@ -901,7 +908,7 @@ impl Resync<'_> {
                 )?;
             }
         }
-        self.j.commit()?;
+        tx.commit()?;
         self.finish_releases(false)
     }
 
@@ -1084,12 +1091,13 @@ impl Resync<'_> {
             if !extra || self.link_still_names(&row)? {
                 continue;
             }
-            self.j.begin()?;
+            let j = self.j;
+            let tx = j.tx()?;
             self.j
                 .let_go(row.id, self.run, "renamed in SOURCE; its copy went along")?;
             self.j
                 .note_release(&row.path, ino, row.copy.link_handle.as_deref())?;
-            self.j.commit()?;
+            tx.commit()?;
             self.finish_releases(false)?;
         }
         Ok(())

@@ -8,7 +8,7 @@
 use super::{Runner, EXIT_INTERRUPTED};
 use crate::engine::stats::Stats;
 use crate::error::{Error, Result};
-use crate::journal::Journal;
+use crate::journal::{Cause, FileState, Journal, Why};
 use crate::protocol::faults::{self, DEST_FULL};
 use crate::protocol::{self, Copied, Ctx, Job, Outcome};
 use crate::sys::fsx;
@@ -192,8 +192,8 @@ fn work(
         }
         shared.completed.fetch_add(1, Ordering::SeqCst);
         if let Outcome::Deferred(_, why) = &out {
-            if faults::is_full_reason(why) {
-                shared.set_full(why);
+            if why.cause == Cause::DestFull {
+                shared.set_full(&why.text);
             }
         }
         if tx.send((ids, out)).is_err() {
@@ -317,7 +317,10 @@ impl Runner {
             self.storage.gave_up.insert(*id, why.clone());
         }
         // The job itself stays with the blocked worker; a deferral needs only its ids.
-        self.take((ids, Outcome::Deferred(Job { names: Vec::new() }, why)));
+        self.take((
+            ids,
+            Outcome::Deferred(Job { names: Vec::new() }, Why::new(Cause::Abandoned, why)),
+        ));
         let done = self.storage.shared.completed.load(Ordering::SeqCst);
         if done != self.storage.completed_mark {
             self.storage.completed_mark = done;
@@ -352,7 +355,10 @@ impl Runner {
         );
         self.log("error", &msg)?;
         // Jobs still queued may have no worker left to take them.
-        let untried = format!("{NOT_ANSWERING} (not attempted this run)");
+        let untried = Why::new(
+            Cause::Stalled,
+            format!("{NOT_ANSWERING} (not attempted this run)"),
+        );
         while let Ok(job) = self.job_rx.try_recv() {
             let ids = job.names.iter().map(|r| r.id).collect();
             self.take((ids, Outcome::Deferred(job, untried.clone())));
@@ -373,18 +379,22 @@ impl Runner {
             let why = if full {
                 Some(faults::not_attempted_full())
             } else if unusable {
-                Some(format!("{NOT_ANSWERING} (not attempted this run)"))
+                Some(Why::new(
+                    Cause::Stalled,
+                    format!("{NOT_ANSWERING} (not attempted this run)"),
+                ))
             } else {
                 job.names
                     .iter()
                     .find_map(|r| self.storage.gave_up.get(&r.id).cloned())
+                    .map(|t| Why::new(Cause::Abandoned, t))
             };
             match why {
                 None => keep.push(job),
                 Some(why) => {
                     let ids: Vec<i64> = job.names.iter().map(|r| r.id).collect();
                     Stats::add(&self.stats.deferred, ids.len() as u64);
-                    self.outcomes.push((ids, "deferred", Some(why)));
+                    self.outcomes.push((ids, FileState::Deferred, Some(why)));
                 }
             }
         }
@@ -398,15 +408,16 @@ impl Runner {
 
     /// A copy that could not be placed at DEST: deferred when DEST had no room for it (and no
     /// more copies tried when all of DEST is full), failed otherwise.
-    pub(super) fn give_up_placing(&mut self, c: &Copied, why: String) {
-        match faults::full_in_text(&why) {
-            Some(full) => {
-                if faults::is_full_reason(&full) {
-                    self.storage.shared.set_full(&full);
+    pub(super) fn give_up_placing(&mut self, c: &Copied, fault: protocol::PlaceFault) {
+        let why = fault.why();
+        match why.cause {
+            Cause::DestFull | Cause::DestQuota => {
+                if why.cause == Cause::DestFull {
+                    self.storage.shared.set_full(&why.text);
                 }
-                self.give_up(c, "deferred", full);
+                self.give_up(c, FileState::Deferred, why);
             }
-            None => self.give_up(c, "failed", why),
+            _ => self.give_up(c, FileState::Failed, why),
         }
     }
 
@@ -475,14 +486,15 @@ impl Runner {
     pub(super) fn recover_abandoned(&mut self) -> Result<()> {
         let mut after = 0;
         loop {
-            let rows = self.j.deferred_with_reason_prefix(ABANDONED, after, 1000)?;
+            let rows = self.j.deferred_for(Cause::Abandoned, after, 1000)?;
             let Some(last) = rows.last() else { break };
             after = last.0;
-            self.j.begin()?;
+            let j = self.j.clone();
+            let tx = j.tx()?;
             for (id, path) in &rows {
                 self.recover_one(*id, path)?;
             }
-            self.j.commit()?;
+            tx.commit()?;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use super::hashing::{self, Algo, EDGE};
 use crate::hsm::detect as hsm;
 use crate::hsm::detect::Mode;
 use crate::journal::fingerprint::{FpLeftover, LeftoverRow};
+use crate::journal::FileState;
 use crate::sys::fsx;
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -35,7 +36,7 @@ pub fn build(rows: Vec<LeftoverRow>, src: &OwnedFd, mode: &Mode) -> Vec<Leftover
 
 /// Whether the journal or the HSM listing recorded this file as having no data on disk.
 fn recorded_stub(row: &LeftoverRow) -> bool {
-    row.state.as_deref() == Some("staged_out")
+    row.state == Some(FileState::StagedOut)
         || (matches!(row.hsm_state.as_deref(), Some("staged_out") | Some("lost"))
             && row.hsm_stage_state.as_deref() != Some("done"))
 }
@@ -111,7 +112,7 @@ fn one(row: LeftoverRow, src: BorrowedFd<'_>, mode: &Mode, buf: &mut [u8]) -> Le
     let mut fp = FpLeftover {
         path: row.path.clone(),
         file_id: row.file_id,
-        state: row.state.clone(),
+        state: row.state.map(|s| s.to_string()),
         reason: row.reason.clone(),
         size: row.size.unwrap_or(0).max(0) as u64,
         mtime_ns: row.mtime_ns,

@@ -421,7 +421,7 @@ pub fn import(
         malformed,
         ..Summary::default()
     };
-    j.begin()?;
+    let tx = j.tx()?;
     let import_id = j.start_hsm_import(format.name(), &journal::path_bytes(listing))?;
     for r in &records {
         let Some(rel) = relative(&r.path, &source, &root) else {
@@ -442,7 +442,7 @@ pub fn import(
             continue;
         }
         if j.path_row(&rel)?
-            .is_some_and(|p| p.state == "relocated" && p.kind == "file")
+            .is_some_and(|p| p.state == crate::journal::FileState::Relocated && p.kind == "file")
         {
             sum.relocated.push(rel);
             continue;
@@ -459,7 +459,7 @@ pub fn import(
         sum.malformed.len(),
         (sum.outside.len(), sum.missing.len(), sum.relocated.len()),
     )?;
-    j.commit()?;
+    tx.commit()?;
     drop(lock);
     if !quiet {
         for m in &sum.malformed {

@@ -9,7 +9,7 @@ use crate::engine::{self, RunOpts};
 use crate::error::{Error, Result};
 use crate::hsm::detect as hsm;
 use crate::hsm::detect::Mode;
-use crate::journal::{self, Journal, StageRow};
+use crate::journal::{self, Cause, FileState, Journal, StageRow, Why};
 use crate::sys::fsx;
 use crate::sys::lock::JournalLock;
 use crate::util::escape::quoted;
@@ -289,11 +289,11 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                     continue;
                 }
                 let b = waiting.remove(i);
-                j.begin()?;
+                let t = j.tx()?;
                 for r in &b.rows {
                     j.stage_mark(&r.path, "staging", None)?;
                 }
-                j.commit()?;
+                t.commit()?;
                 say(format!(
                     "stage: recalling {} files ({}) from volume {} (tier {})",
                     b.rows.len(),
@@ -328,7 +328,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
             running -= 1;
             bytes_in_flight -= d.bytes;
             let mut again: Vec<StageRow> = Vec::new();
-            j.begin()?;
+            let t = j.tx()?;
             for (r, res) in d.rows.iter().zip(&d.resident) {
                 if *res {
                     j.stage_mark(&r.path, "staged", None)?;
@@ -347,10 +347,10 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                     if let Some(id) = r.file_id {
                         j.set_state(
                             id,
-                            "failed",
-                            Some(&format!(
-                                "could not be staged ({} tries): {why}",
-                                r.tries + 1
+                            FileState::Failed,
+                            Some(&Why::new(
+                                Cause::Hsm,
+                                format!("could not be staged ({} tries): {why}", r.tries + 1),
                             )),
                         )?;
                     }
@@ -365,7 +365,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                     again.push(r);
                 }
             }
-            j.commit()?;
+            t.commit()?;
             if !again.is_empty() {
                 waiting.extend(batches(again, o.batch_files.max(1)));
             }
@@ -400,28 +400,28 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
 /// Relocate staged files at once, through the normal protocol (a run over the journal's
 /// waiting files, without a walk); record which made it.
 fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String)) -> Result<usize> {
-    j.begin()?;
+    let tx = j.tx()?;
     for r in rows {
         if let Some(id) = r.file_id {
-            if r.file_state.as_deref() != Some("relocated") {
-                j.set_state(id, "pending", None)?;
+            if r.file_state != Some(FileState::Relocated) {
+                j.set_state(id, FileState::Pending, None)?;
             }
         }
     }
-    j.commit()?;
+    tx.commit()?;
     let code = engine::run_locked(RunOpts::waiting_only(
         o.journal.clone(),
         o.workers,
         "stage (relocating staged files)",
     ))?;
     let mut n = 0;
-    j.begin()?;
+    let tx = j.tx()?;
     for r in rows {
         let state = match r.file_id {
             Some(id) => j.file_state(id)?.map(|s| s.0),
             None => None,
         };
-        if state.as_deref() == Some("relocated") {
+        if state == Some(FileState::Relocated) {
             j.stage_mark(&r.path, "done", None)?;
             n += 1;
         } else {
@@ -430,11 +430,11 @@ fn relocate(o: &StageOpts, j: &Journal, rows: &[StageRow], say: &dyn Fn(String))
             say(format!(
                 "stage: {} recalled but not relocated now ({}); left for the next run",
                 quoted(&r.path),
-                state.unwrap_or_else(|| "not in the inventory".into())
+                state.map_or("not in the inventory", FileState::as_str)
             ));
         }
     }
-    j.commit()?;
+    tx.commit()?;
     if code == engine::EXIT_INTERRUPTED {
         say("stage: stopped while relocating; run again to go on".into());
     }

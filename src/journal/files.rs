@@ -97,7 +97,7 @@ pub struct Relocated {
 }
 
 /// (state, dest_ino, linked_ino): what recovery needs to know about a file.
-pub type FileState = (String, Option<u64>, Option<u64>);
+pub type StateInos = (FileState, Option<u64>, Option<u64>);
 
 impl Journal {
     /// Record what the walker saw at a path and decide what to do with it.
@@ -127,7 +127,7 @@ impl Journal {
         }
         type Prior = (
             i64,
-            String,
+            FileState,
             i64,
             Option<i64>,
             Option<i64>,
@@ -157,38 +157,52 @@ impl Journal {
             })
             .flatten()
             .filter(|rel| !rel.is_empty());
-        let (kind, state, reason): (&str, &str, Option<&str>) = match s.kind {
+        let (kind, state, reason): (&str, FileState, Option<&str>) = match s.kind {
             Kind::File => match &s.hsm {
                 // I4: a stub is recorded, never dispatched.
-                Some(c) => ("file", "staged_out", Some(c.why.as_str())),
-                None => ("file", "pending", None),
+                Some(c) => ("file", FileState::StagedOut, Some(c.why.as_str())),
+                None => ("file", FileState::Pending, None),
             },
-            Kind::Symlink if already_linked => ("file", "relocated", None),
+            Kind::Symlink if already_linked => ("file", FileState::Relocated, None),
             Kind::Symlink if into_dest.is_some() => (
                 "symlink",
-                "skipped",
+                FileState::Skipped,
                 Some("a link into DEST under another name (resolved after the walk)"),
             ),
-            Kind::Symlink => ("symlink", "skipped", Some("symlink (left as it is)")),
-            Kind::Fifo => ("fifo", "skipped", Some("FIFO (never opened)")),
-            Kind::Socket => ("socket", "skipped", Some("socket (never opened)")),
+            Kind::Symlink => (
+                "symlink",
+                FileState::Skipped,
+                Some("symlink (left as it is)"),
+            ),
+            Kind::Fifo => ("fifo", FileState::Skipped, Some("FIFO (never opened)")),
+            Kind::Socket => ("socket", FileState::Skipped, Some("socket (never opened)")),
             Kind::CharDev => (
                 "chardev",
-                "skipped",
+                FileState::Skipped,
                 Some("character device (never opened)"),
             ),
-            Kind::BlockDev => ("blockdev", "skipped", Some("block device (never opened)")),
+            Kind::BlockDev => (
+                "blockdev",
+                FileState::Skipped,
+                Some("block device (never opened)"),
+            ),
             Kind::MountPoint => (
                 "mountpoint",
-                "skipped",
+                FileState::Skipped,
                 Some("another filesystem is mounted here (not crossed)"),
             ),
             Kind::Reserved => (
                 "reserved",
-                "skipped",
+                FileState::Skipped,
                 Some("name is reserved for this journal's temporary files"),
             ),
             Kind::Dir => unreachable!("handled above"),
+        };
+        let cause = match (s.kind, state) {
+            (_, FileState::StagedOut) => Some(Cause::Hsm),
+            (Kind::Symlink, FileState::Skipped) if into_dest.is_some() => Some(Cause::Renamed),
+            (_, FileState::Skipped) => Some(Cause::NotAFile),
+            _ => None,
         };
 
         let t = now();
@@ -201,14 +215,14 @@ impl Journal {
                 };
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at, target, link_ino, link_seen_run)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, CASE WHEN ?17 IS NULL THEN NULL ELSE ?14 END)",
+                        "INSERT INTO files (path, kind, state, reason, dev, ino, nlink, size, mode, uid, gid, mtime_ns, ctime_ns, seen_run, updated_at, target, link_ino, link_seen_run, cause)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, CASE WHEN ?17 IS NULL THEN NULL ELSE ?14 END, ?18)",
                     )
                     .and_then(|mut st| {
                         st.execute(params![
                             s.path, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64,
                             s.size as i64, s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t,
-                            into_dest, already_linked.then_some(s.ino as i64)
+                            into_dest, already_linked.then_some(s.ino as i64), cause
                         ])
                     })
                     .map_err(self.e("record file"))?;
@@ -220,13 +234,10 @@ impl Journal {
                 // flight is theirs to settle, and a regular file that is the very inode evac
                 // relocated (unchanged since) is that stale stat, not a new file.
                 let stale = s.kind == Kind::File
-                    && pstate == "relocated"
+                    && pstate == FileState::Relocated
                     && pino == Some(s.ino as i64)
                     && pctime.is_some_and(|c| s.ctime_ns <= c);
-                let in_flight = matches!(pstate.as_str(), "copying" | "placed");
-                if stale
-                    || in_flight
-                    || (already_linked && matches!(pstate.as_str(), "relocated" | "swapped"))
+                if stale || pstate.in_flight() || (already_linked && pstate == FileState::Relocated)
                 {
                     // Our link's inode is what a later rename of it keeps.
                     self.conn
@@ -243,7 +254,7 @@ impl Journal {
                     return Ok(Next::Nothing);
                 }
                 // A regular file where our link was: the user replaced it; a new version.
-                let reappeared = s.kind == Kind::File && pstate == "relocated";
+                let reappeared = s.kind == Kind::File && pstate == FileState::Relocated;
                 let version = if reappeared { version + 1 } else { version };
                 let reason = if already_linked {
                     Some("already a link to its copy")
@@ -252,7 +263,7 @@ impl Journal {
                 };
                 self.conn
                     .prepare_cached(
-                        "UPDATE files SET kind = ?2, state = ?3, reason = ?4, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
+                        "UPDATE files SET kind = ?2, state = ?3, reason = ?4, cause = ?19, dev = ?5, ino = ?6, nlink = ?7, size = ?8, mode = ?9,
                             uid = ?10, gid = ?11, mtime_ns = ?12, ctime_ns = ?13, seen_run = ?14, updated_at = ?15, version = ?16,
                             target = ?17,
                             link_handle = CASE WHEN ?18 AND link_ino IS NOT ?6 THEN NULL ELSE link_handle END,
@@ -266,7 +277,8 @@ impl Journal {
                     .and_then(|mut st| {
                         st.execute(params![
                             id, kind, state, reason, s.dev as i64, s.ino as i64, s.nlink as i64, s.size as i64,
-                            s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t, version, into_dest, already_linked
+                            s.mode, s.uid, s.gid, s.mtime_ns, s.ctime_ns, run, t, version, into_dest, already_linked,
+                            cause
                         ])
                     })
                     .map_err(self.e("record file"))?;
@@ -295,9 +307,9 @@ impl Journal {
         id: i64,
         version: i64,
         (dest_ino, linked_ino): (Option<u64>, Option<u64>),
-        state: &str,
+        state: FileState,
     ) -> Next {
-        if state != "pending" {
+        if state != FileState::Pending {
             return Next::Nothing;
         }
         if s.nlink > 1 {
@@ -322,7 +334,7 @@ impl Journal {
     pub fn mark_unseen_gone(&self, run: i64) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET state = 'gone', updated_at = ?2,
+                "UPDATE files SET state = 'gone', cause = NULL, updated_at = ?2,
                     reason = CASE state WHEN 'relocated' THEN 'its link was removed from SOURCE; the copy stays at DEST'
                                         ELSE 'no longer in SOURCE' END
                  WHERE (seen_run IS NULL OR seen_run != ?1)
@@ -370,7 +382,7 @@ impl Journal {
     }
 
     /// Files in `state` with id > `after`, for retry rounds and recovery.
-    pub fn files_in_state(&self, state: &str, after: i64, limit: i64) -> Result<Vec<FileRec>> {
+    pub fn files_in_state(&self, state: FileState, after: i64, limit: i64) -> Result<Vec<FileRec>> {
         let sql = format!(
             "SELECT {} FROM files WHERE state = ?1 AND kind = 'file' AND id > ?2 ORDER BY id LIMIT ?3",
             Self::REC_COLS
@@ -386,12 +398,21 @@ impl Journal {
             .map_err(self.e("list files"))
     }
 
-    pub fn set_state(&self, id: i64, state: &str, reason: Option<&str>) -> Result<()> {
+    /// A file's new state, with why it was left behind (none for pending and the like).
+    pub fn set_state(&self, id: i64, state: FileState, why: Option<&Why>) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                "UPDATE files SET state = ?2, reason = ?3, cause = ?5, updated_at = ?4 WHERE id = ?1",
             )
-            .and_then(|mut st| st.execute(params![id, state, reason, now()]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    id,
+                    state,
+                    why.map(|w| w.text.as_str()),
+                    now(),
+                    why.map(|w| w.cause)
+                ])
+            })
             .map_err(self.e("record state"))?;
         Ok(())
     }
@@ -399,7 +420,7 @@ impl Journal {
     pub fn mark_copying(&self, id: i64) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'copying', reason = NULL, attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                "UPDATE files SET state = 'copying', reason = NULL, cause = NULL, attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
             )
             .and_then(|mut st| st.execute(params![id, now()]))
             .map_err(self.e("record state"))?;
@@ -461,7 +482,7 @@ impl Journal {
     }
 
     /// (state, dest_ino, linked_ino) of a file.
-    pub fn file_state(&self, id: i64) -> Result<Option<FileState>> {
+    pub fn file_state(&self, id: i64) -> Result<Option<StateInos>> {
         self.conn
             .prepare_cached("SELECT state, dest_ino, linked_ino FROM files WHERE id = ?1")
             .and_then(|mut st| {
@@ -481,7 +502,7 @@ impl Journal {
     pub fn mark_recovered_relocated(&self, id: i64) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'relocated', reason = NULL, linked_ino = dest_ino, updated_at = ?2 WHERE id = ?1",
+                "UPDATE files SET state = 'relocated', reason = NULL, cause = NULL, linked_ino = dest_ino, updated_at = ?2 WHERE id = ?1",
             )
             .and_then(|mut st| st.execute(params![id, now()]))
             .map_err(self.e("record state"))?;
@@ -540,7 +561,7 @@ impl Journal {
     }
 
     /// (state, reason) of a file.
-    pub fn state_and_reason(&self, id: i64) -> Result<Option<(String, Option<String>)>> {
+    pub fn state_and_reason(&self, id: i64) -> Result<Option<(FileState, Option<String>)>> {
         self.conn
             .prepare_cached("SELECT state, reason FROM files WHERE id = ?1")
             .and_then(|mut st| {
@@ -562,16 +583,16 @@ impl Journal {
     pub fn requeue_deferred(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET state = 'pending' WHERE state = 'deferred' AND kind = 'file' AND linked_ino IS NULL",
+                "UPDATE files SET state = 'pending', cause = NULL WHERE state = 'deferred' AND kind = 'file' AND linked_ino IS NULL",
                 [],
             )
             .map_err(self.e("requeue deferred files"))
     }
 
-    /// Deferred files whose reason starts with `prefix` (ASCII), id > `after`: (id, path).
-    pub fn deferred_with_reason_prefix(
+    /// Deferred files of the given cause, id > `after`: (id, path).
+    pub fn deferred_for(
         &self,
-        prefix: &str,
+        cause: Cause,
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, Vec<u8>)>> {
@@ -579,13 +600,11 @@ impl Journal {
             .conn
             .prepare_cached(
                 "SELECT id, path FROM files WHERE state = 'deferred' AND kind = 'file'
-                   AND substr(reason, 1, ?1) = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+                   AND cause = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             )
             .map_err(self.e("list deferred files"))?;
         let rows = st
-            .query_map(params![prefix.len() as i64, prefix, after, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_map(params![cause, after, limit], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.e("list deferred files"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("list deferred files"))
@@ -630,7 +649,7 @@ impl Journal {
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET state = 'relocated', reason = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
+                "UPDATE files SET state = 'relocated', reason = NULL, cause = NULL, blake3 = ?2, dest_ino = ?3, linked_ino = ?3, size = ?4, mode = ?5, uid = ?6, gid = ?7,
                     mtime_ns = ?8, dev = ?9, ino = ?10, updated_at = ?11, ctime_ns = ?12, link_ino = ?13, target = path, link_seen_run = ?14,
                     link_handle = ?15 WHERE id = ?1",
             )

@@ -13,7 +13,7 @@ pub struct LeftoverRow {
     pub file_id: Option<i64>,
     /// Relative to SOURCE.
     pub path: Vec<u8>,
-    pub state: Option<String>,
+    pub state: Option<super::FileState>,
     pub reason: Option<String>,
     pub size: Option<i64>,
     pub mode: Option<i64>,
@@ -171,10 +171,10 @@ impl Journal {
     /// The leftovers to fingerprint: regular files in `states`, and the HSM listing's files
     /// that it lost or that phase 2 gave up on and that the inventory does not have, path
     /// order.
-    pub fn fp_leftover_rows(&self, states: &[&str]) -> Result<Vec<LeftoverRow>> {
+    pub fn fp_leftover_rows(&self, states: &[super::FileState]) -> Result<Vec<LeftoverRow>> {
         let list = states
             .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "")))
+            .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(",");
         let sql = format!(

@@ -11,7 +11,7 @@ pub struct StageRow {
     pub position: Option<i64>,
     pub size: u64,
     pub file_id: Option<i64>,
-    pub file_state: Option<String>,
+    pub file_state: Option<FileState>,
     pub stage_state: Option<String>,
     pub tries: i64,
     pub after: Option<f64>,
@@ -221,7 +221,7 @@ impl Journal {
             .map_err(self.e("record recovery"))?;
         self.conn
             .execute(
-                "UPDATE files SET state = 'pending', reason = 'to be recovered from another copy',
+                "UPDATE files SET state = 'pending', cause = 'recovery', reason = 'to be recovered from another copy',
                    attempts = 0, updated_at = ?2 WHERE id = ?1",
                 params![r.file_id, now()],
             )

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 /// Phase 3's tables (`evac fingerprint`, read by `evac recover`).
 mod dirs;
-pub mod fingerprint;
 mod files;
+pub mod fingerprint;
 mod hsm;
 mod resync;
 mod runs;
+mod state;
 mod status;
 
 pub use dirs::*;
@@ -19,17 +20,24 @@ pub use files::*;
 pub use hsm::*;
 pub use resync::*;
 pub use runs::*;
+pub use state::*;
 pub use status::*;
 
 /// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../migrations/0001_init.sql")),
-    ("0002_resync", include_str!("../../migrations/0002_resync.sql")),
+    (
+        "0002_resync",
+        include_str!("../../migrations/0002_resync.sql"),
+    ),
     (
         "0003_link_handle",
         include_str!("../../migrations/0003_link_handle.sql"),
     ),
-    ("0004_hsm_db", include_str!("../../migrations/0004_hsm_db.sql")),
+    (
+        "0004_hsm_db",
+        include_str!("../../migrations/0004_hsm_db.sql"),
+    ),
     (
         "0005_control",
         include_str!("../../migrations/0005_control.sql"),
@@ -45,6 +53,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_crash_records",
         include_str!("../../migrations/0008_crash_records.sql"),
+    ),
+    (
+        "0009_cause",
+        include_str!("../../migrations/0009_cause.sql"),
     ),
 ];
 
@@ -200,16 +212,22 @@ impl Journal {
             .map_err(self.e("read schema version"))
     }
 
-    pub fn begin(&self) -> Result<()> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(self.e("begin transaction"))
-    }
-
-    pub fn commit(&self) -> Result<()> {
-        self.conn
-            .execute_batch("COMMIT")
-            .map_err(self.e("commit transaction"))
+    /// Begin a transaction (BEGIN IMMEDIATE: the write lock at once, so a commit never fails
+    /// for a reader that upgraded first). Inside one already, the guard joins it: the outer one
+    /// commits. A guard dropped without `commit` rolls back what it began (an error on the way),
+    /// so a failed step never leaves a half-written record behind for a later commit to publish.
+    pub fn tx(&self) -> Result<Tx<'_>> {
+        let owner = self.conn.is_autocommit();
+        if owner {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(self.e("begin transaction"))?;
+        }
+        Ok(Tx {
+            j: self,
+            owner,
+            done: false,
+        })
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -220,21 +238,50 @@ impl Journal {
     /// over and that block nothing); ?1 is the run judged against.
     const CUTOVER_SQL: &'static str = "
         SELECT path, 'files not relocated' AS what, reason FROM files
-         WHERE kind = 'file' AND state IN ('pending', 'copying', 'placed', 'swapped', 'deferred', 'failed', 'staged_out', 'skipped')
+         WHERE kind = 'file' AND state IN ('pending', 'copying', 'placed', 'deferred', 'failed', 'staged_out', 'skipped')
         UNION ALL
         SELECT path, 'renamed links not followed at DEST', reason FROM files
          WHERE kind = 'symlink' AND target IS NOT NULL AND state IN ('failed', 'deferred')
         UNION ALL
         SELECT path, 'copies at DEST whose link is gone', coalesce(reason, 'its link was not seen by the last complete walk') FROM files
          WHERE linked_ino IS NOT NULL AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
-           AND state NOT IN ('copying', 'placed', 'swapped')
+           AND state NOT IN ('copying', 'placed')
         UNION ALL
         SELECT path, 'DEST directories gone from SOURCE', 'not empty at DEST' FROM dirs
          WHERE seen_run IS NULL OR seen_run != ?1
         UNION ALL
         SELECT path, 'left:' || kind, reason FROM files
          WHERE state = 'skipped' AND kind != 'file' AND kind != 'reserved'";
+}
 
+/// A journal transaction: committed by `commit`, rolled back when dropped without it.
+#[must_use = "a transaction not committed is rolled back when dropped"]
+pub struct Tx<'a> {
+    j: &'a Journal,
+    /// Began it (not joined an outer one).
+    owner: bool,
+    done: bool,
+}
+
+impl Tx<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        if self.owner {
+            self.j
+                .conn
+                .execute_batch("COMMIT")
+                .map_err(self.j.e("commit transaction"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.owner && !self.done && !self.j.conn.is_autocommit() {
+            let _ = self.j.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 pub fn blake3_hex(b: &[u8]) -> String {

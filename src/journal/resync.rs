@@ -48,7 +48,7 @@ impl CopyMeta {
 pub struct PathRow {
     pub id: i64,
     pub path: Vec<u8>,
-    pub state: String,
+    pub state: FileState,
     pub kind: String,
     pub seen_run: Option<i64>,
     pub version: i64,
@@ -194,7 +194,7 @@ impl Journal {
                 "SELECT {} FROM files
                  WHERE linked_ino IS NOT NULL AND id > ?2
                    AND (seen_run IS NULL OR seen_run != ?1 OR state != 'relocated' OR kind != 'file')
-                   AND state NOT IN ('copying', 'placed', 'swapped')
+                   AND state NOT IN ('copying', 'placed')
                    AND NOT EXISTS (SELECT 1 FROM files l WHERE l.target = files.path AND l.kind = 'symlink' AND l.seen_run = ?1)
                    AND coalesce(link_seen_run, -1) < ?4
                  ORDER BY id LIMIT ?3",
@@ -374,7 +374,8 @@ impl Journal {
             .prepare_cached(
                 "UPDATE files SET dest_ino = NULL, linked_ino = NULL, link_ino = NULL, updated_at = ?3,
                     state = CASE WHEN state = 'relocated' AND kind = 'file' THEN 'gone' ELSE state END,
-                    reason = CASE WHEN state = 'relocated' AND kind = 'file' THEN ?2 ELSE reason END
+                    reason = CASE WHEN state = 'relocated' AND kind = 'file' THEN ?2 ELSE reason END,
+                    cause = CASE WHEN state = 'relocated' AND kind = 'file' THEN NULL ELSE cause END
                  WHERE id = ?1",
             )
             .and_then(|mut st| st.execute(params![id, why, now()]))
@@ -442,7 +443,7 @@ impl Journal {
                 "SELECT {} FROM files f
                  WHERE f.linked_ino IS NOT NULL
                    AND (f.seen_run IS NULL OR f.seen_run != ?1 OR f.state != 'relocated' OR f.kind != 'file')
-                   AND f.state NOT IN ('copying', 'placed', 'swapped')
+                   AND f.state NOT IN ('copying', 'placed')
                    AND EXISTS (SELECT 1 FROM files o WHERE o.linked_ino = f.linked_ino AND o.id != f.id
                                AND o.state = 'relocated' AND o.kind = 'file' AND o.seen_run = ?1)
                  ORDER BY f.id",
@@ -468,7 +469,7 @@ impl Journal {
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "UPDATE files SET kind = 'file', state = 'relocated', reason = NULL, target = path,
+                "UPDATE files SET kind = 'file', state = 'relocated', reason = NULL, cause = NULL, target = path,
                     blake3 = ?2, size = ?3, mode = ?4, uid = ?5, gid = ?6, mtime_ns = ?7, version = ?8,
                     dest_ino = ?9, linked_ino = ?9, link_ino = ?10, dev = NULL, ino = NULL, nlink = 1,
                     ctime_ns = NULL, seen_run = ?11, link_seen_run = ?11, updated_at = ?12, link_handle = ?13
@@ -488,7 +489,7 @@ impl Journal {
     pub fn note_waiting_new_versions(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE files SET state = 'deferred', reason = 'a new file replaced its link: relocated by the next run, once a second walk has shown that no renamed link still names the old copy'
+                "UPDATE files SET state = 'deferred', cause = 'renamed', reason = 'a new file replaced its link: relocated by the next run, once a second walk has shown that no renamed link still names the old copy'
                  WHERE state IN ('pending', 'deferred') AND kind = 'file' AND linked_ino IS NOT NULL",
                 [],
             )

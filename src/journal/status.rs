@@ -3,10 +3,33 @@
 use super::*;
 
 pub struct Counts {
-    pub by_state: Vec<(String, i64)>,
+    pub by_state: Vec<(FileState, i64)>,
     pub bytes_total: i64,
     pub bytes_relocated: i64,
 }
+
+impl Counts {
+    /// Files in state `s`.
+    pub fn of(&self, s: FileState) -> i64 {
+        self.by_state
+            .iter()
+            .filter(|(k, _)| *k == s)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Files some run still has to do (pending, or in flight when a run stopped).
+    pub fn unfinished(&self) -> i64 {
+        self.by_state
+            .iter()
+            .filter(|(k, _)| k.unfinished())
+            .map(|(_, n)| *n)
+            .sum()
+    }
+}
+
+/// (state, cause, reason without the holders it names, files).
+pub type ReasonCount = (FileState, Option<Cause>, String, i64);
 
 /// How far DEST is from mirroring SOURCE.
 #[derive(Debug, Default)]
@@ -101,12 +124,12 @@ impl Journal {
         let by_state = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(self.e("count files"))?
-            .collect::<rusqlite::Result<Vec<(String, i64)>>>()
+            .collect::<rusqlite::Result<Vec<(FileState, i64)>>>()
             .map_err(self.e("count files"))?;
         let (total, done): (i64, i64) = self
             .conn
             .query_row(
-                "SELECT coalesce(sum(size), 0), coalesce(sum(CASE WHEN state IN ('relocated', 'swapped') THEN size ELSE 0 END), 0)
+                "SELECT coalesce(sum(size), 0), coalesce(sum(CASE WHEN state = 'relocated' THEN size ELSE 0 END), 0)
                  FROM files WHERE kind = 'file' AND state NOT IN ('gone', 'skipped')",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -119,20 +142,20 @@ impl Journal {
         })
     }
 
-    /// Counts by state and reason; a busy file's reason is grouped without the holders it names
-    /// (they differ from file to file, the cause does not).
-    pub fn top_reasons(&self, limit: i64) -> Result<Vec<(String, String, i64)>> {
+    /// Counts by state, cause and reason; a busy file's reason is grouped without the holders it
+    /// names (they differ from file to file, the cause does not).
+    pub fn top_reasons(&self, limit: i64) -> Result<Vec<ReasonCount>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT state, CASE WHEN instr(reason, ?2) > 0 THEN substr(reason, 1, instr(reason, ?2) - 1)
+                "SELECT state, cause, CASE WHEN cause = 'busy' AND instr(reason, ?2) > 0 THEN substr(reason, 1, instr(reason, ?2) - 1)
                  ELSE coalesce(reason, '') END AS why, count(*) AS n FROM files
-                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, why ORDER BY n DESC LIMIT ?1",
+                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, cause, why ORDER BY n DESC LIMIT ?1",
             )
             .map_err(self.e("summarise reasons"))?;
         let rows = st
             .query_map(params![limit, crate::sys::busy::HOLDERS_MARK], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .map_err(self.e("summarise reasons"))?;
         rows.collect::<rusqlite::Result<_>>()
@@ -140,10 +163,10 @@ impl Journal {
     }
 
     /// Paths (and reasons) in the given states, streamed to `f`.
-    pub fn for_each_in_states(&self, states: &[&str], f: PathSink<'_>) -> Result<()> {
+    pub fn for_each_in_states(&self, states: &[FileState], f: PathSink<'_>) -> Result<()> {
         let list = states
             .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "")))
+            .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(",");
         let mut st = self

@@ -16,30 +16,34 @@ use std::sync::atomic::Ordering;
 pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
     const ATTEMPTS: u32 = 3;
     let mut last = String::new();
+    // Changed at every try: left for a later run, when it may have settled.
     for _ in 0..ATTEMPTS {
         match copy_once(ctx, &job, buf) {
             Ok(Attempt::Done(c)) => return Outcome::Copied(c),
             Ok(Attempt::Retry(why)) => last = why,
             Ok(Attempt::Defer(why)) => return Outcome::Deferred(job, why),
-            Ok(Attempt::StagedOut(why)) => return Outcome::StagedOut(job, why),
+            Ok(Attempt::StagedOut(why)) => {
+                return Outcome::StagedOut(job, Why::new(Cause::Hsm, why))
+            }
             Ok(Attempt::Gone) => return Outcome::Gone(job),
             Ok(Attempt::Aborted) => return Outcome::Aborted(job),
-            Ok(Attempt::Fail(why)) => return Outcome::Failed(job, why),
+            Ok(Attempt::Fail(why)) => return Outcome::Failed(job, Why::new(Cause::Recovery, why)),
             Err(e) => return crate::protocol::faults::copy_failed(job, &e),
         }
     }
-    Outcome::Deferred(job, last)
+    Outcome::Deferred(job, Why::new(Cause::Changed, last))
 }
 
 enum Attempt {
     Done(Box<Copied>),
     Retry(String),
-    Defer(String),
+    Defer(Why),
     /// An HSM stub (or its state unknown): never opened (I4).
     StagedOut(String),
     Gone,
     Aborted,
-    /// Not to be tried again as it stands (a recovery whose candidate does not hold).
+    /// Not to be tried again as it stands (a recovery whose candidate does not hold): cause
+    /// `Recovery`.
     Fail(String),
 }
 
@@ -73,24 +77,26 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
         return Ok(Attempt::Gone);
     }
     if job.names.len() > 1 && (st.st_ino != first.ino || st.st_nlink != job.names.len() as u64) {
-        return Ok(Attempt::Defer(format!(
-            "hard links changed during the run ({} names found, link count now {})",
-            job.names.len(),
-            st.st_nlink
+        return Ok(Attempt::Defer(Why::new(
+            Cause::Changed,
+            format!(
+                "hard links changed during the run ({} names found, link count now {})",
+                job.names.len(),
+                st.st_nlink
+            ),
         )));
     }
     if job.names.len() == 1 && st.st_nlink > 1 {
-        return Ok(Attempt::Defer(
-            "gained a hard link during the run; relocated with its links next time".into(),
-        ));
+        return Ok(Attempt::Defer(Why::new(
+            Cause::Changed,
+            "gained a hard link during the run; relocated with its links next time",
+        )));
     }
     if let Some(r) = ctx.recoveries.get(&first.id) {
         return recover_copy(ctx, job, buf, r, src_dir, &st);
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(st.st_dev, st.st_ino) {
-        return Ok(Attempt::Defer(
-            "a process is running or has mapped it (use --relocate-mapped to force)".into(),
-        ));
+        return Ok(Attempt::Defer(Why::new(Cause::Busy, MAPPED)));
     }
     // I4: the HSM state from metadata, again here, right before the open.
     if let Some(why) = stub_reason(ctx, src_dir.as_fd(), name, &st) {
@@ -107,7 +113,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
         // oplock, say): it is in use, not broken.
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
             let why = "leased for writing by another program";
-            return Ok(Attempt::Defer(ctx.mapped.busy_reason(why, &st, false)));
+            return Ok(Attempt::Defer(Why::new(
+                Cause::Busy,
+                ctx.mapped.busy_reason(why, &st, false),
+            )));
         }
         Err(e) => return Err(Error::io("open", &first.path, e)),
     };
@@ -131,7 +140,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
         Some(h) => h,
         None => {
             let why = "open for writing by another process";
-            return Ok(Attempt::Defer(ctx.mapped.busy_reason(why, &fst, true)));
+            return Ok(Attempt::Defer(Why::new(
+                Cause::Busy,
+                ctx.mapped.busy_reason(why, &fst, true),
+            )));
         }
     };
     let st = fst;
@@ -171,7 +183,10 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
         fsx::CopyOutcome::Done { .. } => {}
         fsx::CopyOutcome::Aborted if stopped_by_user => return Ok(Attempt::Aborted),
         fsx::CopyOutcome::Aborted => {
-            return Ok(Attempt::Defer("opened for writing during the copy".into()))
+            return Ok(Attempt::Defer(Why::new(
+                Cause::Busy,
+                "opened for writing during the copy",
+            )))
         }
         fsx::CopyOutcome::Shrunk => return Ok(Attempt::Retry("changed during the copy".into())),
     }
@@ -200,7 +215,12 @@ fn copy_once(ctx: &Ctx, job: &Job, buf: &mut [u8]) -> Result<Attempt> {
     for rec in &job.names[1..] {
         match link_name(ctx, rec, &st)? {
             Some(n) => more.push(n),
-            None => return Ok(Attempt::Defer("hard links changed during the run".into())),
+            None => {
+                return Ok(Attempt::Defer(Why::new(
+                    Cause::Changed,
+                    "hard links changed during the run",
+                )))
+            }
         }
     }
     let (dst_dir, tmp) = t.keep();

@@ -3,61 +3,89 @@
 //! kernel will not let anyone replace (immutable, append-only).
 
 use crate::error::Error;
+use crate::journal::{Cause, Why};
 use crate::protocol::{Job, Outcome};
 use crate::sys::fsx::SourceError;
 use rustix::fd::BorrowedFd;
 use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
 use std::io;
 
-/// Every reason that starts with this means DEST had no room for the file, so `status` groups
-/// them under one cause the operator can act on.
+/// The reason's first words for a file DEST had no room for (cause `DestFull`).
 pub const DEST_FULL: &str = "destination full";
 
 /// A quota (EDQUOT) is the owner's or the project's, not all of DEST's: other files may still
 /// fit, so it defers the one file and does not stop the copying as ENOSPC does.
 const DEST_QUOTA: &str = "destination full (quota)";
 
-/// The reason for a file DEST had no room for, if that is what `e` says.
-fn full_reason(e: &io::Error, detail: &str) -> Option<String> {
+/// Why a file DEST had no room for, if that is what `e` says.
+pub fn full_why(e: &io::Error, detail: &str) -> Option<Why> {
     match e.raw_os_error() {
-        Some(libc::ENOSPC) => Some(format!("{DEST_FULL}: {detail}")),
-        Some(libc::EDQUOT) => Some(format!("{DEST_QUOTA}: {detail}")),
+        Some(libc::ENOSPC) => Some(Why::new(Cause::DestFull, format!("{DEST_FULL}: {detail}"))),
+        Some(libc::EDQUOT) => Some(Why::new(
+            Cause::DestQuota,
+            format!("{DEST_QUOTA}: {detail}"),
+        )),
         _ => None,
     }
 }
 
-/// Whether a file's reason means all of DEST is full (so no further copy is worth trying).
-pub fn is_full_reason(why: &str) -> bool {
-    why.starts_with(DEST_FULL) && !why.starts_with(DEST_QUOTA)
-}
-
-/// The reason recorded for a file that was not even tried because DEST was already full.
-pub fn not_attempted_full() -> String {
-    format!("{DEST_FULL} (not attempted; free space at DEST, then run again)")
+/// Why a file was not even tried: DEST was already full.
+pub fn not_attempted_full() -> Why {
+    Why::new(
+        Cause::DestFull,
+        format!("{DEST_FULL} (not attempted; free space at DEST, then run again)"),
+    )
 }
 
 /// A copy that ended in an error: no room at DEST defers the file (it is fine, and will be
 /// retried once there is room); anything else fails it.
 pub fn copy_failed(job: Job, e: &Error) -> Outcome {
     let full = match e {
-        Error::Io { source, .. } => full_reason(source, &e.reason()),
+        Error::Io { source, .. } => full_why(source, &e.reason()),
         _ => None,
     };
     match full {
         Some(why) => Outcome::Deferred(job, why),
-        None => Outcome::Failed(job, e.reason()),
+        None => Outcome::Failed(job, Why::new(Cause::Error, e.reason())),
     }
 }
 
-/// The same for placement, which reports its errors as text: io::Error ends an OS error's text
-/// with "(os error N)".
-pub fn full_in_text(why: &str) -> Option<String> {
-    [libc::ENOSPC, libc::EDQUOT].into_iter().find_map(|n| {
-        why.ends_with(&format!("(os error {n})"))
-            .then(|| full_reason(&io::Error::from_raw_os_error(n), why))
-            .flatten()
-    })
+/// Why a placement at DEST did not happen.
+#[derive(Debug)]
+pub enum PlaceFault {
+    /// DEST has a file at this path that evac did not write: both are left as they are.
+    Conflict,
+    /// A system call failed; `op` says which step.
+    Io { op: &'static str, err: io::Error },
 }
+
+impl PlaceFault {
+    pub fn io(op: &'static str) -> impl FnOnce(io::Error) -> PlaceFault {
+        move |err| PlaceFault::Io { op, err }
+    }
+
+    /// The file's cause and reason: no room defers it, a conflict or an error fails it.
+    pub fn why(&self) -> Why {
+        match self {
+            PlaceFault::Conflict => Why::new(Cause::Conflict, CONFLICT),
+            PlaceFault::Io { err, .. } => full_why(err, &self.to_string())
+                .unwrap_or_else(|| Why::new(Cause::Error, self.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for PlaceFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlaceFault::Conflict => f.write_str(CONFLICT),
+            PlaceFault::Io { op, err } => write!(f, "{op}: {err}"),
+        }
+    }
+}
+
+/// Why a placement was refused when DEST holds a file evac does not know at that path.
+pub const CONFLICT: &str =
+    "DEST already has a file at this path that evac did not write; left both as they are (conflict)";
 
 /// An error from `fsx::copy_sparse`, with the side that failed as the operation, so a bad
 /// sector in SOURCE and a failing DEST are not reported alike.
@@ -115,23 +143,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn full_is_told_from_text_and_errors() {
+    fn no_room_is_told_from_errors() {
         let e = io::Error::from_raw_os_error(libc::ENOSPC);
-        let why = full_in_text(&format!("place the copy at DEST: {e}")).unwrap();
-        assert!(is_full_reason(&why), "{why}");
         let job = || Job { names: Vec::new() };
         let out = copy_failed(job(), &Error::io("write DEST", b"a", e));
-        assert!(matches!(out, Outcome::Deferred(_, w) if is_full_reason(&w)));
+        assert!(
+            matches!(out, Outcome::Deferred(_, w) if w.cause == Cause::DestFull && w.text.starts_with(DEST_FULL))
+        );
+        let place =
+            PlaceFault::io("place the copy at DEST")(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(place.why().cause, Cause::DestFull);
         // A quota defers the file, under the same heading, without stopping the copying.
         let q = io::Error::from_raw_os_error(libc::EDQUOT);
-        let why = full_in_text(&format!("place the copy at DEST: {q}")).unwrap();
-        assert!(why.starts_with(DEST_FULL) && !is_full_reason(&why), "{why}");
         let out = copy_failed(job(), &Error::io("write DEST", b"a", q));
-        assert!(matches!(out, Outcome::Deferred(_, w) if w.starts_with(DEST_FULL)));
+        assert!(
+            matches!(out, Outcome::Deferred(_, w) if w.cause == Cause::DestQuota && w.text.starts_with(DEST_FULL))
+        );
         let other = io::Error::from_raw_os_error(libc::EIO);
-        assert!(full_in_text(&format!("place the copy at DEST: {other}")).is_none());
-        let out = copy_failed(job(), &Error::io("write DEST", b"a", other));
-        assert!(matches!(out, Outcome::Failed(..)));
+        let place = PlaceFault::io("place the copy at DEST")(other);
+        assert_eq!(place.why().cause, Cause::Error);
+        assert!(
+            place.why().text.starts_with("place the copy at DEST: "),
+            "{}",
+            place
+        );
+        assert_eq!(PlaceFault::Conflict.why().cause, Cause::Conflict);
+        let out = copy_failed(
+            job(),
+            &Error::io("write DEST", b"a", io::Error::from_raw_os_error(libc::EIO)),
+        );
+        assert!(matches!(out, Outcome::Failed(_, w) if w.cause == Cause::Error));
     }
 
     #[test]

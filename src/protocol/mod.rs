@@ -18,11 +18,12 @@ mod recover;
 mod swap;
 
 pub use copy::copy_job;
-pub use place::{discard, extra_name_at_dest, place, remove_dest_name, CONFLICT};
+pub use faults::{PlaceFault, CONFLICT};
+pub use place::{discard, extra_name_at_dest, place, remove_dest_name};
 pub use recover::{drop_held, recover, RecoverResult};
 pub use swap::{finish, make_links, put_back_reason, swap, unswap, PutBack, Swap, SwapShared};
 
-use crate::journal::FileRec;
+use crate::journal::{Cause, FileRec, Why};
 use crate::sys::busy::Mapped;
 use crate::sys::fsx::{self, Stat};
 use crate::sys::signals::{Lease, Leases};
@@ -193,15 +194,18 @@ impl Copied {
 
 pub enum Outcome {
     Copied(Box<Copied>),
-    Deferred(Job, String),
-    Failed(Job, String),
+    Deferred(Job, Why),
+    Failed(Job, Why),
     /// An HSM stub found at copy time (released since the walk, or during the copy).
-    StagedOut(Job, String),
+    StagedOut(Job, Why),
     /// The path is no longer a regular file in SOURCE.
     Gone(Job),
     /// Stopped before it finished; back to pending.
     Aborted(Job),
 }
+
+/// Why a file a process runs or has mapped is left (evac would pull the pages from under it).
+pub const MAPPED: &str = "a process is running or has mapped it (use --relocate-mapped to force)";
 
 fn is_gone(e: &io::Error) -> bool {
     matches!(

@@ -1,6 +1,7 @@
 //! Giving a durable copy its final DEST name (a link from its fd, never replacing anything that
 //! evac did not write), and taking back what a copy left at DEST when it is not swapped.
 
+use super::faults::PlaceFault;
 use super::swap::drop_links;
 use super::*;
 use crate::sys::fsx::{self};
@@ -10,12 +11,12 @@ use std::io;
 
 /// Put every DEST temporary of a batch under its final name. Called after the batch's data is
 /// durable and after the journal has recorded each copy's DEST inode (state `placed`).
-pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
+pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), PlaceFault> {
     for (i, n) in c.names.iter().enumerate() {
         let (_, fname) = fsx::split_parent(&n.rec.path);
         match place_one(ctx, n, fname, c) {
             Ok(()) => {}
-            Err(msg) => {
+            Err(fault) => {
                 // Undo this inode's names placed so far: they are ours and their sources stay.
                 for m in &c.names[..i] {
                     let (_, f) = fsx::split_parent(&m.rec.path);
@@ -28,20 +29,20 @@ pub fn place(ctx: &Ctx, c: &Copied) -> std::result::Result<(), String> {
                 }
                 // On a conflict the coordinator may release a stale name and place again: the
                 // temporaries stay (discard removes them otherwise).
-                if msg != CONFLICT {
+                if !matches!(fault, PlaceFault::Conflict) {
                     for m in &c.names {
                         steps::at(Step::CopyDiscard, &m.rec.path);
                         let _ = fsx::unlink_if_exists(m.dst_dir.as_fd(), &m.dst_tmp);
                     }
                 }
-                return Err(msg);
+                return Err(fault);
             }
         }
     }
     Ok(())
 }
 
-fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Result<(), String> {
+fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Result<(), PlaceFault> {
     let our_ino = c.dst_st.st_ino;
     let dir = n.dst_dir.as_fd();
     // The final name is made from the fd we wrote, never from the temporary's name: a user who
@@ -76,10 +77,10 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
             return Ok(());
         }
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(format!("place the copy at DEST: {e}")),
+        Err(e) => return Err(PlaceFault::io("place the copy at DEST")(e)),
     }
     let existing =
-        fsx::stat_at(dir, fname).map_err(|e| format!("stat the file in the way at DEST: {e}"))?;
+        fsx::stat_at(dir, fname).map_err(PlaceFault::io("stat the file in the way at DEST"))?;
     if existing.st_ino == our_ino {
         // Our own copy from an interrupted attempt already carries this name.
         cleanup();
@@ -93,23 +94,19 @@ fn place_one(ctx: &Ctx, n: &Name, fname: &[u8], c: &Copied) -> std::result::Resu
     if ours_unlinked {
         // Our own copy from an interrupted or undone attempt that no link ever pointed to.
         steps::at(Step::PlaceUnlinkStale, &n.rec.path);
-        fsx::unlink_at(dir, fname).map_err(|e| format!("remove an earlier attempt's copy: {e}"))?;
+        fsx::unlink_at(dir, fname).map_err(PlaceFault::io("remove an earlier attempt's copy"))?;
     } else if ours_linked {
         // Our earlier version of this path: keep it in the trash rather than overwrite it.
         steps::at(Step::PlaceTrash, &n.rec.path);
         to_trash(ctx, dir, fname, &n.rec.path)
-            .map_err(|e| format!("move the previous copy to the trash: {e}"))?;
+            .map_err(PlaceFault::io("move the previous copy to the trash"))?;
     } else {
-        return Err(CONFLICT.into());
+        return Err(PlaceFault::Conflict);
     }
-    place().map_err(|e| format!("place the copy at DEST: {e}"))?;
+    place().map_err(PlaceFault::io("place the copy at DEST"))?;
     cleanup();
     Ok(())
 }
-
-/// Why a placement was refused when DEST holds a file evac does not know at that path.
-pub const CONFLICT: &str =
-    "DEST already has a file at this path that evac did not write; left both as they are (conflict)";
 
 /// A regular file at DEST `rel` with more than one name: its inode, if so. A conflicting file
 /// that is one of several names of a copy the journal records elsewhere is an old name a crash

@@ -5,7 +5,7 @@ use super::place::to_trash;
 use super::swap::{put_back_name, Exchanged, PutBack};
 use super::*;
 use crate::error::{Error, IoContext, Result};
-use crate::journal::Journal;
+use crate::journal::{FileState, Journal};
 use crate::sys::fsx::{self, Stat};
 use crate::sys::steps::{self, Step};
 use crate::util::escape::quoted;
@@ -20,7 +20,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
         return Ok(RecoverResult::Unknown);
     };
     let (pdir, fname) = fsx::split_parent(path);
-    let mut result = if state == "relocated" {
+    let mut result = if state == FileState::Relocated {
         RecoverResult::Relocated
     } else {
         RecoverResult::Pending
@@ -39,9 +39,8 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
                     fsx::unlink_if_exists(dir, &held).ctx("remove leftover link for", path)?;
                 }
                 rustix::fs::FileType::RegularFile => {
-                    result = restore_original(
-                        ctx, j, id, path, dir, &held, fname, &s, &state, is_attic,
-                    )?;
+                    result =
+                        restore_original(ctx, j, id, path, dir, &held, fname, &s, state, is_attic)?;
                 }
                 _ => {}
             }
@@ -60,8 +59,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
         // An interrupted placement: our copy under its final name that no link points to. It
         // goes, so that later attempts never meet a copy the journal no longer names (the next
         // placement records a new inode before it renames).
-        let in_flight = matches!(state.as_str(), "copying" | "placed");
-        if in_flight
+        if state.in_flight()
             && matches!(result, RecoverResult::Pending)
             && dest_ino.is_some()
             && dest_ino != linked_ino
@@ -74,7 +72,7 @@ pub fn recover(ctx: &Ctx, j: &Journal, id: i64, path: &[u8]) -> Result<RecoverRe
                 Some(s.st_ino) == dest_ino
                     && fsx::file_type(&s) == rustix::fs::FileType::RegularFile
             });
-            if linked_now && ours_at_dest && state == "placed" {
+            if linked_now && ours_at_dest && state == FileState::Placed {
                 // Swapped and the original already removed (an earlier recovery completed it
                 // but was stopped before recording that): it is relocated.
                 result = RecoverResult::Relocated;
@@ -132,7 +130,7 @@ fn restore_original(
     held: &[u8],
     fname: &[u8],
     s: &Stat,
-    state: &str,
+    state: FileState,
     is_attic: bool,
 ) -> Result<RecoverResult> {
     let at_name = fsx::stat_at(dir, fname).ok();
@@ -165,7 +163,7 @@ fn restore_original(
                 && d.st_size >= s.st_size
                 && fsx::mtime_ns(d) >= fsx::mtime_ns(s)
         });
-    let in_flight_or_relocated = matches!(state, "placed" | "copying" | "relocated");
+    let in_flight_or_relocated = state.in_flight() || state == FileState::Relocated;
     // Relocated (checked and recorded; only the unlink was lost), or placed and swapped but not
     // recorded (single-name files): the relocation is completed rather than undone when the original is unchanged
     // and its copy stands, whatever the path holds now -- users may since have written through
@@ -176,7 +174,7 @@ fn restore_original(
     // The user may also have renamed our link since the swap (it then names this copy from
     // elsewhere): completing keeps the copy for it, where undoing would strand it.
     let single = j.nlink_of(id)? <= 1;
-    if state == "relocated" && !attic_only && unchanged && dest_ok {
+    if state == FileState::Relocated && !attic_only && unchanged && dest_ok {
         steps::at(Step::RecoverUnlinkOriginal, path);
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Relocated);
@@ -188,7 +186,7 @@ fn restore_original(
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Pending);
     }
-    if state == "placed" && single && !attic_only && unchanged && dest_ok {
+    if state == FileState::Placed && single && !attic_only && unchanged && dest_ok {
         // The journal must say relocated (durably) before the original goes: a later recovery
         // that found neither the original nor our link at its name would take the copy for an
         // unlinked one and remove it.
@@ -205,7 +203,7 @@ fn restore_original(
     }
     // Written on both sides (a late write to the original, and through the link to the copy):
     // the original goes back, the copy is kept in the trash, nothing is destroyed.
-    let copy_written = state == "placed"
+    let copy_written = state == FileState::Placed
         && name_is_our_link
         && dest_ok
         && dest_st

@@ -17,8 +17,8 @@ use std::sync::Arc;
 pub enum Swap {
     /// Every name is now our link; originals wait at their temporary names for `finish`.
     Swapped(Box<Copied>),
-    Deferred(Box<Copied>, String),
-    Failed(Box<Copied>, String),
+    Deferred(Box<Copied>, Why),
+    Failed(Box<Copied>, Why),
 }
 
 /// One name exchanged for its link: where the original now sits, and the link standing in for
@@ -175,14 +175,11 @@ pub fn swap(
         if w.contains(&(c.st.st_dev, c.st.st_ino)) {
             let why = "open for writing by another process";
             let why = ctx.mapped.busy_reason(why, &c.st, true);
-            return Swap::Deferred(c, why);
+            return Swap::Deferred(c, Why::new(Cause::Busy, why));
         }
     }
     if !ctx.relocate_mapped && ctx.mapped.contains(c.st.st_dev, c.st.st_ino) {
-        return Swap::Deferred(
-            c,
-            "a process is running or has mapped it (use --relocate-mapped to force)".into(),
-        );
+        return Swap::Deferred(c, Why::new(Cause::Busy, MAPPED));
     }
     let shared = Arc::new(SwapShared {
         ctx: ctx.clone(),
@@ -201,8 +198,8 @@ pub fn swap(
                 shared.put_back_locked(&mut g, &text);
                 drop(g);
                 return match why {
-                    SwapErr::Changed(s) => Swap::Deferred(c, s),
-                    SwapErr::Error(s) => Swap::Failed(c, s),
+                    SwapErr::Changed(s) => Swap::Deferred(c, Why::new(Cause::Changed, s)),
+                    SwapErr::Error(s) => Swap::Failed(c, Why::new(Cause::Error, s)),
                 };
             }
         }
@@ -511,8 +508,11 @@ pub fn finish(c: &Copied) -> std::result::Result<(), String> {
 
 /// The reason recorded for a file whose swap was put back: `why`, and where each original went
 /// when not simply back under its name.
-pub fn put_back_reason(why: &str, c: &Copied) -> String {
-    let mut out = why.to_string();
+pub fn put_back_reason(why: Why, c: &Copied) -> Why {
+    let Why {
+        cause,
+        text: mut out,
+    } = why;
     for (p, n) in c.put_back().iter().zip(c.names.iter().rev()) {
         let q = quoted(&n.rec.path);
         match p {
@@ -536,5 +536,5 @@ pub fn put_back_reason(why: &str, c: &Copied) -> String {
             "; the copy had been written to through its link meanwhile and is kept in DEST's trash",
         );
     }
-    out
+    Why::new(cause, out)
 }

@@ -4,6 +4,7 @@
 
 pub mod fingerprint;
 pub mod progress;
+pub mod status;
 
 use crossbeam_channel::Sender;
 use std::sync::{Arc, Mutex};
