@@ -122,16 +122,14 @@ fn main() {
             workers: a.workers,
         }),
         Command::Hsm(evac::cli::HsmCommand::Import(a)) => match a.format.parse() {
-            Ok(f) => {
-                evac::hsm::import::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet)
-            }
+            Ok(f) => evac::app::hsm::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet),
             Err(e) => Err(evac::error::Error::Setup(e)),
         },
     };
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("evac: error: {e}");
+            evac::ui::err(format!("evac: error: {e}"));
             std::process::exit(e.exit_code());
         }
     }

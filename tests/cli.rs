@@ -405,3 +405,46 @@ fn demo_runs() {
         println!("the demo's HSM phases need root: checked phase 1 only");
     }
 }
+
+/// `--dry-run --list` names exactly the regular files a run would relocate: escaped, one a line,
+/// or raw and NUL-ended with `--null`; symlinks and FIFOs are left out.
+#[test]
+fn dry_run_lists_the_files_a_run_would_relocate() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = env();
+    std::fs::create_dir_all(e.src.join("d")).unwrap();
+    let names: [&[u8]; 3] = [b"a", b"d/b", b"d/new\nline\xff"];
+    for n in names {
+        std::fs::write(e.src.join(OsStr::from_bytes(n)), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink("a", e.src.join("l")).unwrap();
+    let fifo = std::ffi::CString::new(e.src.join("f").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+    let out = evac_run(&e.src, &e.dst, &e.journal, &["--dry-run", "--list"]);
+    out.expect(0, "dry run --list");
+    let mut lines: Vec<String> = out.stdout_str().lines().map(str::to_string).collect();
+    lines.sort();
+    let mut want: Vec<String> = names.iter().map(|n| esc(n)).collect();
+    want.sort();
+    assert_eq!(lines, want, "{}", out.dump());
+
+    let out = evac_run(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &["--dry-run", "--list", "--null"],
+    );
+    out.expect(0, "dry run --list --null");
+    let mut raw: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    assert_eq!(raw.pop(), Some(&b""[..]), "every path ends with NUL");
+    raw.sort();
+    let mut want: Vec<&[u8]> = names.to_vec();
+    want.sort();
+    assert_eq!(raw, want);
+    assert!(
+        !e.dst.exists() && !e.journal.exists(),
+        "a dry run changed something"
+    );
+}

@@ -131,3 +131,48 @@ fn modules_use_only_lower_layers() {
         panic!("modules that use a module of their own layer or above:\n{msg}");
     }
 }
+
+/// Only `ui` writes to the terminal: the core says things through `util::notice`, the commands
+/// hand their results to `ui`, so `--quiet` and the progress display see every line. (Unit
+/// tests at the end of a file may print why they skip.)
+#[test]
+fn only_ui_prints() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for f in &all {
+        let rel = f.strip_prefix(&src).unwrap();
+        if rel.starts_with("bin") || rel.starts_with("ui") || rel == Path::new("main.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        let text = code(text.split("#[cfg(test)]").next().unwrap());
+        checked += 1;
+        for (n, l) in text.lines().enumerate() {
+            for w in [
+                "println!",
+                "eprintln!",
+                "print!",
+                "eprint!",
+                "stdout()",
+                "stderr()",
+            ] {
+                let hit = l.match_indices(w).any(|(i, _)| {
+                    // `print!` inside `eprint!`/`println!` is counted once, by its own name.
+                    i == 0 || !l.as_bytes()[i - 1].is_ascii_alphanumeric()
+                });
+                if hit {
+                    bad.push(format!("src/{}:{}: {}", rel.display(), n + 1, l.trim()));
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} files read");
+    assert!(
+        bad.is_empty(),
+        "writes to the terminal outside ui/:\n{}",
+        bad.join("\n")
+    );
+}

@@ -128,12 +128,12 @@ fn build_tree(root: &Path, files: usize) -> Result<(usize, u64)> {
 /// otherwise says what it skips. The evac binary to run the simulator from, if it was done.
 fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
     if !crate::sys::fsx::is_root() {
-        eprintln!("evac demo: skipping the HSM part (phases 1 and 2 with stubs): making stubs needs root (Lustre's trusted.hsm attribute); try it with sudo");
+        crate::ui::err("evac demo: skipping the HSM part (phases 1 and 2 with stubs): making stubs needs root (Lustre's trusted.hsm attribute); try it with sudo");
         return Ok(None);
     }
     let Ok(exe) = std::env::current_exe() else {
-        eprintln!(
-            "evac demo: skipping the HSM part: cannot find the evac binary to run the simulator"
+        crate::ui::err(
+            "evac demo: skipping the HSM part: cannot find the evac binary to run the simulator",
         );
         return Ok(None);
     };
@@ -175,14 +175,16 @@ fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                eprintln!(
+                crate::ui::err(format!(
                     "evac demo: skipping the HSM part: the simulator could not release files here: {}",
                     String::from_utf8_lossy(&o.stderr).trim()
-                );
+                ));
                 return Ok(None);
             }
             Err(e) => {
-                eprintln!("evac demo: skipping the HSM part: cannot run the simulator: {e}");
+                crate::ui::err(format!(
+                    "evac demo: skipping the HSM part: cannot run the simulator: {e}"
+                ));
                 return Ok(None);
             }
         }
@@ -195,26 +197,26 @@ fn release_some(old: &Path, tape: &Path) -> Result<Option<PathBuf>> {
         .args(&lost)
         .output();
     if !lose.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "evac demo: the simulator could not mark files lost; phase 3 will have nothing to do"
+        crate::ui::err(
+            "evac demo: the simulator could not mark files lost; phase 3 will have nothing to do",
         );
     }
-    eprintln!(
+    crate::ui::err(format!(
         "evac demo: the simulated HSM released {k} files of proj5 to three tapes (stubs: size kept, no data blocks) and lost {} of them (copies wait in {}); phase 1 must not open them",
         lost.len(),
         quoted(restore.as_os_str().as_bytes())
-    );
+    ));
     Ok(Some(exe))
 }
 
 /// Phase 3 of the demo: fingerprint what is left, find it in the backup restore, recover it.
 fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
-    println!(
+    crate::ui::out(format!(
         "\n$ evac fingerprint --journal {} --search {} --report {}",
         journal.display(),
         restore.display(),
         report.display()
-    );
+    ));
     crate::app::fingerprint::fingerprint(crate::app::fingerprint::FingerprintOpts {
         journal: journal.to_path_buf(),
         search: vec![restore.to_path_buf()],
@@ -224,10 +226,10 @@ fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
         progress_interval: std::time::Duration::from_secs(2),
         args_text: "demo fingerprint".into(),
     })?;
-    println!(
+    crate::ui::out(format!(
         "\n$ evac recover --journal {} --all-exact",
         journal.display()
-    );
+    ));
     crate::app::recover::recover(crate::app::recover::RecoverOpts {
         journal: journal.to_path_buf(),
         path: None,
@@ -241,11 +243,11 @@ fn phase3(journal: &Path, restore: &Path, report: &Path) -> Result<i32> {
 /// Phase 2 of the demo: import the simulator's listing and stage the stubs in tape order.
 fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
     let listing = tape.join("listing.tsv");
-    println!(
+    crate::ui::out(format!(
         "\n$ evac hsm import --journal {} --format tsv {}",
         journal.display(),
         listing.display()
-    );
+    ));
     crate::hsm::import::import(
         journal,
         crate::hsm::import::Format::Tsv,
@@ -253,11 +255,11 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         None,
         false,
     )?;
-    println!(
+    crate::ui::out(format!(
         "\n$ evac stage --journal {} --drives 2 --stage-cmd evac hsm-sim stage --tape {} --mount-latency-ms 200",
         journal.display(),
         tape.display()
-    );
+    ));
     let code = crate::hsm::stage::stage(crate::hsm::stage::StageOpts {
         journal: journal.to_path_buf(),
         program: vec![
@@ -282,7 +284,7 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         retry_leftovers: false,
         quiet: false,
     })?;
-    println!("\n$ evac status --journal {}", journal.display());
+    crate::ui::out(format!("\n$ evac status --journal {}", journal.display()));
     crate::app::status::status(journal, false, None, false)?;
     Ok(code)
 }
@@ -300,16 +302,16 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         top.join("journal.sqlite"),
     );
     io("create", &old, std::fs::create_dir_all(&old))?;
-    eprintln!(
+    crate::ui::err(format!(
         "evac demo: building an example old server in {}",
         quoted(old.as_os_str().as_bytes())
-    );
+    ));
     let (n, bytes) = build_tree(&old, files)?;
-    eprintln!(
+    crate::ui::err(format!(
         "evac demo: {n} files ({}), with hard links, a sparse file, xattrs and awkward names; relocating to {}",
         crate::util::units::human_bytes(bytes as f64),
         quoted(new.as_os_str().as_bytes())
-    );
+    ));
     let tape = top.join("hsm-tape");
     let hsm = release_some(&old, &tape)?;
     let code = engine::run(RunOpts {
@@ -320,7 +322,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         skip_walk: false,
         ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;
-    println!("\n$ evac status --journal {}", journal.display());
+    crate::ui::out(format!("\n$ evac status --journal {}", journal.display()));
     crate::app::status::status(&journal, false, None, false)?;
     let code = match hsm {
         Some(exe) => {
@@ -333,14 +335,14 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         }
         None => code,
     };
-    println!("\n$ evac verify --journal {}", journal.display());
+    crate::ui::out(format!("\n$ evac verify --journal {}", journal.display()));
     let v = crate::app::verify::verify(&journal, false, None)?;
-    println!(
+    crate::ui::out(format!(
         "\nLook around:\n  ls -l {old}/proj0/src0 | head      # originals are now symlinks\n  ls -l {new}/proj0/src0 | head      # the copies, with the originals' metadata\n  evac status --journal {j} --list skipped\n  {top}/leftovers.html           # phase 3's worksheet (as root)\n  evac run --journal {j}             # a second run finds nothing to do\nRemove it all with: rm -rf {top}",
         old = old.display(),
         new = new.display(),
         j = journal.display(),
         top = top.display()
-    );
+    ));
     Ok(if code == 0 && v == 0 { 0 } else { code.max(v) })
 }

@@ -339,7 +339,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
     // START and FINISH go to the journal's log and to stderr, --quiet or not (as for runs).
     let note = |msg: String| -> Result<()> {
         j.log(None, "info", &msg)?;
-        eprintln!("evac: {msg}");
+        crate::util::notice::say(format!("evac: {msg}"));
         Ok(())
     };
     note(format!(
@@ -650,10 +650,7 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
         decoys,
     };
     let text = output::summary(&r, &mounts, if o.quiet { 0 } else { 20 });
-    print!("{text}");
-    if let Some(p) = &run.report {
-        println!("report: {}", quoted(p));
-    }
+    ui::show_results(&text, run.report.as_deref());
     let code = if report_err.is_some() {
         1
     } else if run.exact == run.leftovers {

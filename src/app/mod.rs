@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod fingerprint;
+pub mod hsm;
 pub mod recover;
 pub mod run;
 pub mod status;

@@ -156,28 +156,28 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
             if j.file_state(id)?
                 .is_some_and(|s| s.0 == FileState::Relocated)
             {
-                println!("recover: {} is already relocated", quoted(&l.path));
+                crate::ui::out(format!("recover: {} is already relocated", quoted(&l.path)));
                 continue;
             }
         }
         match check(l, cand, o.force) {
             Ok((row, by)) => {
                 j.request_recovery(&row, &by)?;
-                println!(
+                crate::ui::out(format!(
                     "recover: {} from {} (checked: {by})",
                     quoted(&l.path),
                     quoted(cand)
-                );
+                ));
             }
             Err(why) => {
                 refused += 1;
-                eprintln!("recover: {}: refused: {why}", quoted(&l.path));
+                crate::ui::err(format!("recover: {}: refused: {why}", quoted(&l.path)));
             }
         }
     }
     let requested = j.recoveries_requested()?;
     if requested.is_empty() {
-        println!("recover: nothing to recover");
+        crate::ui::out("recover: nothing to recover");
         return Ok(if refused > 0 {
             engine::EXIT_LEFT
         } else {
@@ -198,7 +198,11 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
             Some((FileState::Relocated, _)) => {
                 j.finish_recovery(r.file_id, "done", None)?;
                 j.event(r.file_id, None, "recovered", &quoted(&r.candidate))?;
-                println!("recovered {} from {}", quoted(&path), quoted(&r.candidate));
+                crate::ui::out(format!(
+                    "recovered {} from {}",
+                    quoted(&path),
+                    quoted(&r.candidate)
+                ));
                 done += 1;
             }
             // Stopped before its turn: the next `evac recover` goes on with it.
@@ -206,13 +210,15 @@ pub fn recover(mut o: RecoverOpts) -> Result<i32> {
             Some((s, why)) => {
                 let why = why.unwrap_or_else(|| s.to_string());
                 j.finish_recovery(r.file_id, "failed", Some(&why))?;
-                eprintln!("recover: {}: not recovered: {why}", quoted(&path));
+                crate::ui::err(format!("recover: {}: not recovered: {why}", quoted(&path)));
                 failed += 1;
             }
             None => {}
         }
     }
-    println!("recover: {done} recovered, {failed} not, {refused} refused");
+    crate::ui::out(format!(
+        "recover: {done} recovered, {failed} not, {refused} refused"
+    ));
     Ok(if code == engine::EXIT_INTERRUPTED {
         engine::EXIT_INTERRUPTED
     } else if failed + refused > 0 {

@@ -104,14 +104,14 @@ impl Runner {
                             if c.get("paused") != seen.get("paused") {
                                 let p = c.get("paused").is_some_and(|v| v == "1");
                                 crate::sys::signals::set_paused(p);
-                                eprintln!(
+                                crate::util::notice::say(format!(
                                     "evac: {}",
                                     if p {
                                         "paused (evac pause)"
                                     } else {
                                         "resumed (evac resume)"
                                     }
-                                );
+                                ));
                             }
                             let _ = gov_tx.send(c.clone());
                             seen = c;

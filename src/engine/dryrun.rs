@@ -3,7 +3,9 @@
 use super::*;
 
 /// `--dry-run`: walk and classify exactly as a run would, touching nothing and writing no journal.
-pub(super) fn dry_run(o: &RunOpts) -> Result<i32> {
+/// With `--list`, each regular file a run would relocate goes to `listed` (path relative to
+/// SOURCE, raw bytes).
+pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<i32> {
     let plan = if o.journal.exists() {
         Journal::open_read(&o.journal)?.plan()?
     } else {
@@ -55,7 +57,6 @@ pub(super) fn dry_run(o: &RunOpts) -> Result<i32> {
     let mut dirs = 0u64;
     let mut errors = 0u64;
     let mut hard: HashSet<(u64, u64)> = HashSet::new();
-    let mut out = std::io::stdout().lock();
     std::thread::scope(|sc| {
         sc.spawn(|| walk::walk(&root, &opts, &tx, &stop));
         for m in rx.iter() {
@@ -67,12 +68,8 @@ pub(super) fn dry_run(o: &RunOpts) -> Result<i32> {
                             bytes += s.size;
                         }
                         if o.list {
-                            use std::io::Write;
-                            let _ = if o.null {
-                                out.write_all(&s.path).and_then(|_| out.write_all(b"\0"))
-                            } else {
-                                writeln!(out, "{}", crate::util::escape::escape(&s.path))
-                            };
+                            // A closed pipe ends the listing, not the count.
+                            let _ = listed(&s.path);
                         }
                     }
                     Kind::Dir => dirs += 1,
@@ -99,11 +96,11 @@ pub(super) fn dry_run(o: &RunOpts) -> Result<i32> {
         }
     });
     if !o.quiet {
-        eprintln!(
+        crate::util::notice::say(format!(
             "evac: dry run of {}: would relocate {files} files ({}) in {dirs} directories; {linked} already relocated; {skipped} left as they are (symlinks, special files); {errors} errors; nothing was changed",
             q(&source),
             human_bytes(bytes as f64)
-        );
+        ));
     }
     Ok(if errors > 0 { EXIT_LEFT } else { EXIT_OK })
 }

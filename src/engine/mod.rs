@@ -28,7 +28,7 @@ use walk::{WalkMsg, WalkOpts};
 
 mod batch;
 mod control;
-mod dryrun;
+pub mod dryrun;
 mod finishing;
 mod pipeline;
 mod recovery;
@@ -123,7 +123,7 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
         return Err(Error::Setup("--batch-files must be at least 1".into()));
     }
     if o.dry_run {
-        return dry_run(&o);
+        return dry_run(&o, &mut |_| Ok(()));
     }
     if o.source.is_some() != o.dest.is_some() {
         return Err(Error::Setup(

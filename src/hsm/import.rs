@@ -386,13 +386,15 @@ fn relative(p: &[u8], source: &[u8], root: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `evac hsm import`: all or nothing, and idempotent (a record for a path replaces the last).
+/// Returns the summary line for the operator.
 pub fn import(
     journal: &Path,
     format: Format,
     listing: &Path,
     root: Option<&Path>,
     quiet: bool,
-) -> Result<i32> {
+) -> Result<String> {
+    let say = crate::util::notice::say;
     let lock = crate::sys::lock::JournalLock::acquire(journal)?;
     let j = Journal::open(journal, false)?;
     let plan = j.plan()?.ok_or_else(|| {
@@ -463,12 +465,12 @@ pub fn import(
     drop(lock);
     if !quiet {
         for m in &sum.malformed {
-            eprintln!(
+            say(format!(
                 "evac: {}: line {}: {} (skipped)",
                 listing.display(),
                 m.line,
                 m.why
-            );
+            ));
         }
         for (what, v) in [
             ("not under SOURCE", &sum.outside),
@@ -476,14 +478,14 @@ pub fn import(
             ("already relocated, nothing to stage", &sum.relocated),
         ] {
             for p in v.iter().take(20) {
-                eprintln!("evac: {}: {what} (not imported)", quoted(p));
+                say(format!("evac: {}: {what} (not imported)", quoted(p)));
             }
             if v.len() > 20 {
-                eprintln!("evac: … and {} more {what}", v.len() - 20);
+                say(format!("evac: … and {} more {what}", v.len() - 20));
             }
         }
     }
-    println!(
+    Ok(format!(
         "imported {} records ({} staged out) from {} ({} format); {} malformed lines skipped, {} not under SOURCE, {} not in SOURCE, {} already relocated",
         sum.records,
         sum.staged_out,
@@ -493,8 +495,7 @@ pub fn import(
         sum.outside.len(),
         sum.missing.len(),
         sum.relocated.len()
-    );
-    Ok(0)
+    ))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

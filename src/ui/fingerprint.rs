@@ -123,3 +123,11 @@ fn draw(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The summary `evac fingerprint` ends with, on stdout, and where its report went.
+pub fn show_results(summary: &str, report: Option<&[u8]>) {
+    super::out(summary.trim_end_matches('\n'));
+    if let Some(p) = report {
+        super::out(format!("report: {}", crate::util::escape::quoted(p)));
+    }
+}

@@ -32,6 +32,19 @@ impl crate::util::notice::Listener for Terminal {
     }
 }
 
+/// A line of a command's result, on stdout (what scripts read).
+pub fn out(line: impl AsRef<str>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    // A closed pipe (`evac … | head`) ends the output, not the command's work.
+    let _ = writeln!(o, "{}", line.as_ref()).and_then(|()| o.flush());
+}
+
+/// A line about a command's work, on stderr beside the notices (what people read).
+pub fn err(line: impl AsRef<str>) {
+    eprintln!("{}", line.as_ref());
+}
+
 /// Show the core's notices on this terminal (stderr), from now on.
 pub fn install() {
     crate::util::notice::install(Arc::new(Terminal));
