@@ -176,3 +176,23 @@ fn only_ui_prints() {
         bad.join("\n")
     );
 }
+
+/// The journal's interface is its types and methods: SQL and the SQLite driver stay inside
+/// `journal/`, so a second backend replaces one module, not the engine.
+#[test]
+fn only_the_journal_speaks_sql() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let bad: Vec<String> = all
+        .iter()
+        .filter(|f| !f.strip_prefix(&src).unwrap().starts_with("journal"))
+        .filter(|f| {
+            let text = code(&std::fs::read_to_string(f).unwrap());
+            text.contains("rusqlite") || text.contains("execute_batch")
+        })
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    assert!(all.len() > 50, "only {} files read", all.len());
+    assert!(bad.is_empty(), "SQL outside journal/: {bad:?}");
+}

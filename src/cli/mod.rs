@@ -1,5 +1,7 @@
 //! Command-line parsing only: clap definitions and their conversion into validated requests.
 
+pub mod dispatch;
+
 use crate::util::units::parse_bytes;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
