@@ -835,3 +835,55 @@ fn does_not_cross_into_another_filesystem() {
         "a directory of another filesystem was copied to DEST"
     );
 }
+
+/// I7: a file at DEST that evac did not write is never overwritten. The SOURCE file stays as it
+/// is (not a link), the run says so (exit 3, cause `conflict`), and the files beside it go.
+#[test]
+fn a_dest_file_evac_did_not_write_is_left_and_so_is_its_source() {
+    let e = env();
+    std::fs::create_dir_all(e.src.join("d")).unwrap();
+    std::fs::create_dir_all(e.dst.join("d")).unwrap();
+    std::fs::write(e.src.join("d/a"), b"the user's file in SOURCE\n").unwrap();
+    std::fs::write(e.src.join("d/b"), b"another file\n").unwrap();
+    std::fs::write(e.dst.join("d/a"), b"someone else's file at DEST\n").unwrap();
+    let out = evac_run(&e.src, &e.dst, &e.journal, &[]);
+    out.expect(3, "a run that meets a file it did not write at DEST");
+    let meta = std::fs::symlink_metadata(e.src.join("d/a")).unwrap();
+    assert!(
+        meta.is_file(),
+        "the SOURCE file was replaced despite the conflict"
+    );
+    assert_eq!(
+        std::fs::read(e.src.join("d/a")).unwrap(),
+        b"the user's file in SOURCE\n"
+    );
+    assert_eq!(
+        std::fs::read(e.dst.join("d/a")).unwrap(),
+        b"someone else's file at DEST\n",
+        "the DEST file evac did not write was changed"
+    );
+    assert!(std::fs::symlink_metadata(e.src.join("d/b"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let st = status(&e.journal);
+    assert_eq!(count(&st, "failed"), 1, "{st:?}");
+    let reasons = st.get("reasons").and_then(|r| r.as_array()).unwrap();
+    assert!(
+        reasons.iter().any(|r| {
+            r.get("cause").and_then(|c| c.as_str()) == Some("conflict")
+                && r.get("reason")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|t| t.contains("did not write"))
+        }),
+        "{st:?}"
+    );
+    let none = Manifest {
+        root: PathBuf::new(),
+        entries: Default::default(),
+    };
+    for root in [&e.src, &e.dst] {
+        let left = leftover_temps(root, &none);
+        assert!(left.is_empty(), "temporaries left: {left:?}");
+    }
+}

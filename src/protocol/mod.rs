@@ -9,6 +9,49 @@
 //! breaks the lease, and the handler puts the original back where the user's path now leads (in
 //! place of the link, wherever the user moved it, found by the link's file handle) before it lets
 //! the lease go, so the kernel returns the writer's `open()` only then.
+//!
+//! # The file's states (`journal::FileState`)
+//!
+//! Each arrow names the journal record committed *before* the effect on SOURCE or DEST that it
+//! announces (the step point that precedes the effect, in `sys::steps`, in brackets), so that a
+//! crash between the two finds the record and the recovery (`recover`) completes or undoes it:
+//!
+//! ```text
+//!            walk sees a regular file
+//!                      |
+//!                      v
+//!   +----------->  pending  ---- HSM stub (I4) ------------------------> staged_out
+//!   |                  |                                                    |
+//!   |    `copying` committed with the batch of jobs it goes in              | stage: resident
+//!   |                  |                                                    | again -> pending
+//!   |                  v
+//!   |               copying  -- [copy.create, copy.data, copy.meta]: a 0600 temporary at DEST
+//!   |                  |        (busy, changed -> deferred; I/O error -> failed; no room at
+//!   |                  |         DEST -> deferred, cause dest_full, no more copies tried)
+//!   |   [sync.dest]: the batch's data durable; links made beside the originals
+//!   |   [swap.symlink, swap.link-meta]; then `placed` committed with the copy's DEST inode and
+//!   |   the link's inode and handle
+//!   |                  v
+//!   |                placed  -- [place.link]: the final DEST name (no-replace link from the fd);
+//!   |                  |        [swap.exchange]: RENAME_EXCHANGE original <-> link, checked
+//!   |                  |        after; a failed check or a lease break puts the original back
+//!   |                  |        [swap.undo / swap.follow-link / swap.save-original] -> deferred
+//!   |   [sync.source]: the swaps durable; then `relocated` committed
+//!   |                  v
+//!   |              relocated -- [finish.unlink]: the original removed after the next syncfs
+//!   |                  |
+//!   |   a user replaces the link by a file: a new version, pending again
+//!   +------------------+
+//!
+//!   deferred, failed: retried by later runs (deferred at once in retry rounds); any state but
+//!   in-flight ones -> gone when a complete walk no longer sees the path; skipped: not a regular
+//!   file, or a hard-link group that crosses SOURCE's edge.
+//! ```
+//!
+//! After a crash, `recover` looks at every file left `copying` or `placed`: an original under its
+//! temporary name goes back (or, unchanged and with its copy placed and linked, is completed as
+//! `relocated` after a syncfs of both sides [recover.sync]); temporaries and placed copies no
+//! link names go [recover.unlink-temp, recover.unlink-copy].
 
 mod copy;
 pub mod faults;
