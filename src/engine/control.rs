@@ -201,7 +201,6 @@ pub(super) fn governor_state(
     active: usize,
     window: Option<&str>,
 ) -> GovState {
-    use crate::util::json::json_str;
     let (bps, fps) = gov.rate();
     let on = gov.settings.enabled;
     let allowed = d.allowed;
@@ -235,32 +234,43 @@ pub(super) fn governor_state(
         over.map(|w| format!(" {} {}", w.signal.name(), w.signal.fmt(w.value)))
             .unwrap_or_default()
     );
+    let round = |v: f64, places: i32| {
+        let k = 10f64.powi(places);
+        (v * k).round() / k
+    };
     let reading = |w: &crate::pace::governor::Reading| {
-        format!(
-            "{{\"signal\":{},\"value\":{:.3},\"target\":{},\"device\":{}}}",
-            json_str(w.signal.name()),
-            w.value,
-            w.target,
-            w.device.as_deref().map_or("null".into(), json_str)
-        )
+        serde_json::json!({
+            "signal": w.signal.name(),
+            "value": round(w.value, 3),
+            "target": w.target,
+            "device": w.device,
+        })
     };
     let s = &gov.last_signals;
-    let num = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v:.3}"));
-    let json = format!(
-        "{{\"enabled\":{on},\"paused\":{paused},\"allowed\":{allowed},\"max\":{},\"duty\":{:.2},\"active\":{active},\"bytes_per_sec\":{bps:.0},\"files_per_sec\":{fps:.2},\"limiting\":{},\"highest\":{},\"signals\":{{\"load\":{},\"io_some\":{},\"io_full\":{},\"util\":{},\"latency_ms\":{}}},\"source\":{},\"dest\":{},\"window\":{}}}",
-        gov.max(),
-        d.duty,
-        over.map_or("null".into(), reading),
-        d.worst.as_ref().map_or("null".into(), reading),
-        num(s.load),
-        num(s.io_some),
-        num(s.io_full),
-        num(s.util.as_ref().map(|u| u.0)),
-        num(s.latency.as_ref().map(|u| u.0)),
-        json_str(&gov.sampler.source.describe()),
-        json_str(&gov.sampler.dest.describe()),
-        window.map_or("null".into(), json_str),
-    );
+    let num = |v: Option<f64>| v.map(|v| round(v, 3));
+    let json = serde_json::json!({
+        "enabled": on,
+        "paused": paused,
+        "allowed": allowed,
+        "max": gov.max(),
+        "duty": round(d.duty, 2),
+        "active": active,
+        "bytes_per_sec": bps.round(),
+        "files_per_sec": round(fps, 2),
+        "limiting": over.map(reading),
+        "highest": d.worst.as_ref().map(reading),
+        "signals": {
+            "load": num(s.load),
+            "io_some": num(s.io_some),
+            "io_full": num(s.io_full),
+            "util": num(s.util.as_ref().map(|u| u.0)),
+            "latency_ms": num(s.latency.as_ref().map(|u| u.0)),
+        },
+        "source": gov.sampler.source.describe(),
+        "dest": gov.sampler.dest.describe(),
+        "window": window,
+    })
+    .to_string();
     GovState { line, json, short }
 }
 

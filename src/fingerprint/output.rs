@@ -6,7 +6,6 @@ use super::hashing::hex;
 use crate::error::{Error, Result};
 use crate::journal::fingerprint::{FpLeftover, FpMatch, FpRun};
 use crate::util::escape::{escape, quoted};
-use crate::util::json::json_str;
 use crate::util::units::human_bytes;
 use std::io::Write;
 use std::path::Path;
@@ -158,101 +157,86 @@ fn write_csv(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-fn jopt_str(v: Option<&str>) -> String {
-    v.map(json_str).unwrap_or_else(|| "null".into())
+fn jhex(v: &Option<Vec<u8>>) -> Option<String> {
+    v.as_deref().map(hex)
 }
 
-fn jopt<T: ToString>(v: Option<T>) -> String {
-    v.map(|x| x.to_string()).unwrap_or_else(|| "null".into())
-}
-
-fn jhex(v: &Option<Vec<u8>>) -> String {
-    v.as_deref()
-        .map(|b| json_str(&hex(b)))
-        .unwrap_or_else(|| "null".into())
-}
-
+/// The JSON report: one object, its leftovers one a line (streamed: there may be millions).
 fn write_json(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
     let run = r.run;
-    write!(
-        out,
-        "{{\"source\":{},\"search\":[{}],\"summary\":{{\"leftovers\":{},\"exact\":{},\"probable\":{},\"weak\":{},\"none\":{},\"files_indexed\":{},\"files_read\":{},\"bytes_read\":{},\"from_cache\":{},\"decoys\":{}}},\"leftovers\":[",
-        json_str(&escape(r.source)),
-        r.search
-            .iter()
-            .map(|s| json_str(&escape(s)))
-            .collect::<Vec<_>>()
-            .join(","),
-        run.leftovers,
-        run.exact,
-        run.probable,
-        run.weak,
-        run.none,
-        run.files_indexed,
-        run.files_read,
-        run.bytes_read,
-        run.from_cache,
-        r.decoys
-    )?;
+    let head = serde_json::json!({
+        "source": escape(r.source),
+        "search": r.search.iter().map(|s| escape(s)).collect::<Vec<_>>(),
+        "summary": {
+            "leftovers": run.leftovers,
+            "exact": run.exact,
+            "probable": run.probable,
+            "weak": run.weak,
+            "none": run.none,
+            "files_indexed": run.files_indexed,
+            "files_read": run.files_read,
+            "bytes_read": run.bytes_read,
+            "from_cache": run.from_cache,
+            "decoys": r.decoys,
+        },
+    })
+    .to_string();
+    // The same object with the list of leftovers last, written as it is built.
+    write!(out, "{},\"leftovers\":[", &head[..head.len() - 1])?;
     for (i, (l, ms)) in r.rows().into_iter().enumerate() {
         if i > 0 {
             write!(out, ",")?;
         }
-        write!(
-            out,
-            "\n{{\"path\":{},\"relative\":{},\"file_id\":{},\"state\":{},\"reason\":{},\"size\":{},\"mtime\":{},\"mtime_ns\":{},\"uid\":{},\"gid\":{},\"mode\":{},\"hsm\":{},\"content\":{},\"content_note\":{},\"blake3\":{},\"confidence\":{},\"candidates\":[",
-            json_str(&escape(&r.abs(&l.path))),
-            json_str(&escape(&l.path)),
-            jopt(l.file_id),
-            jopt_str(l.state.as_deref()),
-            jopt_str(l.reason.as_deref()),
-            l.size,
-            l.mtime_ns.map(|t| json_str(&iso_time(t))).unwrap_or_else(|| "null".into()),
-            jopt(l.mtime_ns),
-            jopt(l.uid),
-            jopt(l.gid),
-            jopt(l.mode),
-            if l.hsm_state.is_some() || l.hsm_checksum.is_some() {
-                format!(
-                    "{{\"state\":{},\"volume\":{},\"checksum\":{}}}",
-                    jopt_str(l.hsm_state.as_deref()),
-                    jopt_str(l.hsm_volume.as_deref()),
-                    jopt_str(l.hsm_checksum.as_deref())
-                )
-            } else {
-                "null".into()
-            },
-            json_str(&l.content),
-            jopt_str(l.content_note.as_deref()),
-            jhex(&l.blake3),
-            json_str(&l.confidence),
-        )?;
-        for (k, m) in ms.iter().enumerate() {
-            if k > 0 {
-                write!(out, ",")?;
-            }
-            write!(
-                out,
-                "{{\"rank\":{},\"path\":{},\"confidence\":{},\"matched_by\":{},\"size\":{},\"mtime\":{},\"mtime_ns\":{},\"uid\":{},\"gid\":{},\"mode\":{},\"dev\":{},\"ino\":{},\"blake3\":{},\"md5\":{},\"sha1\":{},\"sha256\":{}}}",
-                m.rank,
-                json_str(&escape(&m.candidate)),
-                json_str(&m.confidence),
-                json_str(&m.matched_by),
-                m.size,
-                json_str(&iso_time(m.mtime_ns)),
-                m.mtime_ns,
-                m.uid,
-                m.gid,
-                m.mode,
-                m.dev,
-                m.ino,
-                jhex(&m.blake3),
-                jhex(&m.md5),
-                jhex(&m.sha1),
-                jhex(&m.sha256)
-            )?;
-        }
-        write!(out, "]}}")?;
+        let candidates: Vec<serde_json::Value> = ms
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "rank": m.rank,
+                    "path": escape(&m.candidate),
+                    "confidence": m.confidence,
+                    "matched_by": m.matched_by,
+                    "size": m.size,
+                    "mtime": iso_time(m.mtime_ns),
+                    "mtime_ns": m.mtime_ns,
+                    "uid": m.uid,
+                    "gid": m.gid,
+                    "mode": m.mode,
+                    "dev": m.dev,
+                    "ino": m.ino,
+                    "blake3": jhex(&m.blake3),
+                    "md5": jhex(&m.md5),
+                    "sha1": jhex(&m.sha1),
+                    "sha256": jhex(&m.sha256),
+                })
+            })
+            .collect();
+        let hsm = (l.hsm_state.is_some() || l.hsm_checksum.is_some()).then(|| {
+            serde_json::json!({
+                "state": l.hsm_state,
+                "volume": l.hsm_volume,
+                "checksum": l.hsm_checksum,
+            })
+        });
+        let item = serde_json::json!({
+            "path": escape(&r.abs(&l.path)),
+            "relative": escape(&l.path),
+            "file_id": l.file_id,
+            "state": l.state,
+            "reason": l.reason,
+            "size": l.size,
+            "mtime": l.mtime_ns.map(iso_time),
+            "mtime_ns": l.mtime_ns,
+            "uid": l.uid,
+            "gid": l.gid,
+            "mode": l.mode,
+            "hsm": hsm,
+            "content": l.content,
+            "content_note": l.content_note,
+            "blake3": jhex(&l.blake3),
+            "confidence": l.confidence,
+            "candidates": candidates,
+        });
+        write!(out, "\n{item}")?;
     }
     writeln!(out, "\n]}}")
 }

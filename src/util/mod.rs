@@ -1,9 +1,8 @@
-//! Helpers every layer may use: escaping of byte strings for people, JSON strings, time and
+//! Helpers every layer may use: escaping of byte strings for people, time and
 //! calendar, byte units, exit codes.
 
 pub mod escape;
 pub mod exit;
-pub mod json;
 pub mod notice;
 pub mod time;
 pub mod units;
