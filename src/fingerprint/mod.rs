@@ -7,5 +7,6 @@
 pub mod hashing;
 pub mod index;
 pub mod leftovers;
+pub mod matching;
 pub mod output;
 pub mod stats;
