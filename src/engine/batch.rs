@@ -14,7 +14,9 @@ impl Runner {
         if put_back.iter().any(protocol::PutBack::keeps_copy) {
             // The copy stays at DEST as this path's linked copy: resync gives it to a link that
             // names it, or to the trash once walks show no link names it.
-            self.kept_copies.push((ids.clone(), c.dst_st.st_ino));
+            self.to_record
+                .kept_copies
+                .push((ids.clone(), c.dst_st.st_ino));
         }
         let why = if put_back.is_empty() {
             why
@@ -30,7 +32,7 @@ impl Runner {
             _ => {}
         }
         self.forget(&ids);
-        self.outcomes.push((ids, state, Some(why)));
+        self.to_record.outcomes.push((ids, state, Some(why)));
     }
 
     /// A recorded relocation whose originals went back: the journal must stop naming the copy
@@ -39,7 +41,7 @@ impl Runner {
     pub(super) fn give_up_recorded(&mut self, c: &Copied, why: Why) {
         if !c.put_back().iter().any(protocol::PutBack::keeps_copy) {
             let ids = c.names.iter().map(|n| n.rec.id).collect();
-            self.dropped_copies.push((ids, c.dst_st.st_ino));
+            self.to_record.dropped_copies.push((ids, c.dst_st.st_ino));
         }
         self.give_up(c, FileState::Deferred, why);
     }

@@ -165,6 +165,37 @@ pub fn run_locked(o: RunOpts) -> Result<i32> {
     Runner::new(o, plan, j)?.go()
 }
 
+/// The channels between the coordinator and the copy workers.
+struct Channels {
+    job_tx: Option<Sender<Job>>,
+    res_rx: Receiver<(Vec<i64>, Outcome)>,
+    res_tx: Sender<(Vec<i64>, Outcome)>,
+    job_rx: Receiver<Job>,
+}
+
+/// The jobs out with the copy workers.
+struct InFlight {
+    in_flight: usize,
+    /// Jobs sent to workers this run.
+    dispatched: u64,
+    max_in_flight: usize,
+    inflight_ids: HashSet<i64>,
+}
+
+/// What the coordinator has decided and the next journal commit records.
+#[derive(Default)]
+struct ToRecord {
+    /// Outcomes: (ids, state, why).
+    outcomes: Vec<(Vec<i64>, FileState, Option<Why>)>,
+    /// Originals of relocations recovery completed: (path, temporary name, inode), removed
+    /// once the journal has committed them relocated.
+    held_originals: Vec<(Vec<u8>, Vec<u8>, u64)>,
+    /// Copies left at DEST by undone swaps whose link a user moved: (ids, DEST inode).
+    kept_copies: Vec<(Vec<i64>, u64)>,
+    /// Copies of recorded relocations undone and removed from DEST: (ids, DEST inode).
+    dropped_copies: Vec<(Vec<i64>, u64)>,
+}
+
 struct Runner {
     o: RunOpts,
     plan: Plan,
@@ -175,29 +206,15 @@ struct Runner {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     storage: storage::Storage,
-    job_tx: Option<Sender<Job>>,
-    res_rx: Receiver<(Vec<i64>, Outcome)>,
-    res_tx: Sender<(Vec<i64>, Outcome)>,
-    job_rx: Receiver<Job>,
-    in_flight: usize,
-    /// Jobs sent to workers this run.
-    dispatched: u64,
-    max_in_flight: usize,
-    inflight_ids: HashSet<i64>,
+    chan: Channels,
+    flight: InFlight,
     batch: Vec<Box<Copied>>,
     /// Swapped and recorded; originals removed after the next syncfs.
     unfinished: Vec<Box<Copied>>,
     batch_started: Instant,
-    /// Outcomes not yet recorded: (ids, state, reason).
-    outcomes: Vec<(Vec<i64>, FileState, Option<Why>)>,
+    /// What the next journal commit records.
+    to_record: ToRecord,
     reserved_seen: Vec<(i64, Vec<u8>)>,
-    /// Originals of relocations recovery completed: (path, temporary name, inode), removed
-    /// once the journal has committed them relocated.
-    held_originals: Vec<(Vec<u8>, Vec<u8>, u64)>,
-    /// Copies left at DEST by undone swaps whose link a user moved: (ids, DEST inode).
-    kept_copies: Vec<(Vec<i64>, u64)>,
-    /// Copies of recorded relocations undone and removed from DEST: (ids, DEST inode).
-    dropped_copies: Vec<(Vec<i64>, u64)>,
     walk_errors: u64,
     failures_printed: u64,
     rate: RateMeter,
@@ -312,22 +329,23 @@ impl Runner {
             stats,
             stop,
             storage,
-            job_tx: Some(job_tx),
-            res_rx,
-            res_tx,
-            job_rx,
-            in_flight: 0,
-            dispatched: 0,
-            max_in_flight,
-            inflight_ids: HashSet::new(),
+            chan: Channels {
+                job_tx: Some(job_tx),
+                res_rx,
+                res_tx,
+                job_rx,
+            },
+            flight: InFlight {
+                in_flight: 0,
+                dispatched: 0,
+                max_in_flight,
+                inflight_ids: HashSet::new(),
+            },
             batch: Vec::new(),
             unfinished: Vec::new(),
             batch_started: Instant::now(),
-            outcomes: Vec::new(),
+            to_record: ToRecord::default(),
             reserved_seen: Vec::new(),
-            held_originals: Vec::new(),
-            kept_copies: Vec::new(),
-            dropped_copies: Vec::new(),
             walk_errors: 0,
             failures_printed: 0,
             rate: RateMeter {
@@ -539,7 +557,7 @@ impl Runner {
     /// Let the last copies finish and be committed, stop the workers and the helper threads.
     fn wind_down(&mut self, done: &AtomicBool) -> Result<()> {
         self.drain_all()?;
-        self.job_tx = None;
+        self.chan.job_tx = None;
         self.join_workers();
         done.store(true, Ordering::Relaxed);
         self.flush_outcomes()

@@ -26,15 +26,15 @@ impl Runner {
             }
         }
         tx.commit()?;
-        let Some(tx) = &self.job_tx else {
+        let Some(tx) = &self.chan.job_tx else {
             return Ok(());
         };
         for job in jobs {
             for r in &job.names {
-                self.inflight_ids.insert(r.id);
+                self.flight.inflight_ids.insert(r.id);
             }
-            self.in_flight += 1;
-            self.dispatched += 1;
+            self.flight.in_flight += 1;
+            self.flight.dispatched += 1;
             let _ = tx.send(job);
         }
         Ok(())
@@ -116,7 +116,7 @@ impl Runner {
                                         "inventory {}: {} regular files seen, {} already sent to copy workers, {} relocated so far",
                                         if c { "complete" } else { "incomplete" },
                                         self.stats.files_seen.load(Ordering::Relaxed),
-                                        self.dispatched,
+                                        self.flight.dispatched,
                                         self.stats.files_done.load(Ordering::Relaxed)
                                     ),
                                 )?;
@@ -132,8 +132,8 @@ impl Runner {
             // (With step points armed, copying waits for the walk: one schedule to replay.)
             if walking && steps::enabled() {
                 drained = false;
-            } else if self.in_flight < self.max_in_flight && !self.stopping() {
-                let want = (self.max_in_flight - self.in_flight).min(512) as i64;
+            } else if self.flight.in_flight < self.flight.max_in_flight && !self.stopping() {
+                let want = (self.flight.max_in_flight - self.flight.in_flight).min(512) as i64;
                 let recs = self.j.files_in_state(FileState::Pending, cursor, want)?;
                 if let Some(l) = recs.last() {
                     cursor = l.id;
@@ -159,14 +159,14 @@ impl Runner {
                     }
                 }
             }
-            if !walking && drained && self.in_flight == 0 && self.batch.is_empty() {
+            if !walking && drained && self.flight.in_flight == 0 && self.batch.is_empty() {
                 break;
             }
             progressed |= self.pump(!progressed)?;
             if !progressed && walking {
                 // Nothing to do: wait for the walker or a worker.
                 crossbeam_channel::select! {
-                    recv(self.res_rx) -> r => { if let Ok(r) = r { self.take(r); } }
+                    recv(self.chan.res_rx) -> r => { if let Ok(r) = r { self.take(r); } }
                     default(Duration::from_millis(5)) => {}
                 }
             }
@@ -175,7 +175,7 @@ impl Runner {
     }
 
     pub(super) fn take(&mut self, (ids, out): (Vec<i64>, Outcome)) {
-        self.in_flight -= 1;
+        self.flight.in_flight -= 1;
         match out {
             Outcome::Copied(c) => {
                 if self.batch.is_empty() {
@@ -186,21 +186,27 @@ impl Runner {
             Outcome::Deferred(_, why) => {
                 Stats::add(&self.stats.deferred, ids.len() as u64);
                 self.forget(&ids);
-                self.outcomes.push((ids, FileState::Deferred, Some(why)));
+                self.to_record
+                    .outcomes
+                    .push((ids, FileState::Deferred, Some(why)));
             }
             Outcome::Failed(job, why) => {
                 Stats::add(&self.stats.failed, ids.len() as u64);
                 self.report_failure(&job.names[0].path, &why.text);
                 self.forget(&ids);
-                self.outcomes.push((ids, FileState::Failed, Some(why)));
+                self.to_record
+                    .outcomes
+                    .push((ids, FileState::Failed, Some(why)));
             }
             Outcome::StagedOut(_, why) => {
                 self.forget(&ids);
-                self.outcomes.push((ids, FileState::StagedOut, Some(why)));
+                self.to_record
+                    .outcomes
+                    .push((ids, FileState::StagedOut, Some(why)));
             }
             Outcome::Gone(_) => {
                 self.forget(&ids);
-                self.outcomes.push((
+                self.to_record.outcomes.push((
                     ids,
                     FileState::Gone,
                     Some(Why::new(
@@ -211,14 +217,16 @@ impl Runner {
             }
             Outcome::Aborted(_) => {
                 self.forget(&ids);
-                self.outcomes.push((ids, FileState::Pending, None));
+                self.to_record
+                    .outcomes
+                    .push((ids, FileState::Pending, None));
             }
         }
     }
 
     pub(super) fn forget(&mut self, ids: &[i64]) {
         for id in ids {
-            self.inflight_ids.remove(id);
+            self.flight.inflight_ids.remove(id);
         }
     }
 
@@ -235,13 +243,13 @@ impl Runner {
     pub(super) fn pump(&mut self, block: bool) -> Result<bool> {
         self.watch()?;
         let mut progressed = false;
-        if block && self.in_flight > 0 && self.batch.len() < self.o.batch_files {
-            if let Ok(r) = self.res_rx.recv_timeout(Duration::from_millis(20)) {
+        if block && self.flight.in_flight > 0 && self.batch.len() < self.o.batch_files {
+            if let Ok(r) = self.chan.res_rx.recv_timeout(Duration::from_millis(20)) {
                 self.take(r);
                 progressed = true;
             }
         }
-        while let Ok(r) = self.res_rx.try_recv() {
+        while let Ok(r) = self.chan.res_rx.try_recv() {
             self.take(r);
             progressed = true;
         }
@@ -249,13 +257,17 @@ impl Runner {
         // With step points armed, a test replays one schedule: batches end only when full or
         // when every copy dispatched is back, never by the clock.
         let timed = !steps::enabled();
-        let idle = self.in_flight == 0
-            || (timed && self.in_flight < self.max_in_flight && self.job_rx.is_empty());
+        let idle = self.flight.in_flight == 0
+            || (timed
+                && self.flight.in_flight < self.flight.max_in_flight
+                && self.chan.job_rx.is_empty());
         let old = timed && self.batch_started.elapsed() > Duration::from_secs(2);
         if !self.batch.is_empty() && (full || idle || old || self.stopping()) {
             self.commit_batch()?;
             progressed = true;
-        } else if self.outcomes.len() >= 256 || (!self.outcomes.is_empty() && self.in_flight == 0) {
+        } else if self.to_record.outcomes.len() >= 256
+            || (!self.to_record.outcomes.is_empty() && self.flight.in_flight == 0)
+        {
             self.flush_outcomes()?;
             progressed = true;
         }
@@ -263,17 +275,17 @@ impl Runner {
     }
 
     pub(super) fn record_outcomes(&mut self) -> Result<()> {
-        for (ids, ino) in std::mem::take(&mut self.kept_copies) {
+        for (ids, ino) in std::mem::take(&mut self.to_record.kept_copies) {
             for id in ids {
                 self.j.keep_copy(id, ino)?;
             }
         }
-        for (ids, ino) in std::mem::take(&mut self.dropped_copies) {
+        for (ids, ino) in std::mem::take(&mut self.to_record.dropped_copies) {
             for id in ids {
                 self.j.drop_copy(id, ino)?;
             }
         }
-        for (ids, state, why) in std::mem::take(&mut self.outcomes) {
+        for (ids, state, why) in std::mem::take(&mut self.to_record.outcomes) {
             for id in ids {
                 self.j.set_state(id, state, why.as_ref())?;
                 if matches!(state, FileState::Deferred | FileState::Failed) {
@@ -286,7 +298,7 @@ impl Runner {
     }
 
     pub(super) fn flush_outcomes(&mut self) -> Result<()> {
-        if self.outcomes.is_empty() {
+        if self.to_record.outcomes.is_empty() {
             return Ok(());
         }
         let j = self.j.clone();
@@ -311,7 +323,7 @@ impl Runner {
 
     /// Wait until nothing is in flight and every copy is committed.
     pub(super) fn drain_all(&mut self) -> Result<()> {
-        while self.in_flight > 0 || !self.batch.is_empty() {
+        while self.flight.in_flight > 0 || !self.batch.is_empty() {
             self.pump(true)?;
         }
         self.settle_unfinished()
@@ -324,7 +336,7 @@ impl Runner {
             if self.stopping() {
                 break;
             }
-            while self.in_flight >= self.max_in_flight {
+            while self.flight.in_flight >= self.flight.max_in_flight {
                 self.pump(true)?;
             }
             let recs = self.j.files_in_state(FileState::Pending, after, 256)?;
@@ -352,7 +364,7 @@ impl Runner {
             if self.stopping() {
                 break;
             }
-            while self.in_flight >= self.max_in_flight {
+            while self.flight.in_flight >= self.flight.max_in_flight {
                 self.pump(true)?;
             }
             let mut recs = self.j.hardlink_pending(after, limit)?;

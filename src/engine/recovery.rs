@@ -70,7 +70,7 @@ impl Runner {
     /// Commit what recovery decided. Relocations it completed are made durable on both sides
     /// before the journal says so, and their originals removed only after that.
     pub(super) fn commit_recovered(&mut self, tx: journal::Tx<'_>) -> Result<()> {
-        let held = std::mem::take(&mut self.held_originals);
+        let held = std::mem::take(&mut self.to_record.held_originals);
         if !held.is_empty() {
             steps::at(Step::RecoverSync, b"");
             fsx::syncfs(self.ctx.dst_root.as_fd()).ctx("make DEST durable (syncfs)", b".")?;
@@ -114,7 +114,9 @@ impl Runner {
             }
             Ok(RecoverResult::Completed { held, ino }) => {
                 self.touch_ancestors(path, &mut HashSet::new())?;
-                self.held_originals.push((path.to_vec(), held, ino));
+                self.to_record
+                    .held_originals
+                    .push((path.to_vec(), held, ino));
                 self.j.mark_recovered_relocated(id)
             }
             Ok(RecoverResult::Unknown) => Ok(()),
@@ -133,7 +135,7 @@ impl Runner {
     pub(super) fn handle_reserved(&mut self) -> Result<()> {
         let items: Vec<_> = std::mem::take(&mut self.reserved_seen);
         for (id, path) in items {
-            if self.inflight_ids.contains(&id) {
+            if self.flight.inflight_ids.contains(&id) {
                 continue;
             }
             let Some(rec_path) = self.j.file_state(id)?.and(self.path_of(id)?) else {

@@ -219,7 +219,7 @@ impl Runner {
         let i = self.storage.spawned;
         self.storage.spawned += 1;
         let slot = Arc::new(Slot::default());
-        let (rx, tx) = (self.job_rx.clone(), self.res_tx.clone());
+        let (rx, tx) = (self.chan.job_rx.clone(), self.chan.res_tx.clone());
         let (ctx, stats) = (self.ctx.clone(), self.stats.clone());
         let (shared, s) = (self.storage.shared.clone(), slot.clone());
         let handle = std::thread::Builder::new()
@@ -359,7 +359,7 @@ impl Runner {
             Cause::Stalled,
             format!("{NOT_ANSWERING} (not attempted this run)"),
         );
-        while let Ok(job) = self.job_rx.try_recv() {
+        while let Ok(job) = self.chan.job_rx.try_recv() {
             let ids = job.names.iter().map(|r| r.id).collect();
             self.take((ids, Outcome::Deferred(job, untried.clone())));
         }
@@ -394,7 +394,9 @@ impl Runner {
                 Some(why) => {
                     let ids: Vec<i64> = job.names.iter().map(|r| r.id).collect();
                     Stats::add(&self.stats.deferred, ids.len() as u64);
-                    self.outcomes.push((ids, FileState::Deferred, Some(why)));
+                    self.to_record
+                        .outcomes
+                        .push((ids, FileState::Deferred, Some(why)));
                 }
             }
         }
