@@ -9,11 +9,8 @@
 //! next run removes those); once the fault is cleared, a resume finishes with exit 0 and the
 //! full relocation oracle. Each case prints FIGURES: faults injected, files affected, data lost.
 
-#[macro_use]
-mod common;
-
-use common::mounts::*;
-use common::*;
+use crate::common::mounts::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
@@ -377,6 +374,7 @@ fn stat_id(p: &Path) -> (u64, u64) {
 
 #[test]
 fn dest_full_defers_the_rest_then_a_resume_finishes() {
+    let _gate = suite_gate!();
     const T: &str = "dest_full_defers_the_rest_then_a_resume_finishes";
     skip_unless_root!(T, "it mounts a size-limited tmpfs as DEST");
     let e = env();
@@ -493,6 +491,7 @@ fn dest_full_defers_the_rest_then_a_resume_finishes() {
 
 #[test]
 fn dest_io_errors_fail_only_their_files() {
+    let _gate = suite_gate!();
     const T: &str = "dest_io_errors_fail_only_their_files";
     skip_unless_root!(
         T,
@@ -582,6 +581,7 @@ const OP_TIMEOUT: &str = "4";
 
 #[test]
 fn dest_that_stops_answering_ends_the_run() {
+    let _gate = suite_gate!();
     const T: &str = "dest_that_stops_answering_ends_the_run";
     skip_unless_root!(T, "it mounts a tmpfs and holds its opens with fanotify");
     let e = env();
@@ -703,6 +703,7 @@ fn dest_that_stops_answering_ends_the_run() {
 
 #[test]
 fn coordinator_blocked_at_dest_exits_instead_of_hanging() {
+    let _gate = suite_gate!();
     const T: &str = "coordinator_blocked_at_dest_exits_instead_of_hanging";
     skip_unless_root!(T, "it mounts a tmpfs and holds its opens with fanotify");
     // SOURCE holds only a link to a copy already at DEST with no hash on record: the run's
@@ -818,6 +819,7 @@ fn file_id(journal: &Path, path: &[u8]) -> i64 {
 
 #[test]
 fn syncfs_that_does_not_return_ends_the_run() {
+    let _gate = suite_gate!();
     const T: &str = "syncfs_that_does_not_return_ends_the_run";
     // No filesystem of the test's own can be made to hang a syncfs on demand (no device
     // mapper here), so the engine's test knob stands in: from the 3rd syncfs of DEST on, the
@@ -901,6 +903,7 @@ fn syncfs_that_does_not_return_ends_the_run() {
 
 #[test]
 fn source_read_errors_fail_only_their_files() {
+    let _gate = suite_gate!();
     const T: &str = "source_read_errors_fail_only_their_files";
     skip_unless_root!(T, "it loop-mounts ext4 and denies reads with fanotify");
     let e = env();
@@ -996,6 +999,7 @@ fn source_read_errors_fail_only_their_files() {
 
 #[test]
 fn files_the_kernel_refuses_to_replace_are_left_alone() {
+    let _gate = suite_gate!();
     const T: &str = "files_the_kernel_refuses_to_replace_are_left_alone";
     skip_unless_root!(T, "it loop-mounts ext4 and uses chattr +i / +a");
     let e = env();

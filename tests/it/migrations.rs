@@ -4,6 +4,7 @@ use evac::journal::{Journal, MIGRATIONS};
 
 #[test]
 fn all_migrations_apply_to_an_empty_database() {
+    let _gate = suite_gate!();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     let j = Journal::open(&p, true).unwrap();
@@ -19,6 +20,7 @@ fn all_migrations_apply_to_an_empty_database() {
 
 #[test]
 fn migration_files_are_numbered_in_order() {
+    let _gate = suite_gate!();
     let mut names: Vec<String> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
             .unwrap()
@@ -35,6 +37,7 @@ fn migration_files_are_numbered_in_order() {
 
 #[test]
 fn a_journal_from_a_newer_evac_is_refused() {
+    let _gate = suite_gate!();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     drop(Journal::open(&p, true).unwrap());
@@ -49,6 +52,7 @@ fn a_journal_from_a_newer_evac_is_refused() {
 
 #[test]
 fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
+    let _gate = suite_gate!();
     use evac::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");

@@ -1,10 +1,7 @@
 //! `evac status` (JSON shape and counts, lists, while a run is going) and
 //! `evac verify` (passes after a run; names what was tampered with).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
@@ -30,6 +27,7 @@ fn list(journal: &Path, state: &str) -> Out {
 
 #[test]
 fn status_json_has_the_documented_shape_and_counts() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         symlinks: true,
@@ -141,6 +139,7 @@ fn status_json_has_the_documented_shape_and_counts() {
 
 #[test]
 fn status_lists_raw_and_escaped_paths() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -186,6 +185,7 @@ fn status_lists_raw_and_escaped_paths() {
 
 #[test]
 fn status_list_without_null_prints_the_escaped_path_and_reason() {
+    let _gate = suite_gate!();
     // Without -0: one line per file, the escaped path, a TAB, the reason. Escaped paths never
     // hold a raw TAB or newline, so the line splits unambiguously.
     let e = env();
@@ -209,6 +209,7 @@ fn status_list_without_null_prints_the_escaped_path_and_reason() {
 
 #[test]
 fn status_works_while_a_run_is_going() {
+    let _gate = suite_gate!();
     let e = env();
     let (mut bg, holder, before) = start_and_freeze(&e, 1000, 404, 1);
     // The run is held mid-way at a step point and holds the journal.
@@ -281,6 +282,7 @@ fn status_works_while_a_run_is_going() {
 
 #[test]
 fn status_polled_while_a_run_starts_does_not_break_it() {
+    let _gate = suite_gate!();
     // A user polling status from the moment a run starts must not make the run fail.
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(30, 405));
@@ -334,6 +336,7 @@ fn relocated_tree(seed: u64) -> (Env, Manifest) {
 
 #[test]
 fn verify_passes_after_a_full_run() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -348,6 +351,7 @@ fn verify_passes_after_a_full_run() {
 
 #[test]
 fn verify_names_a_tampered_dest_file() {
+    let _gate = suite_gate!();
     let (e, before) = relocated_tree(407);
     let plain: &[u8] = b"t/d00/s00/f00003.dat";
     let weird: &[u8] = b"names/tab\there";
@@ -382,6 +386,7 @@ fn verify_names_a_tampered_dest_file() {
 
 #[test]
 fn verify_names_a_missing_dest_file() {
+    let _gate = suite_gate!();
     let (e, _before) = relocated_tree(408);
     let rel: &[u8] = b"names/new\nline";
     let (d, n) = open_rel(&e.dst, rel).unwrap();
@@ -398,6 +403,7 @@ fn verify_names_a_missing_dest_file() {
 
 #[test]
 fn verify_names_a_replaced_source_link() {
+    let _gate = suite_gate!();
     let (e, _before) = relocated_tree(409);
     let rel: &[u8] = b"t/d00/s00/f00000.dat";
     let (d, n) = open_rel(&e.src, rel).unwrap();

@@ -3,9 +3,7 @@
 //! relocated as resident, a file released while being copied is not swapped, and an operator's
 //! state program that hangs does not hang evac.
 
-#[macro_use]
-mod common;
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -140,6 +138,7 @@ fn status_text(journal: &Path) -> String {
 
 #[test]
 fn blocks_rule_stubs_are_never_opened_and_none_relocates_them() {
+    let _gate = suite_gate!();
     let e = env();
     data(&e.src.join("a/real.txt"), b"resident data");
     stub(&e.src.join("a/stub.bin"), 1 << 20);
@@ -204,6 +203,7 @@ fn blocks_rule_stubs_are_never_opened_and_none_relocates_them() {
 
 #[test]
 fn xattr_marker_decides_and_blocks_do_not() {
+    let _gate = suite_gate!();
     let e = env();
     data(&e.src.join("s1"), b"a stub with a resident head");
     data(&e.src.join("r1"), b"plain");
@@ -238,6 +238,7 @@ fn xattr_marker_decides_and_blocks_do_not() {
 
 #[test]
 fn lustre_hsm_attribute_released_archived_and_lost() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "lustre_hsm_attribute_released_archived_and_lost",
         "trusted.* attributes need CAP_SYS_ADMIN"
@@ -321,6 +322,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 #[test]
 fn state_program_answers_in_batches_and_a_hung_one_is_killed() {
+    let _gate = suite_gate!();
     let e = env();
     for i in 0..300 {
         let rel = if i % 7 == 0 {
@@ -409,6 +411,7 @@ fn state_program_answers_in_batches_and_a_hung_one_is_killed() {
 
 #[test]
 fn a_file_released_while_being_copied_is_not_swapped() {
+    let _gate = suite_gate!();
     let e = env();
     let big = e.src.join("big.dat");
     let len = 192usize << 20;

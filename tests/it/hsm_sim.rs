@@ -4,11 +4,8 @@
 //! stubs through fanotify pre-content events on a loop-mounted ext4 image of the test's own,
 //! logs who read what, fails reads with EIO, leaves readers waiting, and stops cleanly.
 
-#[macro_use]
-mod common;
-
-use common::mounts::*;
-use common::*;
+use crate::common::mounts::*;
+use crate::common::*;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -210,6 +207,7 @@ fn abs(p: &Path) -> PathBuf {
 
 #[test]
 fn release_makes_real_stubs_and_the_listings() {
+    let _gate = suite_gate!();
     const T: &str = "release_makes_real_stubs_and_the_listings";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -367,6 +365,7 @@ fn release_makes_real_stubs_and_the_listings() {
 
 #[test]
 fn stage_restores_content_times_and_inode_with_latency() {
+    let _gate = suite_gate!();
     const T: &str = "stage_restores_content_times_and_inode_with_latency";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -454,6 +453,7 @@ fn stage_restores_content_times_and_inode_with_latency() {
 
 #[test]
 fn stage_fail_fails_only_the_matching_file() {
+    let _gate = suite_gate!();
     const T: &str = "stage_fail_fails_only_the_matching_file";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -493,6 +493,7 @@ fn stage_fail_fails_only_the_matching_file() {
 
 #[test]
 fn stage_wedge_never_returns() {
+    let _gate = suite_gate!();
     const T: &str = "stage_wedge_never_returns";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -524,6 +525,7 @@ fn stage_wedge_never_returns() {
 
 #[test]
 fn stage_reads_nul_separated_paths_from_stdin() {
+    let _gate = suite_gate!();
     const T: &str = "stage_reads_nul_separated_paths_from_stdin";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -572,6 +574,7 @@ fn stage_reads_nul_separated_paths_from_stdin() {
 
 #[test]
 fn lose_marks_data_lost_and_recalls_fail() {
+    let _gate = suite_gate!();
     const T: &str = "lose_marks_data_lost_and_recalls_fail";
     skip_unless_root!(T, "trusted.* attributes need CAP_SYS_ADMIN");
     let e = env();
@@ -787,6 +790,7 @@ fn accesses_of(tape: &Path, p: &Path) -> Vec<Vec<String>> {
 
 #[test]
 fn serve_recalls_a_stub_for_its_reader() {
+    let _gate = suite_gate!();
     const T: &str = "serve_recalls_a_stub_for_its_reader";
     skip_unless_root!(
         T,
@@ -876,6 +880,7 @@ fn serve_recalls_a_stub_for_its_reader() {
 
 #[test]
 fn serve_fail_gives_the_reader_eio() {
+    let _gate = suite_gate!();
     const T: &str = "serve_fail_gives_the_reader_eio";
     skip_unless_root!(
         T,
@@ -920,6 +925,7 @@ fn serve_fail_gives_the_reader_eio() {
 
 #[test]
 fn serve_wedge_leaves_the_reader_waiting_until_the_daemon_dies() {
+    let _gate = suite_gate!();
     const T: &str = "serve_wedge_leaves_the_reader_waiting_until_the_daemon_dies";
     skip_unless_root!(
         T,
@@ -972,6 +978,7 @@ fn serve_wedge_leaves_the_reader_waiting_until_the_daemon_dies() {
 
 #[test]
 fn serve_sigterm_serves_the_pending_read_then_exits() {
+    let _gate = suite_gate!();
     const T: &str = "serve_sigterm_serves_the_pending_read_then_exits";
     skip_unless_root!(
         T,
@@ -1008,6 +1015,7 @@ fn serve_sigterm_serves_the_pending_read_then_exits() {
 
 #[test]
 fn serve_refuses_filesystems_it_cannot_serve() {
+    let _gate = suite_gate!();
     const T: &str = "serve_refuses_filesystems_it_cannot_serve";
     skip_unless_root!(T, "it mounts a tmpfs");
     let e = env();

@@ -21,10 +21,7 @@
 //! carrying their source's mode; the hard links from outside are listed as skipped with
 //! the reason; once the attacker stops, a run relocates everything else.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -752,6 +749,7 @@ fn attack_run(test: &str, as_nobody: Option<String>) {
 
 #[test]
 fn attacker_cannot_make_evac_touch_outside_files() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "attacker_cannot_make_evac_touch_outside_files",
         "the attacker must be a different user from evac (root)"
@@ -806,6 +804,7 @@ open(logpath, "w").write("%d\n" % n)
 
 #[test]
 fn hijacked_dest_temporary_is_never_placed() {
+    let _gate = suite_gate!();
     let test = "hijacked_dest_temporary_is_never_placed";
     skip_unless_root!(
         test,

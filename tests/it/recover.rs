@@ -3,9 +3,8 @@
 //! refused, `--force` for content nothing is known of), with the leftover's metadata, never
 //! opening the stub (inotify), and resumed after kill -9.
 
-mod common;
-use common::opens::Opens;
-use common::*;
+use crate::common::opens::Opens;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -139,6 +138,7 @@ fn phase_one_and_fingerprint(e: &Env, backup: &Path, list: &[(&[u8], usize, Stri
 
 #[test]
 fn leftovers_recovered_from_checked_copies_with_their_own_metadata_never_opening_a_stub() {
+    let _gate = suite_gate!();
     let e = env();
     let weird = weird_names().into_iter().find(|n| n.len() > 3).unwrap();
     let one: &[u8] = b"a/one.dat";
@@ -253,6 +253,7 @@ fn leftovers_recovered_from_checked_copies_with_their_own_metadata_never_opening
 
 #[test]
 fn an_interrupted_recovery_resumes_without_loss() {
+    let _gate = suite_gate!();
     let e = env();
     let backup = e.tmp.path().join("backup");
     let mut list = Vec::new();

@@ -3,8 +3,7 @@
 //! worker cap and the targets of a running evac; `status` shows the governor's state and names
 //! the storage behind SOURCE and DEST.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,6 +79,7 @@ fn log_rows(p: &Path) -> Vec<(f64, usize, f64, usize)> {
 
 #[test]
 fn an_unmeetable_target_brings_the_run_to_one_worker_that_still_finishes() {
+    let _gate = suite_gate!();
     let e = env();
     tree(&e.src, 150, 64 << 10);
     let log = e.tmp.path().join("governor.tsv");
@@ -153,6 +153,7 @@ fn an_unmeetable_target_brings_the_run_to_one_worker_that_still_finishes() {
 
 #[test]
 fn throttle_changes_the_worker_cap_and_the_governor_of_a_running_evac() {
+    let _gate = suite_gate!();
     let e = env();
     tree(&e.src, 200, 16 << 10);
     let log = e.tmp.path().join("governor.tsv");
@@ -228,6 +229,7 @@ fn throttle_changes_the_worker_cap_and_the_governor_of_a_running_evac() {
 /// its backing file is on.
 #[test]
 fn status_names_the_storage_behind_source_and_dest() {
+    let _gate = suite_gate!();
     let e = env();
     tree(&e.src, 30, 4 << 10);
     let shm = tempfile::Builder::new()
@@ -269,7 +271,7 @@ fn status_names_the_storage_behind_source_and_dest() {
     }
     let img = e.tmp.path().join("src.img");
     let mp = e.tmp.path().join("loopsrc");
-    let _m = match common::mounts::loop_fs(&img, &mp, "ext4", 64) {
+    let _m = match crate::common::mounts::loop_fs(&img, &mp, "ext4", 64) {
         Ok(m) => m,
         Err(err) => {
             println!("skipped the loop-device half: cannot loop-mount an ext4 image here: {err}");

@@ -8,10 +8,8 @@
 //! filesystems not entered; an unreadable candidate does not stop the run; a held journal is
 //! refused.
 
-#[macro_use]
-mod common;
-use common::opens::Opens;
-use common::*;
+use crate::common::opens::Opens;
+use crate::common::*;
 use md5::Digest as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
@@ -447,6 +445,7 @@ fn plant(test: &str) -> Option<Planted> {
 
 #[test]
 fn planted_copies_are_classified_decoys_rejected_and_a_rerun_reads_nothing() {
+    let _gate = suite_gate!();
     const T: &str = "planted_copies_are_classified_decoys_rejected_and_a_rerun_reads_nothing";
     let Some(p) = plant(T) else { return };
     let src_canon = p.e.src.canonicalize().unwrap();
@@ -669,6 +668,7 @@ fn planted_copies_are_classified_decoys_rejected_and_a_rerun_reads_nothing() {
 
 #[test]
 fn dest_and_other_filesystems_are_not_entered_and_candidate_stubs_not_opened() {
+    let _gate = suite_gate!();
     const T: &str = "dest_and_other_filesystems_are_not_entered_and_candidate_stubs_not_opened";
     let e = env();
     let d = content(5, 50_000);
@@ -756,7 +756,7 @@ fn dest_and_other_filesystems_are_not_entered_and_candidate_stubs_not_opened() {
     if is_root() {
         let mp = other.join("mnt");
         std::fs::create_dir_all(&mp).unwrap();
-        if let Ok(_m) = common::mounts::tmpfs(&mp, "8m") {
+        if let Ok(_m) = crate::common::mounts::tmpfs(&mp, "8m") {
             write(&mp.join("report.pdf"), &d);
             set_mtime(&mp.join("report.pdf"), 1_000_000_000, 0);
             let out = fingerprint(&e.journal, &[&other], &[]);
@@ -868,6 +868,7 @@ impl Drop for DenyOpens {
 
 #[test]
 fn an_unreadable_candidate_does_not_stop_the_run_and_a_held_journal_is_refused() {
+    let _gate = suite_gate!();
     const T: &str = "an_unreadable_candidate_does_not_stop_the_run_and_a_held_journal_is_refused";
     let e = env();
     let d = content(8, 70_000);
@@ -992,6 +993,7 @@ fn sim(args: &[&OsStr]) {
 
 #[test]
 fn real_stubs_are_matched_by_the_hsm_checksum_without_a_recall() {
+    let _gate = suite_gate!();
     const T: &str = "real_stubs_are_matched_by_the_hsm_checksum_without_a_recall";
     skip_unless_root!(
         T,
@@ -999,7 +1001,7 @@ fn real_stubs_are_matched_by_the_hsm_checksum_without_a_recall() {
     );
     let e = env();
     let mp = e.tmp.path().join("mnt");
-    let _fs = match common::mounts::loop_fs(&e.tmp.path().join("fs.img"), &mp, "ext4", 64) {
+    let _fs = match crate::common::mounts::loop_fs(&e.tmp.path().join("fs.img"), &mp, "ext4", 64) {
         Ok(m) => m,
         Err(m) => skip!(T, "cannot loop-mount an ext4 image: {m}"),
     };

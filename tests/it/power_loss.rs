@@ -45,13 +45,10 @@
 //!
 //! The seed is printed; EVAC_TEST_SEED=<seed> replays its choices (the timing of a run cannot be
 //! replayed). EVAC_POWER_KEEP=DIR keeps the disk image of any cut whose check fails. Soak:
-//! EVAC_POWER_CUTS=50 cargo test --release --test power_loss -- --nocapture
+//! EVAC_POWER_CUTS=50 cargo test --release --test it power_loss:: -- --nocapture
 
-#[macro_use]
-mod common;
-
-use common::mounts::{self, Mounted};
-use common::*;
+use crate::common::mounts::{self, Mounted};
+use crate::common::*;
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -584,6 +581,7 @@ fn relocated(st: &Json) -> i64 {
 
 #[test]
 fn power_cuts_leave_every_path_resolving_and_resume_completes() {
+    let _gate = suite_gate!();
     skip_unless_root!(TEST, "it loop-mounts filesystems and freezes one");
     for tool in ["fsfreeze", "mkfs.ext4"] {
         let found = Command::new(tool)
@@ -596,8 +594,10 @@ fn power_cuts_leave_every_path_resolving_and_resume_completes() {
         }
     }
     let seed = time_seed();
-    eprintln!("power-loss test seed: {seed} (replay its choices: EVAC_TEST_SEED={seed} cargo test --release --test power_loss -- --nocapture)");
-    eprintln!("soak: EVAC_POWER_CUTS=50 cargo test --release --test power_loss -- --nocapture");
+    eprintln!("power-loss test seed: {seed} (replay its choices: EVAC_TEST_SEED={seed} cargo test --release --test it power_loss:: -- --nocapture)");
+    eprintln!(
+        "soak: EVAC_POWER_CUTS=50 cargo test --release --test it power_loss:: -- --nocapture"
+    );
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     let mut rig = match Rig::new() {

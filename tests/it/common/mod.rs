@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use json::Json;
 
+pub mod gate;
 pub mod mounts;
 pub mod opens;
 
@@ -45,6 +46,14 @@ pub fn evac_bin() -> &'static str {
 
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
+}
+
+/// `let _gate = suite_gate!();`, first in every test: waits until this test's suite may run
+/// (see `gate`) and holds its place while the test runs.
+macro_rules! suite_gate {
+    () => {
+        crate::common::gate::enter(module_path!())
+    };
 }
 
 /// `skip!("test_name", "reason {}", x)`: print `SKIP test_name: reason` to stderr and return.

@@ -3,11 +3,8 @@
 //! special files, idempotence, reappearing files, --link-prefix, DEST inside
 //! SOURCE, filesystem boundaries.
 
-#[macro_use]
-mod common;
-
-use common::mounts::*;
-use common::*;
+use crate::common::mounts::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +24,7 @@ fn verify_ok(journal: &Path) {
 
 #[test]
 fn full_tree_is_relocated() {
+    let _gate = suite_gate!();
     let e = env();
     let info = build_tree(&e.src, &TreeSpec::full(101));
     let before = Manifest::scan(&e.src);
@@ -54,6 +52,7 @@ fn full_tree_is_relocated() {
 
 #[test]
 fn pathological_names_are_relocated() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         weird_names: true,
@@ -164,6 +163,7 @@ fn chain(mut d: D, mut rel: Vec<u8>, levels: usize, tag: u8) -> (D, Vec<u8>) {
 
 #[test]
 fn paths_longer_than_path_max() {
+    let _gate = suite_gate!();
     // SOURCE and DEST both ~220 bytes deep; a file at a relative path of 3990
     // bytes, so its absolute path on both sides exceeds PATH_MAX (4096) while
     // "/x/<rel>" still fits in a symlink target (4095 bytes).
@@ -208,6 +208,7 @@ fn paths_longer_than_path_max() {
 
 #[test]
 fn file_whose_link_target_cannot_exist_is_left_intact() {
+    let _gate = suite_gate!();
     // DEST/<rel> would be longer than the longest possible symlink target
     // (4095 bytes): evac cannot make the link, so the file must stay a regular
     // file with its content, counted as left (exit 3) -- never lost.
@@ -251,6 +252,7 @@ fn file_whose_link_target_cannot_exist_is_left_intact() {
 
 #[test]
 fn hard_link_groups_are_kept() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         hardlinks: true,
@@ -282,6 +284,7 @@ fn hard_link_groups_are_kept() {
 
 #[test]
 fn sparse_files_stay_sparse() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         sparse: true,
@@ -322,6 +325,7 @@ fn sparse_files_stay_sparse() {
 
 #[test]
 fn user_xattrs_and_special_modes() {
+    let _gate = suite_gate!();
     // Works unprivileged: user.* xattrs on files and dirs, setuid/setgid
     // files, setgid and sticky directories.
     let e = env();
@@ -351,6 +355,7 @@ fn user_xattrs_and_special_modes() {
 
 #[test]
 fn root_xattrs_acls_capabilities() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "root_xattrs_acls_capabilities",
         "trusted.*, security.capability and ACLs for other uids need CAP_SYS_ADMIN/CAP_SETFCAP"
@@ -400,6 +405,7 @@ fn root_xattrs_acls_capabilities() {
 
 #[test]
 fn owners_and_setid_bits_as_root() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "owners_and_setid_bits_as_root",
         "chown to other uids/gids needs CAP_CHOWN"
@@ -426,6 +432,7 @@ fn owners_and_setid_bits_as_root() {
 
 #[test]
 fn symlinks_and_special_files_are_left_alone() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         symlinks: true,
@@ -525,6 +532,7 @@ fn run_twice(e: &Env, spec: &TreeSpec) -> (Manifest, [Manifest; 2], [Manifest; 2
 
 #[test]
 fn second_run_changes_nothing() {
+    let _gate = suite_gate!();
     let e = env();
     let spec = TreeSpec {
         hardlinks: true,
@@ -555,6 +563,7 @@ fn second_run_changes_nothing() {
 
 #[test]
 fn second_run_does_not_even_touch_ctime() {
+    let _gate = suite_gate!();
     // "copies nothing and changes nothing": no chmod/chown/utimens/setxattr either.
     let e = env();
     let (_, [d1, d2], [s1, s2]) = run_twice(
@@ -582,6 +591,7 @@ fn second_run_does_not_even_touch_ctime() {
 
 #[test]
 fn existing_links_count_as_relocated_with_a_new_journal() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -641,6 +651,7 @@ fn trash_hashes(dest: &Path) -> BTreeSet<[u8; 32]> {
 
 #[test]
 fn reappearing_file_is_relocated_as_new_version() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(12, 114));
     let weird: &[u8] = b"t/d00/s00/re\nappears \xff";
@@ -709,6 +720,7 @@ fn reappearing_file_is_relocated_as_new_version() {
 
 #[test]
 fn link_prefix_is_used_for_targets() {
+    let _gate = suite_gate!();
     let e = env();
     std::fs::create_dir(&e.dst).unwrap(); // DEST may also exist already
     build_tree(
@@ -734,6 +746,7 @@ fn link_prefix_is_used_for_targets() {
 
 #[test]
 fn dest_inside_source_is_not_entered() {
+    let _gate = suite_gate!();
     // Two DEST names, sorting after and before everything else in SOURCE.
     for name in ["zz-dest", "0-dest"] {
         let e = env();
@@ -779,6 +792,7 @@ fn dest_inside_source_is_not_entered() {
 
 #[test]
 fn does_not_cross_into_another_filesystem() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "does_not_cross_into_another_filesystem",
         "mounting a tmpfs inside SOURCE needs CAP_SYS_ADMIN"

@@ -1,8 +1,7 @@
 //! Progress output: off a terminal, one plain line per interval on stderr; `--quiet` prints only
 //! the START and FINISH lines.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A run that lasts a few seconds for sure: one file held open for writing is deferred and
 /// retried after --retry-delay.
@@ -25,6 +24,7 @@ fn slow_run(e: &Env, extra: &[&str]) -> Out {
 
 #[test]
 fn plain_progress_lines_when_not_on_a_terminal() {
+    let _gate = suite_gate!();
     let e = env();
     let out = slow_run(&e, &[]);
     out.expect(3, "run with a busy file");
@@ -48,6 +48,7 @@ fn plain_progress_lines_when_not_on_a_terminal() {
 
 #[test]
 fn quiet_prints_only_start_and_finish() {
+    let _gate = suite_gate!();
     let e = env();
     let out = slow_run(&e, &["--quiet"]);
     out.expect(3, "quiet run with a busy file");

@@ -39,12 +39,9 @@
 //!   EVAC_LIVE_KEEP=1         on failure, print the problems and keep the workspace (exits)
 //!   EVAC_LIVE_RENAME=0       the renamer only appends (renames are on by default)
 //! Soak: EVAC_LIVE_FILES=6000 EVAC_LIVE_SECS=300 EVAC_LIVE_KILLS=1000 \
-//!   cargo test --release --test live_users -- --nocapture
+//!   cargo test --release --test it live_users:: -- --nocapture
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -106,10 +103,14 @@ const ROLES: &[&str] = &[
     "append", "append", "hold", "replace", "truncate", "create", "rename", "make", "churn",
 ];
 
+/// The writer processes' test, by its path in the test binary.
+const WRITER_TEST: &str = "live_users::live_writer_process";
+
 /// Entry point of a writer process. In a normal test run (no role in the
 /// environment) it does nothing.
 #[test]
 fn live_writer_process() {
+    let _gate = suite_gate!();
     let Ok(role) = std::env::var(ROLE_ENV) else {
         return;
     };
@@ -1241,12 +1242,7 @@ fn spawn_writers(src: &Path, ctl: &Path, seed: u64) -> Vec<WriterProc> {
             let id = i as u32 + 1;
             let out = File::create(ctl.join(format!("w{id}.out"))).unwrap();
             let child = Command::new(&exe)
-                .args([
-                    "live_writer_process",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args([WRITER_TEST, "--exact", "--nocapture", "--test-threads=1"])
                 .env(ROLE_ENV, role)
                 .env("EVAC_LIVE_W_ID", id.to_string())
                 .env("EVAC_LIVE_W_SEED", seed.to_string())
@@ -1547,7 +1543,7 @@ impl Problems {
     }
     fn report(&self, seed: u64) -> String {
         let mut out = format!(
-            "{} problem(s) (seed {seed}; replay: EVAC_TEST_SEED={seed} cargo test --release --test live_users -- --nocapture):\n",
+            "{} problem(s) (seed {seed}; replay: EVAC_TEST_SEED={seed} cargo test --release --test it live_users:: -- --nocapture):\n",
             self.total()
         );
         for (cat, v) in &self.by {
@@ -2070,7 +2066,7 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let seed = time_seed();
-    eprintln!("{name}: seed {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test live_users {name} -- --nocapture)");
+    eprintln!("{name}: seed {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test it live_users::{name} -- --nocapture)");
     let files = knob("EVAC_LIVE_FILES", 2500) as usize;
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(files, seed));
@@ -2235,6 +2231,7 @@ fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &s
 
 #[test]
 fn users_keep_working_during_runs() {
+    let _gate = suite_gate!();
     if std::env::var(ROLE_ENV).is_ok() {
         return;
     }
@@ -2321,6 +2318,7 @@ fn users_keep_working_during_runs() {
 
 #[test]
 fn crashes_under_load() {
+    let _gate = suite_gate!();
     if std::env::var(ROLE_ENV).is_ok() {
         return;
     }

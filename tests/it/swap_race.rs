@@ -14,10 +14,7 @@
 //! `--workers`, and check every record logged as written is in the file read
 //! through its path afterwards, exactly once and in each writer's order.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -360,6 +357,7 @@ fn assert_no_temps(e: &Env) {
 
 #[test]
 fn writer_during_big_copy_is_let_through_and_kept() {
+    let _gate = suite_gate!();
     if !have_python() {
         skip!(
             "writer_during_big_copy_is_let_through_and_kept",
@@ -738,16 +736,19 @@ fn frozen(phase: Phase) {
 
 #[test]
 fn frozen_mid_copy() {
+    let _gate = suite_gate!();
     frozen(Phase::MidCopy);
 }
 
 #[test]
 fn frozen_before_swap() {
+    let _gate = suite_gate!();
     frozen(Phase::BeforeSwap);
 }
 
 #[test]
 fn frozen_after_swap() {
+    let _gate = suite_gate!();
     frozen(Phase::AfterSwap);
 }
 
@@ -1067,6 +1068,7 @@ fn appenders(test: &str, files: usize, writers: u32, extra: &[&str], seed: u64) 
 
 #[test]
 fn appenders_batch64_workers2() {
+    let _gate = suite_gate!();
     appenders(
         "appenders_batch64_workers2",
         300,
@@ -1078,6 +1080,7 @@ fn appenders_batch64_workers2() {
 
 #[test]
 fn appenders_batch1_workers1() {
+    let _gate = suite_gate!();
     appenders(
         "appenders_batch1_workers1",
         150,
@@ -1089,6 +1092,7 @@ fn appenders_batch1_workers1() {
 
 #[test]
 fn appenders_batch512_workers4() {
+    let _gate = suite_gate!();
     appenders(
         "appenders_batch512_workers4",
         400,

@@ -4,9 +4,7 @@
 //! leftovers with the reason; a stage command that hangs is killed; kill -9 during staging
 //! loses nothing and stages nothing that was already relocated.
 
-#[macro_use]
-mod common;
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -127,6 +125,7 @@ fn is_link(p: &Path) -> bool {
 
 #[test]
 fn stages_in_tape_order_and_relocates_each_batch() {
+    let _gate = suite_gate!();
     let h = setup(4);
     let script = stage_script(&h, "NOMATCH", "0");
     let out = stage(&h, &["--tiers", "1"], &script);
@@ -220,6 +219,7 @@ fn stages_in_tape_order_and_relocates_each_batch() {
 
 #[test]
 fn failures_are_retried_then_left_over_and_a_hung_command_is_killed() {
+    let _gate = suite_gate!();
     let h = setup(2);
     let script = stage_script(&h, "*/f1-V2", "0");
     let t0 = Instant::now();
@@ -310,6 +310,7 @@ fn failures_are_retried_then_left_over_and_a_hung_command_is_killed() {
 
 #[test]
 fn kill_9_during_staging_then_resume() {
+    let _gate = suite_gate!();
     let h = setup(3);
     let script = stage_script(&h, "NOMATCH", "0.4");
     let mut args: Vec<std::ffi::OsString> = vec![
@@ -371,6 +372,7 @@ fn batch_starts(h: &Hsm) -> Vec<f64> {
 
 #[test]
 fn drives_run_volumes_at_once_and_the_budget_holds_them_back() {
+    let _gate = suite_gate!();
     // Two drives: the first two volumes' recalls overlap (each takes 1 s).
     let h = setup(2);
     let slow = stage_script(&h, "NOMATCH", "1");

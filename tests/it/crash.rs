@@ -5,10 +5,7 @@
 //!
 //! The seed is printed; replay a failure with EVAC_TEST_SEED=<seed>.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -124,8 +121,9 @@ fn make_tree(src: &Path, seed: u64, weird: bool) -> Manifest {
 
 #[test]
 fn kill_9_at_random_moments_then_resume() {
+    let _gate = suite_gate!();
     let seed = time_seed();
-    eprintln!("crash test seed: {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test crash -- --nocapture)");
+    eprintln!("crash test seed: {seed} (replay: EVAC_TEST_SEED={seed} cargo test --release --test it crash:: -- --nocapture)");
     let mut rng = Rng::new(seed);
     let e = env();
     let started = Instant::now();

@@ -5,10 +5,7 @@
 //! symlink out of SOURCE, evac itself); exit codes 0/3/1. And the holders named in the reason of
 //! a file deferred because it is busy (lease refused, write lease held, no-lease /proc scan).
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -91,6 +88,7 @@ fn write_file(root: &Path, rel: &[u8], data: &[u8]) -> PathBuf {
 
 #[test]
 fn every_kind_of_use_is_listed_with_its_pid_and_mode() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(10, 1101));
     let wrel: &[u8] = b"logs/busy\nlog \xff.txt";
@@ -206,6 +204,7 @@ fn every_kind_of_use_is_listed_with_its_pid_and_mode() {
 
 #[test]
 fn look_alike_paths_files_outside_and_evac_itself_do_not_count() {
+    let _gate = suite_gate!();
     let e = env();
     let top = e.tmp.path();
     // A sibling whose name starts like SOURCE's, on the same filesystem.
@@ -246,6 +245,7 @@ fn look_alike_paths_files_outside_and_evac_itself_do_not_count() {
 
 #[test]
 fn a_relocated_files_copy_is_not_held_but_an_old_original_is() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 1102));
     std::fs::write(e.src.join("doc.txt"), b"document\n").unwrap();
@@ -295,6 +295,7 @@ fn a_relocated_files_copy_is_not_held_but_an_old_original_is() {
 
 #[test]
 fn errors_exit_1_and_name_the_path() {
+    let _gate = suite_gate!();
     let e = env();
     let missing = e.tmp.path().join(OsStr::from_bytes(b"no\nsuch"));
     let o = holders(&missing, &[]);
@@ -322,6 +323,7 @@ fn errors_exit_1_and_name_the_path() {
 
 #[test]
 fn a_chrooted_process_is_listed() {
+    let _gate = suite_gate!();
     skip_unless_root!("a_chrooted_process_is_listed", "it calls chroot(2)");
     let e = env();
     let jail = e.src.join("jail");
@@ -374,6 +376,7 @@ fn deferred_reasons(journal: &Path) -> Vec<(String, String)> {
 
 #[test]
 fn a_file_deferred_because_it_is_busy_names_its_holders() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 1103));
     let a = write_file(&e.src, b"shared\tlog", b"a\n");
@@ -432,6 +435,7 @@ fn a_file_deferred_because_it_is_busy_names_its_holders() {
 
 #[test]
 fn without_leases_the_swap_time_scan_names_the_holder() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 1104));
     let f = write_file(&e.src, b"held.log", b"line\n");
@@ -456,6 +460,7 @@ fn without_leases_the_swap_time_scan_names_the_holder() {
 
 #[test]
 fn a_file_under_another_programs_write_lease_names_it() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(10, 1105));
     let f = write_file(&e.src, b"leased.doc", b"held by a file server\n");
@@ -495,6 +500,7 @@ fn a_file_under_another_programs_write_lease_names_it() {
 
 #[test]
 fn a_file_on_another_filesystem_mounted_inside_source_does_not_count() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "a_file_on_another_filesystem_mounted_inside_source_does_not_count",
         "it mounts a tmpfs"

@@ -3,8 +3,7 @@
 //! links and directories take their copies along, deleted links' copies go to the dated trash,
 //! and `status` says when DEST is ready for cutover.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
@@ -123,6 +122,7 @@ fn expect(pairs: &[(&str, &str)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 #[test]
 fn renames_deletes_replacements_and_swaps_are_mirrored_at_dest() {
+    let _gate = suite_gate!();
     let e = env();
     for (p, c) in [
         ("a/f1", "a1"),
@@ -223,6 +223,7 @@ fn renames_deletes_replacements_and_swaps_are_mirrored_at_dest() {
 
 #[test]
 fn status_lists_what_keeps_dest_from_mirroring_source() {
+    let _gate = suite_gate!();
     let e = env();
     write(&e.src, "d/one", b"1");
     write(&e.src, "d/two", b"2");
@@ -285,6 +286,7 @@ fn status_lists_what_keeps_dest_from_mirroring_source() {
 
 #[test]
 fn a_renamed_link_takes_its_copy_back_from_the_trash() {
+    let _gate = suite_gate!();
     // A link renamed while the walk could not see it (here: parked outside SOURCE, which keeps
     // its inode) looks deleted, and its copy goes to the trash while a new file takes the old
     // name. When the link shows up again under a new name, the link's inode says which copy it
@@ -352,6 +354,7 @@ fn a_renamed_link_takes_its_copy_back_from_the_trash() {
 
 #[test]
 fn a_renamed_name_of_a_hard_link_group_keeps_the_group_at_dest() {
+    let _gate = suite_gate!();
     let e = env();
     write(&e.src, "h/a", b"shared");
     std::fs::hard_link(e.src.join("h/a"), e.src.join("h/b")).unwrap();
@@ -383,6 +386,7 @@ fn a_renamed_name_of_a_hard_link_group_keeps_the_group_at_dest() {
 
 #[test]
 fn links_changed_between_swap_and_record_survive_kill_9() {
+    let _gate = suite_gate!();
     // The window between a batch's swaps and the journal's record of them: a user renames,
     // deletes or replaces the fresh link, and evac is killed there. Recovery must neither undo
     // the swap under a renamed link (which would strand it) nor remove the copy the renamed link
@@ -469,6 +473,7 @@ fn links_changed_between_swap_and_record_survive_kill_9() {
 
 #[test]
 fn a_link_moved_before_its_swap_is_undone_takes_the_original_along() {
+    let _gate = suite_gate!();
     // A batch is swapped and recorded, then DEST's syncfs hangs (test knob) and the batch is put
     // back because its DEST names were never proven durable. The user renamed one of its fresh
     // links in between: the original goes where the user's rename put the file (in place of
@@ -552,6 +557,7 @@ fn a_link_moved_before_its_swap_is_undone_takes_the_original_along() {
 
 #[test]
 fn an_old_name_a_crash_kept_at_dest_is_released_later() {
+    let _gate = suite_gate!();
     // The journal lets a renamed copy's old DEST name go, then removes the name; a crash (or a
     // power cut) between the two leaves the name. It is one more name of a copy the journal
     // records under its new path, not a stranger's file: a new file at the old path must not be

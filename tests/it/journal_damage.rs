@@ -6,11 +6,8 @@
 //! Oracle for each: exit 1, an error message naming the journal, and SOURCE and
 //! DEST exactly as they were (full manifests: content, metadata, inodes, ctime).
 
-#[macro_use]
-mod common;
-
-use common::mounts::*;
-use common::*;
+use crate::common::mounts::*;
+use crate::common::*;
 use std::ffi::OsString;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -111,6 +108,7 @@ fn resume_args(journal: &Path) -> Vec<OsString> {
 
 #[test]
 fn journal_of_another_source_is_refused() {
+    let _gate = suite_gate!();
     // Journal J belongs to (src1, dst1), fully relocated.
     let e1 = env();
     build_tree(&e1.src, &TreeSpec::plain(40, 7001));
@@ -162,6 +160,7 @@ fn journal_of_another_source_is_refused() {
 
 #[test]
 fn truncated_journal_is_refused() {
+    let _gate = suite_gate!();
     let p = prepared(7101);
     let j = &p.e.journal;
     let len = std::fs::metadata(j).unwrap().len();
@@ -181,6 +180,7 @@ fn truncated_journal_is_refused() {
 
 #[test]
 fn garbage_in_the_middle_of_the_journal_is_refused() {
+    let _gate = suite_gate!();
     let p = prepared(7201);
     let j = &p.e.journal;
     let len = std::fs::metadata(j).unwrap().len();
@@ -205,6 +205,7 @@ fn garbage_in_the_middle_of_the_journal_is_refused() {
 
 #[test]
 fn garbage_over_the_journal_header_is_refused() {
+    let _gate = suite_gate!();
     let p = prepared(7251);
     let j = &p.e.journal;
     let f = std::fs::OpenOptions::new().write(true).open(j).unwrap();
@@ -236,6 +237,7 @@ impl Drop for Immutable {
 
 #[test]
 fn immutable_journal_is_refused() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "immutable_journal_is_refused",
         "chmod 0444 does not stop root; it uses chattr +i"
@@ -279,6 +281,7 @@ fn immutable_journal_is_refused() {
 
 #[test]
 fn journal_on_read_only_mount_is_refused() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "journal_on_read_only_mount_is_refused",
         "it bind-mounts the journal's directory read-only"
@@ -337,6 +340,7 @@ fn tiny_tmpfs(test: &str, e: &Env, size: &str) -> Option<(PathBuf, Mounted)> {
 
 #[test]
 fn journal_on_full_filesystem_is_refused() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "journal_on_full_filesystem_is_refused",
         "it mounts a tiny tmpfs"
@@ -364,6 +368,7 @@ fn journal_on_full_filesystem_is_refused() {
 
 #[test]
 fn new_journal_on_full_filesystem_is_refused() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "new_journal_on_full_filesystem_is_refused",
         "it mounts a tiny tmpfs"
@@ -447,6 +452,7 @@ fn copy_tree(from: &Path, to: &Path) {
 
 #[test]
 fn garbage_in_any_page_of_the_journal_is_refused() {
+    let _gate = suite_gate!();
     let p = prepared(7701);
     let e = &p.e;
     let j = &e.journal;

@@ -1,10 +1,7 @@
 //! The command line: exit codes, refusals, the run lock, signals, --dry-run,
 //! resuming from the journal alone, the demo.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::time::Duration;
@@ -42,6 +39,7 @@ fn journal_files(journal: &Path) -> Vec<String> {
 
 #[test]
 fn journal_inside_source_is_refused() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -74,6 +72,7 @@ fn journal_inside_source_is_refused() {
 
 #[test]
 fn unusable_journal_is_an_error() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(5, 202));
     let before = Manifest::scan(&e.src);
@@ -104,6 +103,7 @@ fn unusable_journal_is_an_error() {
 
 #[test]
 fn bad_arguments_exit_1() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(3, 203));
     let before = Manifest::scan(&e.src);
@@ -183,6 +183,7 @@ fn bad_arguments_exit_1() {
 
 #[test]
 fn resume_with_a_different_source_or_dest_is_refused() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(8, 204));
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "first run");
@@ -209,6 +210,7 @@ fn resume_with_a_different_source_or_dest_is_refused() {
 
 #[test]
 fn second_concurrent_run_exits_5_and_names_the_holder() {
+    let _gate = suite_gate!();
     let e = env();
     let (mut bg, holder, before) = start_and_freeze(&e, 400, 206, 0);
     let pid = bg.pid().to_string();
@@ -292,17 +294,20 @@ fn interrupted_then_resumed(sig: i32, seed: u64, min_relocated: i64) {
 
 #[test]
 fn sigterm_exits_4_and_the_run_resumes() {
+    let _gate = suite_gate!();
     interrupted_then_resumed(libc::SIGTERM, 207, 0);
 }
 
 #[test]
 fn sigint_exits_4_and_the_run_resumes() {
+    let _gate = suite_gate!();
     // Interrupted after some files were relocated.
     interrupted_then_resumed(libc::SIGINT, 208, 1);
 }
 
 #[test]
 fn dry_run_changes_nothing_and_writes_no_journal() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -352,6 +357,7 @@ fn dry_run_changes_nothing_and_writes_no_journal() {
 
 #[test]
 fn resume_from_the_journal_alone() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -385,6 +391,7 @@ fn resume_from_the_journal_alone() {
 
 #[test]
 fn demo_runs() {
+    let _gate = suite_gate!();
     // `evac demo` works in a temporary directory: point TMPDIR at ours so
     // that whatever it leaves behind is cleaned up with the test.
     let e = env();

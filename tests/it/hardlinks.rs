@@ -1,12 +1,12 @@
 //! Hard-link groups are relocated once the walk has found every name; groups larger than a
 //! journal page and groups that straddle page boundaries keep all their names.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::MetadataExt;
 
 #[test]
 fn groups_larger_than_a_page_and_across_pages_keep_every_name() {
+    let _gate = suite_gate!();
     let e = env();
     let big = e.src.join("big");
     let pairs = e.src.join("pairs");
@@ -43,6 +43,7 @@ fn groups_larger_than_a_page_and_across_pages_keep_every_name() {
 
 #[test]
 fn a_group_with_a_name_outside_source_is_skipped_and_left_intact() {
+    let _gate = suite_gate!();
     let e = env();
     std::fs::create_dir_all(&e.src).unwrap();
     let outside = e.tmp.path().join("outside");

@@ -3,8 +3,7 @@
 //! scanning /proc). Forced here with test knobs on a filesystem that has both; and the proof
 //! that copying starts while the walk is still going.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 
 fn run_env(e: &Env, envs: &[(&str, &OsStr)]) -> Out {
@@ -13,6 +12,7 @@ fn run_env(e: &Env, envs: &[(&str, &OsStr)]) -> Out {
 
 #[test]
 fn without_rename_exchange_files_are_relocated_through_the_attic() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(
         &e.src,
@@ -41,6 +41,7 @@ fn without_rename_exchange_files_are_relocated_through_the_attic() {
 
 #[test]
 fn without_rename_exchange_a_busy_file_is_still_deferred() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 902));
     let busy = e.src.join("busy.txt");
@@ -65,6 +66,7 @@ fn without_rename_exchange_a_busy_file_is_still_deferred() {
 
 #[test]
 fn without_leases_writers_are_found_by_scanning_proc() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(30, 903));
     let busy = e.src.join("held-open.log");
@@ -98,6 +100,7 @@ fn without_leases_writers_are_found_by_scanning_proc() {
 
 #[test]
 fn copying_starts_before_the_walk_ends() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(3000, 904));
     evac_run(&e.src, &e.dst, &e.journal, &[]).expect(0, "run");

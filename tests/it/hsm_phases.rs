@@ -4,10 +4,8 @@
 //! tape order through the simulator's stage command, survives a failing volume, a wedged stage
 //! command and kill -9, and in the end every file is relocated with its original content.
 
-#[macro_use]
-mod common;
-use common::mounts::{loop_fs, Mounted};
-use common::*;
+use crate::common::mounts::{loop_fs, Mounted};
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -239,6 +237,7 @@ fn all_relocated_with_original_content(r: &Rig) {
 
 #[test]
 fn phase1_opens_no_stub_and_phase2_recalls_in_tape_order() {
+    let _gate = suite_gate!();
     let Some(r) = rig("phase1_opens_no_stub_and_phase2_recalls_in_tape_order") else {
         return;
     };
@@ -285,6 +284,7 @@ fn phase1_opens_no_stub_and_phase2_recalls_in_tape_order() {
 
 #[test]
 fn phase2_survives_a_failing_volume_a_wedged_command_and_kill_9() {
+    let _gate = suite_gate!();
     let Some(r) = rig("phase2_survives_a_failing_volume_a_wedged_command_and_kill_9") else {
         return;
     };
@@ -413,6 +413,7 @@ fn first_recall_by_volume(r: &Rig) -> BTreeMap<String, f64> {
 
 #[test]
 fn phase2_honours_drives_and_the_stage_budget() {
+    let _gate = suite_gate!();
     // Two drives: the two tier-1 volumes are mounted (500 ms each) at the same time.
     let Some(r) = rig("phase2_honours_drives_and_the_stage_budget") else {
         return;

@@ -76,6 +76,7 @@ fn code(text: &str) -> String {
 
 #[test]
 fn modules_use_only_lower_layers() {
+    let _gate = suite_gate!();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut all = Vec::new();
     files(&src, &mut all);

@@ -2,8 +2,7 @@
 //! its DEST temporary), `--files-per-sec` holds the rate of files relocated (measured from the
 //! journal's relocation times); each within ±15%.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ fn slope(pts: &[(f64, f64)]) -> f64 {
 
 #[test]
 fn bwlimit_holds_inside_one_large_file() {
+    let _gate = suite_gate!();
     let e = env();
     let len = 12usize << 20;
     std::fs::write(e.src.join("big.bin"), content(31, len)).unwrap();
@@ -75,6 +75,7 @@ fn bwlimit_holds_inside_one_large_file() {
 
 #[test]
 fn files_per_sec_holds_the_rate_of_files() {
+    let _gate = suite_gate!();
     let e = env();
     for i in 0..60 {
         std::fs::write(e.src.join(format!("f{i:02}")), format!("file {i}")).unwrap();
@@ -144,6 +145,7 @@ fn growth(dst: &Path, settle: f64, secs: f64) -> u64 {
 
 #[test]
 fn pause_resume_and_throttle_take_effect_within_a_second() {
+    let _gate = suite_gate!();
     let e = env();
     let len = 40usize << 20;
     std::fs::write(e.src.join("big.bin"), content(32, len)).unwrap();
@@ -217,6 +219,7 @@ fn window_from_now(from: u32, len: u32) -> String {
 
 #[test]
 fn a_window_not_yet_open_exits_4_or_idles() {
+    let _gate = suite_gate!();
     let e = env();
     for i in 0..5 {
         std::fs::write(e.src.join(format!("f{i}")), format!("file {i}")).unwrap();

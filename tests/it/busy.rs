@@ -3,10 +3,7 @@
 //! SOURCE (exit 3), are listed with a reason, and are relocated by a later run
 //! once released.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 
 /// Run with `busy_rel` held busy by `holder`; check the deferral; release; run again.
@@ -101,6 +98,7 @@ fn deferred_then_relocated(e: &Env, busy_rel: &[u8], holder: Holder, before: &Ma
 
 #[test]
 fn file_open_for_writing_is_deferred() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 301));
     let busy_rel: &[u8] = b"t/d00/busy\nlog \xff.txt";
@@ -113,6 +111,7 @@ fn file_open_for_writing_is_deferred() {
 
 #[test]
 fn running_executable_is_deferred() {
+    let _gate = suite_gate!();
     let e = env();
     build_tree(&e.src, &TreeSpec::plain(20, 302));
     std::fs::create_dir(e.src.join("bin")).unwrap();
@@ -124,6 +123,7 @@ fn running_executable_is_deferred() {
 
 #[test]
 fn several_busy_files_at_once() {
+    let _gate = suite_gate!();
     // Two writers and a running program; all deferred; each relocated once released.
     let e = env();
     build_tree(

@@ -3,9 +3,7 @@
 //! entries outside SOURCE, missing or already relocated reported and not imported; importing
 //! again updates; a journal without a plan is refused.
 
-#[macro_use]
-mod common;
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -76,6 +74,7 @@ fn setup() -> (Env, Vec<u8>) {
 
 #[test]
 fn tsv_listing_imports_reports_and_updates() {
+    let _gate = suite_gate!();
     let (e, weird) = setup();
     let src = e.src.to_str().unwrap();
     let listing = e.tmp.path().join("listing.tsv");
@@ -162,6 +161,7 @@ fn tsv_listing_imports_reports_and_updates() {
 
 #[test]
 fn nul_lfs_and_dmls_listings() {
+    let _gate = suite_gate!();
     let (e, weird) = setup();
     let src = e.src.as_os_str().as_bytes().to_vec();
     // tsv0: raw bytes, seven NUL-terminated fields per record.
@@ -246,6 +246,7 @@ fn nul_lfs_and_dmls_listings() {
 
 #[test]
 fn import_needs_a_planned_journal_and_a_known_format() {
+    let _gate = suite_gate!();
     let e = env();
     let listing = e.tmp.path().join("l.tsv");
     std::fs::write(&listing, "").unwrap();

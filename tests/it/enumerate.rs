@@ -17,15 +17,12 @@
 //! A run with step points armed keeps to one schedule (one worker, one rayon thread, batches
 //! that end only when every copy is back), so a failure replays exactly:
 //!   EVAC_ENUM_ONLY='SCENARIO crash POINT@K' (or 'SCENARIO crash P@K P2@K2', or
-//!   'SCENARIO interleave POINT@K OP') cargo test --release --test enumerate -- --nocapture
+//!   'SCENARIO interleave POINT@K OP') cargo test --release --test it enumerate:: -- --nocapture
 //! EVAC_ENUM_SCENARIO=NAME explores one tree only; EVAC_ENUM_KEEP=1 keeps the workspaces of
 //! failed cases. Needs root (file handles, leases on
 //! any file): skipped with a reason otherwise.
 
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -1268,7 +1265,7 @@ fn run_cases(base: &Path, cases: Vec<Case>, t: &Mutex<Tally>) {
                         let _ = std::fs::remove_dir_all(base.join(&tag));
                     }
                     t.lock().unwrap().problems.push(format!(
-                        "{}\n  replay: EVAC_ENUM_ONLY='{}' cargo test --release --test enumerate -- --nocapture{}\n  {}",
+                        "{}\n  replay: EVAC_ENUM_ONLY='{}' cargo test --release --test it enumerate:: -- --nocapture{}\n  {}",
                         c.label(),
                         c.label(),
                         if keep { format!(" (kept: {})", base.join(tag).display()) } else { String::new() },
@@ -1327,6 +1324,7 @@ fn points(base: &Path) -> Vec<(usize, usize, String, u64)> {
 
 #[test]
 fn crash_at_every_step_point() {
+    let _gate = suite_gate!();
     skip_unless_root!("crash_at_every_step_point", "recovery follows links by file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH) and takes leases on any file");
     let started = Instant::now();
     let base = base_dir().join("crash");
@@ -1369,6 +1367,7 @@ fn crash_at_every_step_point() {
 
 #[test]
 fn user_acts_at_every_step_point() {
+    let _gate = suite_gate!();
     skip_unless_root!("user_acts_at_every_step_point", "a put-back follows a moved link by file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)");
     let started = Instant::now();
     let base = base_dir().join("interleave");
@@ -1458,6 +1457,7 @@ fn let_go(ws: &Ws) {
 ///   (race 4) loses the append from the user's view.
 #[test]
 fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads",
         "the original follows a renamed link by its file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
@@ -1561,6 +1561,7 @@ fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
 /// link, which must still read it.
 #[test]
 fn after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link() {
+    let _gate = suite_gate!();
     skip_unless_root!(
         "after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link",
         "recovery follows a renamed link by its file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
