@@ -1,0 +1,267 @@
+//! The embedded migrations apply in order to an empty database, and reopening is a no-op.
+
+use evac::journal::{Journal, MIGRATIONS};
+
+#[test]
+fn all_migrations_apply_to_an_empty_database() {
+    let _gate = suite_gate!();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    let j = Journal::open(&p, true).unwrap();
+    assert_eq!(j.schema_version().unwrap() as usize, MIGRATIONS.len());
+    assert!(j.plan().unwrap().is_none());
+    drop(j);
+    // Reopening applies nothing twice.
+    let j = Journal::open(&p, false).unwrap();
+    assert_eq!(j.schema_version().unwrap() as usize, MIGRATIONS.len());
+    let c = j.counts().unwrap();
+    assert_eq!(c.bytes_total, 0);
+}
+
+#[test]
+fn migration_files_are_numbered_in_order() {
+    let _gate = suite_gate!();
+    let mut names: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+    names.sort();
+    let embedded: Vec<String> = MIGRATIONS.iter().map(|(n, _)| format!("{n}.sql")).collect();
+    assert_eq!(
+        names, embedded,
+        "every migrations/*.sql is embedded, in order"
+    );
+}
+
+#[test]
+fn a_journal_from_a_newer_evac_is_refused() {
+    let _gate = suite_gate!();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    drop(Journal::open(&p, true).unwrap());
+    let c = rusqlite::Connection::open(&p).unwrap();
+    c.execute_batch("PRAGMA user_version = 999").unwrap();
+    drop(c);
+    let e = Journal::open(&p, false)
+        .err()
+        .expect("newer schema must be refused");
+    assert!(e.to_string().contains("newer"), "{e}");
+}
+
+#[test]
+fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
+    let _gate = suite_gate!();
+    use evac::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    // A journal as the evac before phase 3 left it: every migration but the last.
+    let c = rusqlite::Connection::open(&p).unwrap();
+    for (i, (_, sql)) in MIGRATIONS[..MIGRATIONS.len() - 1].iter().enumerate() {
+        c.execute_batch(sql).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .unwrap();
+    }
+    drop(c);
+    let j = Journal::open(&p, false).unwrap();
+    assert_eq!(j.schema_version().unwrap() as usize, MIGRATIONS.len());
+    assert!(j.fp_last_run().unwrap().is_none());
+    // The tables hold what `evac recover` reads back.
+    let cached = CachedFp {
+        dev: 1,
+        ino: 2,
+        size: 3,
+        mtime_ns: 4,
+        ctime_ns: 5,
+        path: b"/b/\xffx".to_vec(),
+        md5: Some(vec![7; 16]),
+        ..CachedFp::default()
+    };
+    j.fp_cache_put(&cached).unwrap();
+    assert_eq!(j.fp_cached(1, 2).unwrap(), Some(cached));
+    let id = j.fp_start_run("/b").unwrap();
+    let l = FpLeftover {
+        path: b"d/l\n".to_vec(),
+        size: 3,
+        content: "stub".into(),
+        confidence: "exact".into(),
+        candidates: 1,
+        hsm_checksum: Some("md5:07070707070707070707070707070707".into()),
+        ..FpLeftover::default()
+    };
+    let m = FpMatch {
+        leftover: l.path.clone(),
+        rank: 1,
+        candidate: b"/b/\xffx".to_vec(),
+        confidence: "exact".into(),
+        matched_by: "md5".into(),
+        size: 3,
+        md5: Some(vec![7; 16]),
+        ..FpMatch::default()
+    };
+    let run = FpRun {
+        id,
+        leftovers: 1,
+        exact: 1,
+        ..FpRun::default()
+    };
+    let tx = j.tx().unwrap();
+    j.fp_store_results(&run, std::slice::from_ref(&l), std::slice::from_ref(&m))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(j.fp_last_run().unwrap().map(|r| r.exact), Some(1));
+    assert_eq!(
+        j.fp_leftover(&l.path).unwrap().unwrap().hsm_checksum,
+        l.hsm_checksum
+    );
+    let got = j.fp_matches(&l.path).unwrap();
+    assert_eq!((got.len(), &got[0].candidate), (1, &m.candidate));
+    let exact = j.fp_exact().unwrap();
+    assert_eq!(exact.len(), 1);
+    assert_eq!((&exact[0].0.path, &exact[0].1.md5), (&l.path, &m.md5));
+    // A later run replaces the results; the cache stays.
+    let tx = j.tx().unwrap();
+    j.fp_store_results(&run, &[], &[]).unwrap();
+    tx.commit().unwrap();
+    assert!(j.fp_leftovers().unwrap().is_empty() && j.fp_exact().unwrap().is_empty());
+    assert!(j.fp_cached(1, 2).unwrap().is_some());
+}
+
+/// A journal written before causes had a column (migration 0009) gains them from the reasons its
+/// rows hold; from then on the journal refuses a state or cause that is not one of the words.
+#[test]
+fn a_journal_before_causes_gains_them_and_refuses_unknown_states() {
+    use evac::journal::{Cause, FileState};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    let c = rusqlite::Connection::open(&p).unwrap();
+    let before = MIGRATIONS
+        .iter()
+        .position(|(n, _)| *n == "0009_cause")
+        .expect("migration 0009_cause");
+    for (i, (_, sql)) in MIGRATIONS[..before].iter().enumerate() {
+        c.execute_batch(sql).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .unwrap();
+    }
+    let rows: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "a",
+            "file",
+            "deferred",
+            Some("open for writing by another process (pid 7 vi)"),
+        ),
+        (
+            "b",
+            "file",
+            "deferred",
+            Some("destination full: write DEST: No space left on device (os error 28)"),
+        ),
+        (
+            "c",
+            "file",
+            "deferred",
+            Some("destination full (quota): write DEST: Disk quota exceeded (os error 122)"),
+        ),
+        (
+            "d",
+            "file",
+            "failed",
+            Some("write DEST: Input/output error (os error 5)"),
+        ),
+        (
+            "e",
+            "file",
+            "staged_out",
+            Some("staged out (blocks rule: size above zero, no data blocks)"),
+        ),
+        ("f", "fifo", "skipped", Some("FIFO (never opened)")),
+        (
+            "g",
+            "file",
+            "deferred",
+            Some("storage not answering: gave up after 30 s blocked in write"),
+        ),
+        ("h", "file", "relocated", None),
+        ("i", "file", "swapped", None),
+    ];
+    for (path, kind, state, reason) in rows {
+        c.execute(
+            "INSERT INTO files (path, kind, state, reason) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![path.as_bytes(), kind, state, reason],
+        )
+        .unwrap();
+    }
+    drop(c);
+    drop(Journal::open(&p, false).unwrap());
+    let c = rusqlite::Connection::open(&p).unwrap();
+    let got = |path: &str| -> (FileState, Option<Cause>) {
+        c.query_row(
+            "SELECT state, cause FROM files WHERE path = ?1",
+            [path.as_bytes()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(got("a"), (FileState::Deferred, Some(Cause::Busy)));
+    assert_eq!(got("b"), (FileState::Deferred, Some(Cause::DestFull)));
+    assert_eq!(got("c"), (FileState::Deferred, Some(Cause::DestQuota)));
+    assert_eq!(got("d"), (FileState::Failed, Some(Cause::Error)));
+    assert_eq!(got("e"), (FileState::StagedOut, Some(Cause::Hsm)));
+    assert_eq!(got("f"), (FileState::Skipped, Some(Cause::NotAFile)));
+    assert_eq!(got("g"), (FileState::Deferred, Some(Cause::Abandoned)));
+    assert_eq!(got("h"), (FileState::Relocated, None));
+    // Never written by any evac; in flight if it were.
+    assert_eq!(got("i"), (FileState::Placed, None));
+    for bad in [
+        "UPDATE files SET state = 'swapped' WHERE path = x'61'",
+        "UPDATE files SET cause = 'whatever' WHERE path = x'61'",
+        "INSERT INTO files (path, kind, state) VALUES (x'7a', 'file', 'done')",
+    ] {
+        let e = c.execute_batch(bad).expect_err(bad);
+        assert!(
+            e.to_string().contains("no such state or cause"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// A transaction guard dropped without its commit (an error on the way) leaves nothing behind;
+/// one opened inside another joins it, and only the outer one commits.
+#[test]
+fn a_transaction_not_committed_is_rolled_back() {
+    use evac::journal::FileState;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    let j = Journal::open(&p, true).unwrap();
+    let c = rusqlite::Connection::open(&p).unwrap();
+    c.execute(
+        "INSERT INTO files (id, path, kind, state) VALUES (1, x'61', 'file', 'pending')",
+        [],
+    )
+    .unwrap();
+    let state = || -> String {
+        c.query_row("SELECT state FROM files WHERE id = 1", [], |r| r.get(0))
+            .unwrap()
+    };
+    {
+        let _tx = j.tx().unwrap();
+        j.mark_copying(1).unwrap();
+        assert!(j.in_transaction());
+    }
+    assert!(!j.in_transaction());
+    assert_eq!(state(), "pending", "an uncommitted guard's write survived");
+    let outer = j.tx().unwrap();
+    {
+        let inner = j.tx().unwrap();
+        j.set_state(1, FileState::Copying, None).unwrap();
+        inner.commit().unwrap();
+    }
+    assert!(
+        j.in_transaction(),
+        "the inner guard ended the outer transaction"
+    );
+    outer.commit().unwrap();
+    assert_eq!(state(), "copying");
+}
