@@ -138,6 +138,7 @@ fn modules_use_only_lower_layers() {
 /// tests at the end of a file may print why they skip.)
 #[test]
 fn only_ui_prints() {
+    let _gate = suite_gate!();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut all = Vec::new();
     files(&src, &mut all);
@@ -182,6 +183,7 @@ fn only_ui_prints() {
 /// `journal/`, so a second backend replaces one module, not the engine.
 #[test]
 fn only_the_journal_speaks_sql() {
+    let _gate = suite_gate!();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut all = Vec::new();
     files(&src, &mut all);
@@ -196,4 +198,44 @@ fn only_the_journal_speaks_sql() {
         .collect();
     assert!(all.len() > 50, "only {} files read", all.len());
     assert!(bad.is_empty(), "SQL outside journal/: {bad:?}");
+}
+
+/// Every test of this binary enters the gate first (`common::gate`), or a suite that measures
+/// time could run beside one that loads the machine.
+#[test]
+fn every_test_enters_the_gate() {
+    let _gate = suite_gate!();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    let mut bad = Vec::new();
+    let mut tests = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let f = e.unwrap().path();
+        if f.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim() != "#[test]" {
+                continue;
+            }
+            let Some(k) = (i + 1..lines.len()).find(|&k| lines[k].trim_start().starts_with("fn "))
+            else {
+                continue;
+            };
+            tests += 1;
+            if !lines
+                .get(k + 1)
+                .is_some_and(|n| n.contains("suite_gate!()"))
+            {
+                bad.push(format!("{}: {}", f.display(), lines[k].trim()));
+            }
+        }
+    }
+    assert!(tests > 100, "only {tests} tests found");
+    assert!(
+        bad.is_empty(),
+        "tests that do not enter the gate:\n{}",
+        bad.join("\n")
+    );
 }

@@ -132,6 +132,7 @@ fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
 /// rows hold; from then on the journal refuses a state or cause that is not one of the words.
 #[test]
 fn a_journal_before_causes_gains_them_and_refuses_unknown_states() {
+    let _gate = suite_gate!();
     use evac::journal::{Cause, FileState};
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
@@ -231,6 +232,7 @@ fn a_journal_before_causes_gains_them_and_refuses_unknown_states() {
 /// one opened inside another joins it, and only the outer one commits.
 #[test]
 fn a_transaction_not_committed_is_rolled_back() {
+    let _gate = suite_gate!();
     use evac::journal::FileState;
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");

@@ -854,6 +854,7 @@ fn does_not_cross_into_another_filesystem() {
 /// is (not a link), the run says so (exit 3, cause `conflict`), and the files beside it go.
 #[test]
 fn a_dest_file_evac_did_not_write_is_left_and_so_is_its_source() {
+    let _gate = suite_gate!();
     let e = env();
     std::fs::create_dir_all(e.src.join("d")).unwrap();
     std::fs::create_dir_all(e.dst.join("d")).unwrap();

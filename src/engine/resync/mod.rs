@@ -31,7 +31,7 @@
 //!    one that let that copy go (the dispatch skips rows with a linked copy), so placement never
 //!    has to displace a copy a link may read.
 //!
-//! The enumeration suites (`tests/enumerate.rs`) stop evac at every step of this on renamed,
+//! The enumeration suites (`tests/it/enumerate.rs`) stop evac at every step of this on renamed,
 //! replaced, cycled and reused names, and make users rename and replace at every step, and
 //! check that no path ever reads another file's copy or nothing.
 
