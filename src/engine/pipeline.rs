@@ -140,14 +140,7 @@ impl Runner {
                     drained = false;
                     progressed = true;
                 }
-                // A new file where a link was waits for the walk's end: the old copy at its DEST
-                // path may belong to a link renamed elsewhere (namespace resync).
-                let jobs = recs
-                    .into_iter()
-                    .filter(|r| r.nlink <= 1 && r.linked_ino.is_none())
-                    .map(|r| Job { names: vec![r] })
-                    .collect();
-                self.dispatch(jobs)?;
+                self.dispatch(single_name_jobs(recs))?;
             } else if !self.stopping() {
                 drained = false;
             }
@@ -342,14 +335,7 @@ impl Runner {
             let recs = self.j.files_in_state(FileState::Pending, after, 256)?;
             let Some(last) = recs.last() else { break };
             after = last.id;
-            // A new file where a link was waits while the old copy is still at its DEST path
-            // (resync moves it to the trash once no walk has seen a link naming it).
-            let jobs = recs
-                .into_iter()
-                .filter(|r| r.nlink <= 1 && r.linked_ino.is_none())
-                .map(|r| Job { names: vec![r] })
-                .collect();
-            self.dispatch(jobs)?;
+            self.dispatch(single_name_jobs(recs))?;
             self.pump(false)?;
         }
         self.drain_all()
@@ -462,4 +448,15 @@ impl Runner {
         self.stats.deferred.store(0, Ordering::Relaxed);
         Ok(true)
     }
+}
+
+/// Jobs for the pending files of one name. Hard-linked files go as groups (`hardlink_group`);
+/// a new file where a link was waits while the old copy is still at its DEST path: that copy may
+/// belong to a link renamed elsewhere, and resync moves it to the trash once no walk has seen a
+/// link naming it.
+fn single_name_jobs(recs: Vec<FileRec>) -> Vec<Job> {
+    recs.into_iter()
+        .filter(|r| r.nlink <= 1 && r.linked_ino.is_none())
+        .map(|r| Job { names: vec![r] })
+        .collect()
 }

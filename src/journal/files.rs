@@ -1,5 +1,5 @@
-//! Every file's state and history: what the walk saw, the per-file protocol's records (copying,
-//! placed with its link, relocated), outcomes with their reasons, and the events of each file.
+//! Every file's state: what the walk saw, the per-file protocol's records (copying, placed with
+//! its link, relocated), and outcomes with their causes and reasons.
 
 use super::*;
 
@@ -705,15 +705,5 @@ impl Journal {
             .map_err(self.e("list files"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("list files"))
-    }
-
-    pub fn event(&self, id: i64, run: Option<i64>, event: &str, detail: &str) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO events (file_id, run_id, at, event, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut st| st.execute(params![id, run, now(), event, detail]))
-            .map_err(self.e("record event"))?;
-        Ok(())
     }
 }

@@ -6,7 +6,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 /// Phase 3's tables (`evac fingerprint`, read by `evac recover`).
+mod control;
 mod dirs;
+mod events;
 mod files;
 pub mod fingerprint;
 mod hsm;
@@ -83,13 +85,7 @@ impl Journal {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags).map_err(jerr(path, "open"))?;
-        let j = Journal {
-            conn,
-            path: path.to_path_buf(),
-        };
-        j.conn
-            .busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(jerr(path, "configure"))?;
+        let j = Journal::with(conn, path)?;
         // FULL: a commit must be on disk before the step it records takes effect (I3).
         j.conn
             .execute_batch(
@@ -125,13 +121,7 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(jerr(path, "open"))?;
-        let j = Journal {
-            conn,
-            path: path.to_path_buf(),
-        };
-        j.conn
-            .busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(jerr(path, "configure"))?;
+        let j = Journal::with(conn, path)?;
         j.conn
             .execute_batch("PRAGMA query_only=ON;")
             .map_err(jerr(path, "configure"))?;
@@ -155,6 +145,17 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A journal on an open connection: waits up to 30 s for another process's write lock
+    /// (a `status` reading while a run commits) rather than failing at once.
+    fn with(conn: Connection, path: &Path) -> Result<Journal> {
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(jerr(path, "configure"))?;
+        Ok(Journal {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     fn e(&self, op: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {

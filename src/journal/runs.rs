@@ -1,5 +1,5 @@
-//! The plan (SOURCE, DEST, link prefix, journal id), the runs with their START and FINISH, the
-//! run log, and the control table that `evac pause`, `resume` and `throttle` write.
+//! The plan (SOURCE, DEST, link prefix, journal id) and the runs with their START, heartbeat,
+//! FINISH and complete walks.
 
 use super::*;
 
@@ -191,52 +191,5 @@ impl Journal {
             )
             .optional()
             .map_err(self.e("read runs"))
-    }
-
-    pub fn log(&self, run: Option<i64>, level: &str, message: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO log (run_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
-                params![run, now(), level, message],
-            )
-            .map_err(self.e("write log"))?;
-        Ok(())
-    }
-
-    pub fn log_lines(&self, limit: i64) -> Result<Vec<(f64, String, String)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT at, level, message FROM (SELECT * FROM log ORDER BY id DESC LIMIT ?1) ORDER BY id")
-            .map_err(self.e("read log"))?;
-        let rows = st
-            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.e("read log"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(self.e("read log"))
-    }
-
-    /// Set a control value for a running evac (`evac pause`, `resume`, `throttle`).
-    pub fn set_control(&self, key: &str, value: &str) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO control (key, value, at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, at = excluded.at",
-                params![key, value, now()],
-            )
-            .map_err(self.e("record control"))?;
-        Ok(())
-    }
-
-    /// The control values, by key.
-    pub fn controls(&self) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT key, value FROM control")
-            .map_err(self.e("read control"))?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.e("read control"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(self.e("read control"))
     }
 }

@@ -267,7 +267,17 @@ fn failures_are_retried_then_left_over_and_a_hung_command_is_killed() {
 
     // A stage command that never returns: killed after --stage-timeout, tried again, left over.
     let h = setup(1);
-    let hang = stage_script(&h, "NOMATCH", "600");
+    // A duration no other test's process has, so that looking for its `sleep` below finds this
+    // test's only (other suites keep `sleep 600` holders running at the same time).
+    let long = format!(
+        "600.{:06}{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_micros(),
+        std::process::id()
+    );
+    let hang = stage_script(&h, "NOMATCH", &long);
     let t0 = Instant::now();
     let out = stage(
         &h,
@@ -297,7 +307,7 @@ fn failures_are_retried_then_left_over_and_a_hung_command_is_killed() {
     assert_eq!(status_list(&h.e.journal, "failed").len(), 3);
     // Its `sleep` child went with it.
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 600"])
+        .args(["-f", &format!("^sleep {}$", long.replace('.', "\\."))])
         .output();
     if let Ok(ps) = ps {
         assert!(
