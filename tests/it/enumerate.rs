@@ -727,6 +727,9 @@ struct Tally {
     /// Second-crash points learned from each first crash's recovery.
     second: Vec<Case>,
     saved_files: usize,
+    /// Reads of a replaced name's previous content in the instant between evac's exchange and
+    /// its undo (the README's first "moment that cannot be closed").
+    instants: usize,
 }
 
 const OPS: &[&str] = &[
@@ -1062,17 +1065,36 @@ fn interleave_case(
         m = mm;
         problems.extend(p);
     });
-    // While evac goes on, every path keeps showing its own content.
+    // While evac goes on, every path keeps showing its own content. One exception is the
+    // instant the README names: a name the user replaced just before evac's exchange shows its
+    // previous content between that exchange and its undo. A read of exactly that content at the
+    // target is held aside, and passes only if evac's trace shows the undo for that path.
+    let prior = match op {
+        "replace" | "rename-onto" => before.files.get(&target).map(|w| w.data.clone()),
+        _ => None,
+    };
+    let mut others = m.clone();
+    let want_target = others.files.remove(&target).map(|w| w.data);
+    let mut in_instant = Vec::new();
     let r = loop {
         match child.try_wait() {
             Ok(Some(_)) => break finish(child, Duration::from_secs(1)),
             _ => {
-                paths_show_their_content(
-                    &ws,
-                    &m,
-                    "while evac went on after the user's operation",
-                    &mut problems,
-                );
+                let when = "while evac went on after the user's operation";
+                paths_show_their_content(&ws, &others, when, &mut problems);
+                if let Some(want) = &want_target {
+                    match rd(&ws.s(&target)) {
+                        Ok(d) if d == *want => {}
+                        Ok(d) if prior.as_ref() == Some(&d) => in_instant
+                            .push(format!("{when}: {target} showed its previous content")),
+                        Ok(d) => problems.push(format!(
+                            "{when}: {target} shows {} bytes where it must show {}",
+                            d.len(),
+                            want.len()
+                        )),
+                        Err(e) => problems.push(format!("{when}: {target} cannot be read: {e}")),
+                    }
+                }
                 if t0.elapsed() > Duration::from_secs(60) {
                     break finish(child, Duration::from_secs(0));
                 }
@@ -1085,6 +1107,16 @@ fn interleave_case(
             "the held run ended {:?}/{:?}\n{}",
             r.code, r.signal, r.stderr
         ));
+    }
+    if !in_instant.is_empty() {
+        let undone = read_trace(&ws).iter().any(|(name, _, p)| {
+            (name == "swap.undo" || name == "resync.link-undo") && p == target.as_bytes()
+        });
+        if undone {
+            t.lock().unwrap().instants += in_instant.len();
+        } else {
+            problems.extend(in_instant.into_iter().map(|s| s + " and evac undid no exchange of it"));
+        }
     }
     paths_show_their_content(&ws, &m, "after the held run", &mut problems);
     let mm = m.clone();
@@ -1279,10 +1311,11 @@ fn run_cases(base: &Path, cases: Vec<Case>, t: &Mutex<Tally>) {
 
 fn report(what: &str, t: &Tally, cases: usize, started: Instant) {
     let line = format!(
-        "{what}: {cases} cases, {} reached their point, {} did not; {} saved originals; violations {} (in {:.0?})",
+        "{what}: {cases} cases, {} reached their point, {} did not; {} saved originals; {} reads in the instant of an exchange undone; violations {} (in {:.0?})",
         t.reached,
         t.not_reached,
         t.saved_files,
+        t.instants,
         t.problems.len(),
         started.elapsed()
     );
@@ -1547,6 +1580,82 @@ fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
         resume_to_end(&ws, &mut |_| {}).unwrap();
         let p = final_problems(&ws, &m);
         assert!(p.is_empty(), "rename={rename}:\n{}", p.join("\n"));
+        let _ = std::fs::remove_dir_all(&ws.root);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The instant the README cannot close, held open on purpose: a user replaces a name in the
+/// moment before evac's exchange of it (the swap of a file for its link, or resync's rewrite of
+/// a renamed link). evac swaps the user's new file out, and until its check puts it back, the
+/// path shows the previous content; then the path shows the user's file again, and no copy or
+/// link of evac's is lost. Held at the exchange and at its undo, so
+/// the read between them is certain, not a matter of timing (the enumeration meets it by chance).
+#[test]
+fn a_name_replaced_in_the_instant_of_an_exchange_is_put_back() {
+    let _gate = suite_gate!();
+    let base = base_dir().join("instant");
+    for (exchange, undo) in [
+        ("swap.exchange", "swap.undo"),
+        ("resync.link-exchange", "resync.link-undo"),
+    ] {
+        let ws = Ws::new(&base, exchange);
+        let mut m = Model::default();
+        let first = body("first", 1500);
+        put(&ws, &mut m, "d/f", &first, 0o644, T0);
+        let name = if exchange == "swap.exchange" {
+            "d/f"
+        } else {
+            // A relocated file whose link the user renamed: the next run rewrites it.
+            prelim(&ws);
+            mv(&ws, "d/f", "d/g");
+            renamed(&mut m, "d/f", "d/g");
+            "d/g"
+        };
+        let mut child = spawn(
+            &ws,
+            &first_or_resume(&ws),
+            &[("EVAC_TEST_STEP_PAUSE", format!("{exchange}@1,{undo}@1"))],
+        );
+        assert_eq!(wait_paused(&ws, &mut child, exchange), name, "{exchange}");
+        let theirs = body("theirs", 1111);
+        std::fs::write(ws.s("d/new"), &theirs).unwrap();
+        std::fs::rename(ws.s("d/new"), ws.s(name)).unwrap();
+        let_go(&ws);
+        assert_eq!(wait_paused(&ws, &mut child, undo), name, "{exchange}");
+        assert_eq!(
+            std::fs::read(ws.s(name)).unwrap(),
+            first,
+            "{exchange}: between the exchange and its undo the path shows its previous content"
+        );
+        let_go(&ws);
+        let r = finish(child, Duration::from_secs(30));
+        assert!(
+            r.code == Some(0) || r.code == Some(3),
+            "{exchange}: the held run ended {:?}\n{}",
+            r.code,
+            r.stderr
+        );
+        // (The run may have relocated the user's file since: the path shows it either way.)
+        assert_eq!(
+            std::fs::read(ws.s(name)).unwrap(),
+            theirs,
+            "{exchange}: {name} must show the user's file once the exchange is undone"
+        );
+        m.add(
+            name,
+            Want {
+                data: theirs,
+                mode: None,
+                mtime_ns: None,
+                group: None,
+                sparse: false,
+            },
+        );
+        m.trash_exact = None;
+        resume_to_end(&ws, &mut |_| {}).unwrap();
+        let p = final_problems(&ws, &m);
+        assert!(p.is_empty(), "{exchange}:\n{}", p.join("\n"));
         let _ = std::fs::remove_dir_all(&ws.root);
     }
     let _ = std::fs::remove_dir_all(&base);
