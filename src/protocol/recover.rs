@@ -202,7 +202,9 @@ fn restore_original(
         return Ok(RecoverResult::Pending);
     }
     // Written on both sides (a late write to the original, and through the link to the copy):
-    // the original goes back, the copy is kept in the trash, nothing is destroyed.
+    // the original goes back, the copy is kept in the trash, nothing is destroyed. The copy
+    // moves only once the original is back: until then our link at the path reads through it,
+    // and a user opening the path in between would find nothing.
     let copy_written = state == FileState::Placed
         && name_is_our_link
         && dest_ok
@@ -210,12 +212,18 @@ fn restore_original(
             .as_ref()
             .zip(copied_as)
             .is_some_and(|(st, (_, m))| m != fsx::mtime_ns(st));
-    if copy_written {
-        if let Some(d) = ddir.as_ref() {
-            steps::at(Step::PlaceTrash, path);
-            let _ = to_trash(ctx, d.as_fd(), n, path);
+    let trash_written_copy = || -> Result<()> {
+        if !copy_written || swap_link_names_copy(ctx, j, id, path)? {
+            return Ok(());
         }
-    }
+        if let Some(d) = ddir.as_ref() {
+            if fsx::stat_at(d.as_fd(), n).is_ok_and(|st| Some(st.st_ino) == dest_ino) {
+                steps::at(Step::PlaceTrash, path);
+                let _ = to_trash(ctx, d.as_fd(), n, path);
+            }
+        }
+        Ok(())
+    };
     // The original goes back where the user's path now leads: in place of our link at its name,
     // or wherever the user moved that link (found by the inode and file handle recorded with the
     // placement), never over anything else; with no link left, it is saved beside its name. A
@@ -238,7 +246,11 @@ fn restore_original(
         attic: is_attic,
     };
     steps::at(Step::RecoverRestore, path);
-    match put_back_name(ctx, &e) {
+    let put = put_back_name(ctx, &e);
+    if !matches!(put, PutBack::Stuck(_)) {
+        trash_written_copy()?;
+    }
+    match put {
         PutBack::Restored | PutBack::Dropped => Ok(RecoverResult::Pending),
         PutBack::Followed(to) => {
             j.log(

@@ -1585,6 +1585,141 @@ fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// Race 1 of the correctness issue, at its exact steps (the soak met it once: an append through
+/// a fresh link failed with ENOENT). evac is killed while a writer waits on its lease, so the
+/// append lands in the original moved aside; then the user writes through the link too, to the
+/// copy. Written on both sides: recovery puts the original back and keeps the copy in the
+/// trash. It must not move the copy before the original is back, or the path is for that
+/// moment a link to nothing. Held at each of recovery's two steps, the path must read.
+#[test]
+fn recovery_keeps_a_copy_written_on_both_sides_readable_until_the_original_is_back() {
+    let _gate = suite_gate!();
+    skip_unless_root!(
+        "recovery_keeps_a_copy_written_on_both_sides_readable_until_the_original_is_back",
+        "recovery finds the swap's link by its file handle (open_by_handle_at needs CAP_DAC_READ_SEARCH)"
+    );
+    let base = base_dir().join("both-sides");
+    let ws = Ws::new(&base, "both-sides");
+    let mut m = Model::default();
+    let first = body("both", 1700);
+    put(&ws, &mut m, "d/f", &first, 0o644, T0);
+    let to_original = b"+ appended to the original while evac was down\n";
+    let through_link = b"+ appended through the link\n";
+    let mut child = spawn(
+        &ws,
+        &first_args(&ws),
+        &[(
+            "EVAC_TEST_STEP_PAUSE",
+            "swap.exchange@1,swap.undo@1".to_string(),
+        )],
+    );
+    wait_paused(&ws, &mut child, "swap.exchange");
+    let p = ws.s("d/f");
+    let writer = std::thread::spawn(move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(to_original))
+    });
+    // The writer's open() waits on the lease until evac is gone.
+    std::thread::sleep(Duration::from_millis(100));
+    let_go(&ws);
+    wait_paused(&ws, &mut child, "swap.undo");
+    let _ = child.kill();
+    let _ = child.wait();
+    writer
+        .join()
+        .unwrap()
+        .expect("the append, once the lease went with evac");
+    // The killed run left its pause behind.
+    let _ = std::fs::remove_file(ws.steps.join("paused"));
+    assert!(
+        std::fs::symlink_metadata(ws.s("d/f"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the path must be evac's link while evac is down"
+    );
+    // Through the link the copy is written too (its mtime moves on from the one copied).
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(ws.s("d/f"))
+        .and_then(|mut f| f.write_all(through_link))
+        .unwrap();
+    let mut child = spawn(
+        &ws,
+        &resume_args(&ws),
+        &[(
+            "EVAC_TEST_STEP_PAUSE",
+            "recover.restore@1,place.trash@1".to_string(),
+        )],
+    );
+    let mut held_at = Vec::new();
+    for _ in 0..2 {
+        let t0 = Instant::now();
+        let point = loop {
+            if let Ok(l) = std::fs::read_to_string(ws.steps.join("paused")) {
+                break l.split('\t').next().unwrap_or("").to_string();
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("evac ended ({st:?}) before recovery's steps; held at {held_at:?}");
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "evac never paused");
+            std::thread::sleep(Duration::from_micros(300));
+        };
+        let read = std::fs::read(ws.s("d/f"));
+        assert!(
+            read.is_ok(),
+            "held at {point} (after {held_at:?}): d/f cannot be read: {:?}",
+            read.err()
+        );
+        held_at.push(point);
+        let_go(&ws);
+    }
+    let r = finish(child, Duration::from_secs(30));
+    assert!(
+        r.code == Some(0) || r.code == Some(3),
+        "the recovering run: {:?}\n{}",
+        r.code,
+        r.stderr
+    );
+    assert_eq!(
+        held_at,
+        ["recover.restore", "place.trash"],
+        "the original goes back before the copy goes to the trash"
+    );
+    // The original, with its append, is the file; the copy written through the link is kept.
+    let mut want = first.clone();
+    want.extend_from_slice(to_original);
+    m.add(
+        "d/f",
+        Want {
+            data: want,
+            mode: Some(0o644),
+            mtime_ns: None,
+            group: None,
+            sparse: false,
+        },
+    );
+    let mut kept = first.clone();
+    kept.extend_from_slice(through_link);
+    m.versions.insert(kept.clone());
+    m.trash_exact = None;
+    resume_to_end(&ws, &mut |_| {}).unwrap();
+    let p = final_problems(&ws, &m);
+    assert!(p.is_empty(), "{}", p.join("\n"));
+    let mut in_trash = Vec::new();
+    walk(&ws.dst.join(".evac-trash"), "", &mut in_trash);
+    assert!(
+        in_trash
+            .iter()
+            .any(|(r, _)| rd(&ws.dst.join(".evac-trash").join(r)).ok() == Some(kept.clone())),
+        "the copy written through the link must be kept in the trash: {:?}",
+        in_trash.iter().map(|(r, _)| r).collect::<Vec<_>>()
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// The instant the README cannot close, held open on purpose: a user replaces a name in the
 /// moment before evac's exchange of it (the swap of a file for its link, or resync's rewrite of
 /// a renamed link). evac swaps the user's new file out, and until its check puts it back, the
