@@ -1085,8 +1085,9 @@ fn interleave_case(
                 if let Some(want) = &want_target {
                     match rd(&ws.s(&target)) {
                         Ok(d) if d == *want => {}
-                        Ok(d) if prior.as_ref() == Some(&d) => in_instant
-                            .push(format!("{when}: {target} showed its previous content")),
+                        Ok(d) if prior.as_ref() == Some(&d) => {
+                            in_instant.push(format!("{when}: {target} showed its previous content"))
+                        }
                         Ok(d) => problems.push(format!(
                             "{when}: {target} shows {} bytes where it must show {}",
                             d.len(),
@@ -1115,7 +1116,11 @@ fn interleave_case(
         if undone {
             t.lock().unwrap().instants += in_instant.len();
         } else {
-            problems.extend(in_instant.into_iter().map(|s| s + " and evac undid no exchange of it"));
+            problems.extend(
+                in_instant
+                    .into_iter()
+                    .map(|s| s + " and evac undid no exchange of it"),
+            );
         }
     }
     paths_show_their_content(&ws, &m, "after the held run", &mut problems);

@@ -1685,6 +1685,16 @@ fn lost_records(expected: &[u8], actual: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// The name a saved original `NAME.evac-saved[.K]` was kept beside.
+fn saved_original_of(rel: &[u8]) -> Option<Vec<u8>> {
+    let mark = b".evac-saved";
+    let at = rel.windows(mark.len()).rposition(|w| w == mark)?;
+    let rest = &rel[at + mark.len()..];
+    let numbered = rest.is_empty()
+        || (rest.len() > 1 && rest[0] == b'.' && rest[1..].iter().all(u8::is_ascii_digit));
+    numbered.then(|| rel[..at].to_vec())
+}
+
 fn first_diff(a: &[u8], b: &[u8]) -> usize {
     a.iter()
         .zip(b)
@@ -1704,6 +1714,7 @@ struct Figures {
     stale_relocated: usize,
     orphans_known: usize,
     trash: usize,
+    saved: usize,
 }
 
 /// The final oracle, after the last run exited 0 with the writers stopped.
@@ -1843,7 +1854,34 @@ fn final_oracle(before: &Manifest, ctx: &Ctx, p: &mut Problems, fig: &mut Figure
     let mut renamed_targets: BTreeSet<Vec<u8>> = BTreeSet::new();
     for (rel, (kind, _)) in source_entries(&ctx.src) {
         // (names the users removed that are back are reported above)
-        let known = before.get(&rel).is_some() || owner.contains_key(rel.as_slice());
+        let mut known = before.get(&rel).is_some() || owner.contains_key(rel.as_slice());
+        if !known {
+            if let Some(w) = saved_original_of(&rel).and_then(|b| owner.get(b.as_slice())) {
+                // Recovery kept an original whose link a user had removed or replaced (the
+                // README's `NAME.evac-saved`): the user's data, relocated as a file of its own.
+                // It must hold nothing but whole records of the writer of that name.
+                known = true;
+                fig.saved += 1;
+                let data = std::fs::read(path_of(&ctx.src, &rel)).unwrap_or_default();
+                let tag = format!("{}.", w.id);
+                let whole = !data.is_empty()
+                    && data.ends_with(b"\n")
+                    && data[..data.len() - 1]
+                        .split(|b| *b == b'\n')
+                        .all(|l| l.starts_with(tag.as_bytes()) && l.contains(&b':'));
+                if !whole {
+                    p.add(
+                        "a saved original holds something its writer did not write",
+                        format!(
+                            "{}: {}\n{}",
+                            esc(&rel),
+                            describe(Some(&data)),
+                            detail(ctx, &rel)
+                        ),
+                    );
+                }
+            }
+        }
         if is_evac_temp(basename(&rel)) {
             p.add(
                 "leftover temporaries",
@@ -2167,7 +2205,7 @@ fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &s
     eprintln!(
         "{name} FIGURES: writes performed {}, writes lost {}, writer open()s {} (max {:.1} ms, {} over 100 ms), writer live read-backs {}, {extra}; \
          renamed links left pointing at the old DEST name {}, DEST copies of removed names outside the trash {}, \
-         journal entries still 'relocated' for names users removed {}, files in .evac-trash {}",
+         journal entries still 'relocated' for names users removed {}, files in .evac-trash {}, saved originals {}",
         fig.writes,
         fig.lost,
         fig.opens,
@@ -2177,7 +2215,8 @@ fn print_and_judge(name: &str, ctx: &Ctx, fig: &Figures, p: &Problems, extra: &s
         fig.renamed_links,
         fig.orphans_known,
         fig.stale_relocated,
-        fig.trash
+        fig.trash,
+        fig.saved
     );
     for w in &ctx.results {
         eprintln!("  writer {} ({}): {:?}", w.id, w.role, w.stats);
