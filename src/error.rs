@@ -2,20 +2,28 @@
 
 use std::path::PathBuf;
 
+/// Every error evac reports: what it was doing, on what, and why.
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     /// A filesystem operation on one path failed.
     #[error("{op} {}: {source}", crate::util::escape::quoted(path))]
     Io {
+        /// The operation, as a verb phrase ("open the SOURCE directory of").
         op: &'static str,
+        /// The path, raw bytes (escaped when shown).
         path: Vec<u8>,
+        /// The system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The journal could not be read or written.
     #[error("journal {}: {op}: {msg}", crate::util::escape::quoted(path.as_os_str().as_encoded_bytes()))]
     Journal {
+        /// The journal's file.
         path: PathBuf,
+        /// What evac was doing with it.
         op: &'static str,
+        /// SQLite's message.
         msg: String,
     },
     /// The run cannot start: bad arguments, a journal that does not fit, and the like.
@@ -23,12 +31,19 @@ pub enum Error {
     Setup(String),
     /// Another run holds the journal.
     #[error("journal {} is in use by another evac run (pid {pid}); wait for it or stop it", crate::util::escape::quoted(path.as_os_str().as_encoded_bytes()))]
-    Locked { path: PathBuf, pid: String },
+    Locked {
+        /// The journal's file.
+        path: PathBuf,
+        /// The process that holds it, as its lock file says.
+        pid: String,
+    },
 }
 
+/// evac's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A failed filesystem operation on `path`.
     pub fn io(op: &'static str, path: &[u8], source: std::io::Error) -> Error {
         Error::Io {
             op,
@@ -46,17 +61,18 @@ impl Error {
         }
     }
 
-    /// Process exit code for this error (DESIGN.md: 5 = journal held, 1 = everything else).
+    /// Process exit code for this error (README, "Exit codes": 5 = journal held, 1 = everything else).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Locked { .. } => 5,
-            _ => 1,
+            Error::Locked { .. } => crate::util::exit::EXIT_LOCKED,
+            _ => crate::util::exit::EXIT_ERROR,
         }
     }
 }
 
 /// Attach an operation and a path to an io::Result.
 pub trait IoContext<T> {
+    /// The error, if any, as an `Error::Io` naming `op` and `path`.
     fn ctx(self, op: &'static str, path: &[u8]) -> Result<T>;
 }
 

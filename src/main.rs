@@ -1,7 +1,4 @@
-//! The `evac` binary: parse the command line, call the library, turn errors into exit codes.
-
-use clap::Parser as _;
-use evac::cli::Cli;
+//! The `evac` binary: `evac::cli::main` does the work (and `evac hsm-sim` runs the simulator).
 
 /// The simulated HSM of `src/bin/evac-hsm-sim.rs`, also reachable as `evac hsm-sim …` so that
 /// `evac demo` finds it in the binary it runs from.
@@ -18,27 +15,5 @@ fn main() {
             std::iter::once(std::ffi::OsString::from("evac hsm-sim")).chain(rest),
         ));
     }
-    // Usage errors exit 1 like every other error (DESIGN.md exit codes), not clap's 2.
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
-    };
-    evac::ui::install();
-    let args_text = std::env::args_os()
-        .skip(1)
-        .map(|a| evac::util::escape::escape(a.as_encoded_bytes()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let result = evac::cli::dispatch::dispatch(cli, args_text);
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            evac::ui::err(format!("evac: error: {e}"));
-            std::process::exit(e.exit_code());
-        }
-    }
+    std::process::exit(evac::cli::main());
 }

@@ -10,8 +10,8 @@ use crate::fingerprint::matching::*;
 use crate::fingerprint::{hashing, index, leftovers, output};
 use crate::ui::fingerprint as ui;
 
-pub use hashing::{check_content, known_hashes, parse_checksum, Algo, Check, Hashes};
-pub use output::{iso_time, Format};
+pub use hashing::Hashes;
+pub use output::Format;
 
 use crate::error::{Error, Result};
 use crate::fingerprint::stats::Stats;

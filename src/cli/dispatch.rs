@@ -5,6 +5,40 @@
 use super::{Cli, Command, HsmCommand};
 use crate::engine::RunOpts;
 use crate::error::Result;
+use clap::{error::ErrorKind, Parser as _};
+
+/// The whole command line, from the process's arguments to its exit status: parse, install
+/// the terminal, run the command, and turn an error into its message and exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Usage errors exit 1 like every other error (README "Exit codes"), not clap's 2;
+            // --help and --version are answers, not errors: stdout, exit 0.
+            let text = e.render().to_string();
+            return if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                crate::ui::out(text.trim_end());
+                0
+            } else {
+                crate::ui::err(text.trim_end());
+                1
+            };
+        }
+    };
+    crate::ui::install();
+    let args_text = std::env::args_os()
+        .skip(1)
+        .map(|a| crate::util::escape::escape(a.as_encoded_bytes()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    match dispatch(cli, args_text) {
+        Ok(code) => code,
+        Err(e) => {
+            crate::ui::err(format!("evac: error: {e}"));
+            e.exit_code()
+        }
+    }
+}
 
 /// Run the command `cli` names. `args_text` is the command line as the journal records it.
 pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {

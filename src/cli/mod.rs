@@ -2,6 +2,8 @@
 
 pub mod dispatch;
 
+pub use dispatch::main;
+
 use crate::util::units::parse_bytes;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -13,11 +15,14 @@ use std::path::PathBuf;
     about = "Move a live filesystem to new storage, replacing each file with a symlink to its durable copy",
     long_about = None
 )]
+/// evac's command line (`about` above is what `--help` shows).
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// evac's commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Relocate SOURCE to DEST (or resume the run recorded in the journal).
@@ -56,8 +61,10 @@ pub enum Command {
     Recover(RecoverArgs),
 }
 
+/// The arguments of `evac recover`.
 #[derive(Args, Debug)]
 pub struct RecoverArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// The leftover: absolute under SOURCE, or relative to it.
@@ -77,14 +84,18 @@ pub struct RecoverArgs {
     pub workers: Option<usize>,
 }
 
+/// The arguments of `evac pause` and `evac resume`.
 #[derive(Args, Debug)]
 pub struct ControlArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
 }
 
+/// The arguments of `evac throttle`.
 #[derive(Args, Debug)]
 pub struct ThrottleArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// New --bwlimit: a rate, a timetable, or `off`.
@@ -96,12 +107,15 @@ pub struct ThrottleArgs {
     /// Most copy workers active at once (at most the run's --workers; 0: all of them).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// The load governor's settings.
     #[command(flatten)]
     pub governor: GovernorArgs,
 }
 
+/// The arguments of `evac stage`.
 #[derive(Args, Debug)]
 pub struct StageArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// Batches (one volume each) staged at once: the tape drives evac may keep busy.
@@ -139,6 +153,7 @@ pub struct StageArgs {
     /// Try again the files earlier runs gave up on (once the HSM is repaired).
     #[arg(long)]
     pub retry_leftovers: bool,
+    /// No progress output; START/FINISH and errors only.
     #[arg(long, short)]
     pub quiet: bool,
     /// The stage command and its arguments (last on the command line: everything after it is
@@ -147,6 +162,7 @@ pub struct StageArgs {
     pub stage_cmd: Vec<std::ffi::OsString>,
 }
 
+/// `evac hsm …`.
 #[derive(Subcommand, Debug)]
 pub enum HsmCommand {
     /// Import the HSM's listing of the files it manages (state, tier, volume, position, size,
@@ -156,8 +172,10 @@ pub enum HsmCommand {
     Import(HsmImportArgs),
 }
 
+/// The arguments of `evac hsm import`.
 #[derive(Args, Debug)]
 pub struct HsmImportArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// tsv (evac's own: path, state, tier, volume, position, size, checksum, tab-separated,
@@ -175,6 +193,7 @@ pub struct HsmImportArgs {
     pub listing: PathBuf,
 }
 
+/// The arguments of `evac run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The old tree. Omit SOURCE and DEST to resume from the journal.
@@ -246,6 +265,7 @@ pub struct RunArgs {
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,
+    /// The load governor's settings.
     #[command(flatten)]
     pub governor: GovernorArgs,
     /// Write each governor tick (signals, workers allowed, rate) to FILE, tab-separated.
@@ -317,8 +337,10 @@ fn on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// The arguments of `evac status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// Machine-readable output.
@@ -333,8 +355,10 @@ pub struct StatusArgs {
     pub null: bool,
 }
 
+/// The arguments of `evac verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// Machine-readable output.
@@ -345,6 +369,7 @@ pub struct VerifyArgs {
     pub workers: Option<usize>,
 }
 
+/// The arguments of `evac holders`.
 #[derive(Args, Debug)]
 pub struct HoldersArgs {
     /// The tree to look at (the old tree; a relocated file's link there does not count, the
@@ -358,6 +383,7 @@ pub struct HoldersArgs {
     pub null: bool,
 }
 
+/// The arguments of `evac demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Build the demo under this directory instead of a new temporary one.
@@ -375,8 +401,10 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The arguments of `evac fingerprint`.
 #[derive(Args, Debug)]
 pub struct FingerprintArgs {
+    /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
     /// A directory to look for copies in (repeatable): backup restores, an old snapshot, files

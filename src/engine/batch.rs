@@ -71,7 +71,7 @@ impl Runner {
         }
     }
 
-    /// Durability, placement and swap for a batch of copies (DESIGN.md per-file protocol 4–6).
+    /// Durability, placement and swap for a batch of copies (the per-file protocol's durability, placement and swap steps: see `protocol`).
     /// One syncfs per batch: it makes this batch's data durable and, with it, the previous
     /// batch's DEST names, so the previous batch's originals are removed right after it.
     pub(super) fn commit_batch(&mut self) -> Result<()> {

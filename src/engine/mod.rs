@@ -6,7 +6,7 @@
 #![allow(clippy::vec_box)]
 
 use crate::error::{Error, IoContext, Result};
-use crate::journal::{self, Cause, FileRec, FileState, Journal, Kind, Next, Plan, Why};
+use crate::journal::{self, Cause, FileRec, FileState, Journal, Kind, Plan, Why};
 use crate::protocol::{self, Copied, Ctx, Job, Outcome, RecoverResult, Swap};
 use crate::sys::busy::{self, Mapped};
 use crate::sys::fsx;

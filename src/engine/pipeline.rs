@@ -95,7 +95,7 @@ impl Runner {
                                     link_prefix.clone()
                                 };
                                 // What to copy is read back from the journal below.
-                                let _: Next = self.j.observe(&s, self.run_id, &target)?;
+                                self.j.observe(&s, self.run_id, &target)?;
                             }
                             WalkMsg::Error { path, op, err } => {
                                 self.walk_errors += 1;
@@ -176,7 +176,7 @@ impl Runner {
                 }
                 self.batch.push(c);
             }
-            Outcome::Deferred(_, why) => {
+            Outcome::Deferred(why) => {
                 Stats::add(&self.stats.deferred, ids.len() as u64);
                 self.forget(&ids);
                 self.to_record
@@ -191,13 +191,13 @@ impl Runner {
                     .outcomes
                     .push((ids, FileState::Failed, Some(why)));
             }
-            Outcome::StagedOut(_, why) => {
+            Outcome::StagedOut(why) => {
                 self.forget(&ids);
                 self.to_record
                     .outcomes
                     .push((ids, FileState::StagedOut, Some(why)));
             }
-            Outcome::Gone(_) => {
+            Outcome::Gone => {
                 self.forget(&ids);
                 self.to_record.outcomes.push((
                     ids,
@@ -208,7 +208,7 @@ impl Runner {
                     )),
                 ));
             }
-            Outcome::Aborted(_) => {
+            Outcome::Aborted => {
                 self.forget(&ids);
                 self.to_record
                     .outcomes

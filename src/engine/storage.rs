@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Exit code of a run that ended because storage stopped answering (DESIGN.md: 1, fatal I/O).
+/// Exit code of a run that ended because storage stopped answering (1, as for any fatal I/O error: README, "Exit codes").
 pub const EXIT_STORAGE: i32 = 1;
 
 /// Reasons for files held up by storage that does not answer start with this.
@@ -172,7 +172,7 @@ fn work(
         let ids: Vec<i64> = job.names.iter().map(|r| r.id).collect();
         if shared.is_full() {
             // Not one more try against a full DEST: each would fail the same way.
-            let out = Outcome::Deferred(job, faults::not_attempted_full());
+            let out = Outcome::Deferred(faults::not_attempted_full());
             if tx.send((ids, out)).is_err() {
                 return;
             }
@@ -191,7 +191,7 @@ fn work(
             return;
         }
         shared.completed.fetch_add(1, Ordering::SeqCst);
-        if let Outcome::Deferred(_, why) = &out {
+        if let Outcome::Deferred(why) = &out {
             if why.cause == Cause::DestFull {
                 shared.set_full(&why.text);
             }
@@ -317,10 +317,7 @@ impl Runner {
             self.storage.gave_up.insert(*id, why.clone());
         }
         // The job itself stays with the blocked worker; a deferral needs only its ids.
-        self.take((
-            ids,
-            Outcome::Deferred(Job { names: Vec::new() }, Why::new(Cause::Abandoned, why)),
-        ));
+        self.take((ids, Outcome::Deferred(Why::new(Cause::Abandoned, why))));
         let done = self.storage.shared.completed.load(Ordering::SeqCst);
         if done != self.storage.completed_mark {
             self.storage.completed_mark = done;
@@ -361,7 +358,7 @@ impl Runner {
         );
         while let Ok(job) = self.chan.job_rx.try_recv() {
             let ids = job.names.iter().map(|r| r.id).collect();
-            self.take((ids, Outcome::Deferred(job, untried.clone())));
+            self.take((ids, Outcome::Deferred(untried.clone())));
         }
         Ok(())
     }

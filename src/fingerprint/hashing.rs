@@ -254,17 +254,6 @@ pub fn advise_done(fd: BorrowedFd<'_>) {
     let _ = rustix::fs::fadvise(fd, 0, None, rustix::fs::Advice::DontNeed);
 }
 
-/// What a candidate's content says against a leftover's fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// Equal by this algorithm.
-    Equal(Algo),
-    /// Different by this algorithm (or of another size): not the leftover's data.
-    Differs(Algo),
-    /// The fingerprint has no content hash to compare with.
-    Unknown,
-}
-
 /// The content hashes a leftover's fingerprint holds: the blake3 read from SOURCE, and the
 /// HSM listing's checksum when evac can compute its algorithm.
 pub fn known_hashes(l: &FpLeftover) -> Vec<(Algo, Vec<u8>)> {
@@ -278,27 +267,6 @@ pub fn known_hashes(l: &FpLeftover) -> Vec<(Algo, Vec<u8>)> {
         }
     }
     v
-}
-
-/// Read all of `fd` (a candidate opened with `open_candidate`, `size` bytes) and compare it
-/// with what `l`'s fingerprint knows of the leftover's content (for `evac recover`).
-pub fn check_content(fd: BorrowedFd<'_>, size: u64, l: &FpLeftover) -> io::Result<Check> {
-    let known = known_hashes(l);
-    let Some(first) = known.first() else {
-        return Ok(Check::Unknown);
-    };
-    if size != l.size {
-        return Ok(Check::Differs(first.0));
-    }
-    let algos: Vec<Algo> = known.iter().map(|k| k.0).collect();
-    let mut buf = vec![0u8; 1 << 20];
-    let h = full(fd, size, &algos, &mut buf, &mut |_| {})?;
-    for (a, want) in &known {
-        if h.get(*a) == Some(want.as_slice()) {
-            return Ok(Check::Equal(*a));
-        }
-    }
-    Ok(Check::Differs(first.0))
 }
 
 #[cfg(test)]

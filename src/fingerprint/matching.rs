@@ -33,16 +33,6 @@ impl Confidence {
             Confidence::Exact => "exact",
         }
     }
-
-    pub fn parse(s: &str) -> Option<Confidence> {
-        Some(match s {
-            "none" => Confidence::None,
-            "weak" => Confidence::Weak,
-            "probable" => Confidence::Probable,
-            "exact" => Confidence::Exact,
-            _ => return None,
-        })
-    }
 }
 
 /// What one candidate is to one leftover.

@@ -18,11 +18,19 @@ pub enum Mode {
     /// Size above zero with no data blocks allocated is a stub.
     Blocks,
     /// An attribute with this value marks a stub.
-    Xattr { name: String, value: Vec<u8> },
+    Xattr {
+        /// The attribute's name (`user.…`, `trusted.…`).
+        name: String,
+        /// The value that marks a stub.
+        value: Vec<u8>,
+    },
     /// Lustre's binary `trusted.hsm` attribute.
     Lustre,
     /// An operator's program answers, in batches.
-    Cmd { program: String },
+    Cmd {
+        /// The program and its arguments, as given to `--hsm cmd:`.
+        program: String,
+    },
 }
 
 impl std::str::FromStr for Mode {
@@ -68,6 +76,7 @@ impl std::str::FromStr for Mode {
 /// A file's HSM state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// The data is on disk: relocated like any file.
     Resident,
     /// Data on disk and on the lower tier: relocated as resident.
     Premigrated,
@@ -83,7 +92,9 @@ pub enum State {
 /// A state and the rule that gave it (for the journal's reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classified {
+    /// The state.
     pub state: State,
+    /// Which rule said so, for the journal (empty for resident files).
     pub why: String,
 }
 
@@ -95,6 +106,7 @@ impl Classified {
         }
     }
 
+    /// A state that could not be told, with the reason.
     pub fn unknown(err: &str) -> Classified {
         Classified {
             state: State::Unknown,
@@ -374,10 +386,16 @@ mod tests {
 pub struct Record {
     /// As written in the listing: absolute, or relative to the listing's root.
     pub path: Vec<u8>,
+    /// The HSM's state of the file.
     pub state: State,
+    /// The storage tier holding the data (lower is faster), if the listing says.
     pub tier: Option<i64>,
+    /// The tape or volume holding the data: recalls are grouped by it.
     pub volume: Option<String>,
+    /// The position on that volume: recalls are ordered by it.
     pub position: Option<i64>,
+    /// The file's size as the HSM knows it.
     pub size: Option<i64>,
+    /// The HSM's checksum of the data (`algo:hex`), if it keeps one.
     pub checksum: Option<String>,
 }

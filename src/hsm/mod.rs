@@ -2,5 +2,5 @@
 //! (import), and phase 2's recalls in tape order (stage).
 
 pub mod detect;
-pub mod import;
-pub mod stage;
+pub(crate) mod import;
+pub(crate) mod stage;

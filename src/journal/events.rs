@@ -14,18 +14,6 @@ impl Journal {
         Ok(())
     }
 
-    pub fn log_lines(&self, limit: i64) -> Result<Vec<(f64, String, String)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT at, level, message FROM (SELECT * FROM log ORDER BY id DESC LIMIT ?1) ORDER BY id")
-            .map_err(self.e("read log"))?;
-        let rows = st
-            .query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.e("read log"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(self.e("read log"))
-    }
-
     pub fn event(&self, id: i64, run: Option<i64>, event: &str, detail: &str) -> Result<()> {
         self.conn
             .prepare_cached(

@@ -40,22 +40,6 @@ pub enum Kind {
     Reserved,
 }
 
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::File => "file",
-            Kind::Dir => "dir",
-            Kind::Symlink => "symlink",
-            Kind::Fifo => "fifo",
-            Kind::Socket => "socket",
-            Kind::CharDev => "chardev",
-            Kind::BlockDev => "blockdev",
-            Kind::MountPoint => "mountpoint",
-            Kind::Reserved => "reserved",
-        }
-    }
-}
-
 /// One regular file as the journal knows it, enough to relocate it.
 #[derive(Debug, Clone)]
 pub struct FileRec {
@@ -64,23 +48,10 @@ pub struct FileRec {
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub version: i64,
     /// The DEST inode of evac's latest copy of this path (it may replace it).
     pub dest_ino: Option<u64>,
     /// The DEST inode the source link last pointed to (kept in the trash, never overwritten).
     pub linked_ino: Option<u64>,
-}
-
-/// What the coordinator should do after recording an observation.
-#[derive(Debug)]
-pub enum Next {
-    Nothing,
-    Relocate(FileRec),
-    /// A hard-linked file: relocated with all its names once the walk is complete.
-    HardLinkLater,
 }
 
 /// A relocated file as verify needs it.
@@ -101,7 +72,7 @@ pub type StateInos = (FileState, Option<u64>, Option<u64>);
 
 impl Journal {
     /// Record what the walker saw at a path and decide what to do with it.
-    pub fn observe(&self, s: &Seen, run: i64, link_target: &[u8]) -> Result<Next> {
+    pub fn observe(&self, s: &Seen, run: i64, link_target: &[u8]) -> Result<()> {
         if s.kind == Kind::Dir {
             self.conn
                 .prepare_cached(
@@ -123,25 +94,16 @@ impl Journal {
                     ])
                 })
                 .map_err(self.e("record directory"))?;
-            return Ok(Next::Nothing);
+            return Ok(());
         }
-        type Prior = (
-            i64,
-            FileState,
-            i64,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        );
+        // id, state, version, ino, ctime_ns
+        type Prior = (i64, FileState, i64, Option<i64>, Option<i64>);
         let prior: Option<Prior> = self
             .conn
-            .prepare_cached(
-                "SELECT id, state, version, dest_ino, linked_ino, ino, ctime_ns FROM files WHERE path = ?1",
-            )
+            .prepare_cached("SELECT id, state, version, ino, ctime_ns FROM files WHERE path = ?1")
             .and_then(|mut st| {
                 st.query_row([&s.path], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .optional()
             })
@@ -226,10 +188,9 @@ impl Journal {
                         ])
                     })
                     .map_err(self.e("record file"))?;
-                let id = self.conn.last_insert_rowid();
-                Ok(self.next_for(s, id, 1, (None, None), state))
+                Ok(())
             }
-            Some((id, pstate, version, dest_ino, linked_ino, pino, pctime)) => {
+            Some((id, pstate, version, pino, pctime)) => {
                 // The walk's stat may be older than what the copy workers did since: a file in
                 // flight is theirs to settle, and a regular file that is the very inode evac
                 // relocated (unchanged since) is that stale stat, not a new file.
@@ -251,7 +212,7 @@ impl Journal {
                             st.execute(params![id, run, already_linked, s.ino as i64])
                         })
                         .map_err(self.e("record file"))?;
-                    return Ok(Next::Nothing);
+                    return Ok(());
                 }
                 // A regular file where our link was: the user replaced it; a new version.
                 let reappeared = s.kind == Kind::File && pstate == FileState::Relocated;
@@ -290,44 +251,9 @@ impl Journal {
                         "a regular file replaced the link; relocating it as a new version",
                     )?;
                 }
-                Ok(self.next_for(
-                    s,
-                    id,
-                    version,
-                    (dest_ino.map(|d| d as u64), linked_ino.map(|d| d as u64)),
-                    state,
-                ))
+                Ok(())
             }
         }
-    }
-
-    pub(super) fn next_for(
-        &self,
-        s: &Seen,
-        id: i64,
-        version: i64,
-        (dest_ino, linked_ino): (Option<u64>, Option<u64>),
-        state: FileState,
-    ) -> Next {
-        if state != FileState::Pending {
-            return Next::Nothing;
-        }
-        if s.nlink > 1 {
-            return Next::HardLinkLater;
-        }
-        Next::Relocate(FileRec {
-            id,
-            path: s.path.clone(),
-            dev: s.dev,
-            ino: s.ino,
-            nlink: s.nlink,
-            size: s.size,
-            mtime_ns: s.mtime_ns,
-            ctime_ns: s.ctime_ns,
-            version,
-            dest_ino,
-            linked_ino,
-        })
     }
 
     /// After a complete walk: files that were waiting but are no longer there.
@@ -351,17 +277,12 @@ impl Journal {
             dev: r.get::<_, i64>(2)? as u64,
             ino: r.get::<_, i64>(3)? as u64,
             nlink: r.get::<_, i64>(4)? as u64,
-            size: r.get::<_, i64>(5)? as u64,
-            mtime_ns: r.get(6)?,
-            ctime_ns: r.get(7)?,
-            version: r.get(8)?,
-            dest_ino: r.get::<_, Option<i64>>(9)?.map(|d| d as u64),
-            linked_ino: r.get::<_, Option<i64>>(10)?.map(|d| d as u64),
+            dest_ino: r.get::<_, Option<i64>>(5)?.map(|d| d as u64),
+            linked_ino: r.get::<_, Option<i64>>(6)?.map(|d| d as u64),
         })
     }
 
-    pub(super) const REC_COLS: &'static str =
-        "id, path, dev, ino, nlink, size, mtime_ns, ctime_ns, version, dest_ino, linked_ino";
+    pub(super) const REC_COLS: &'static str = "id, path, dev, ino, nlink, dest_ino, linked_ino";
 
     /// Pending hard-linked files, grouped by inode (consecutive rows share dev/ino), after `after`.
     pub fn hardlink_pending(&self, after: (i64, i64), limit: i64) -> Result<Vec<FileRec>> {

@@ -411,6 +411,7 @@ impl Journal {
             .map_err(self.e("read fingerprint runs"))
     }
 
+    #[cfg(test)]
     /// Every leftover of the last complete run, path order.
     pub fn fp_leftovers(&self) -> Result<Vec<FpLeftover>> {
         let mut st = self
@@ -438,6 +439,7 @@ impl Journal {
             .map_err(self.e("read fingerprints"))
     }
 
+    #[cfg(test)]
     /// A leftover's candidates, best first.
     pub fn fp_matches(&self, leftover: &[u8]) -> Result<Vec<FpMatch>> {
         let mut st = self

@@ -8,11 +8,9 @@ pub struct StageRow {
     pub path: Vec<u8>,
     pub tier: Option<i64>,
     pub volume: Option<String>,
-    pub position: Option<i64>,
     pub size: u64,
     pub file_id: Option<i64>,
     pub file_state: Option<FileState>,
-    pub stage_state: Option<String>,
     pub tries: i64,
     pub after: Option<f64>,
 }
@@ -115,11 +113,9 @@ impl Journal {
                     path: r.get(0)?,
                     tier: r.get(1)?,
                     volume: r.get(2)?,
-                    position: r.get(3)?,
                     size: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
                     file_id: r.get(5)?,
                     file_state: r.get(6)?,
-                    stage_state: r.get(7)?,
                     tries: r.get(8)?,
                     after: r.get(9)?,
                 })

@@ -23,7 +23,6 @@ pub use hsm::*;
 pub use resync::*;
 pub use runs::*;
 pub use state::*;
-pub use status::*;
 
 /// Migrations, embedded and applied in order; `user_version` holds how many have been applied.
 pub const MIGRATIONS: &[(&str, &str)] = &[
@@ -297,3 +296,6 @@ pub fn bytes_path(b: Vec<u8>) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     PathBuf::from(std::ffi::OsString::from_vec(b))
 }
+
+#[cfg(test)]
+mod tests;

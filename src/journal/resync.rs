@@ -52,7 +52,6 @@ pub struct PathRow {
     pub kind: String,
     pub seen_run: Option<i64>,
     pub version: i64,
-    pub dest_ino: Option<u64>,
     pub linked_ino: Option<u64>,
     pub copy: CopyMeta,
     /// The last run whose walk saw this path's own link.
@@ -160,7 +159,6 @@ impl Journal {
             kind: r.get(3)?,
             seen_run: r.get(4)?,
             version: r.get(5)?,
-            dest_ino: r.get::<_, Option<i64>>(6)?.map(|d| d as u64),
             linked_ino: r.get::<_, Option<i64>>(7)?.map(|d| d as u64),
             copy: CopyMeta::from_row(r, 8)?,
             link_seen_run: r.get(16)?,

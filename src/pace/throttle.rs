@@ -217,10 +217,6 @@ const BURST: Duration = Duration::from_millis(100);
 const GOVERNED_CHUNK: usize = 512 << 10;
 
 impl Limiter {
-    pub fn new(bw: Schedule, files_per_sec: Option<f64>) -> Limiter {
-        Limiter::with_windows(bw, files_per_sec, Vec::new())
-    }
-
     pub fn with_windows(bw: Schedule, files_per_sec: Option<f64>, windows: Vec<Window>) -> Limiter {
         let now = Instant::now();
         Limiter {
@@ -351,10 +347,6 @@ impl Limiter {
             std::thread::sleep(Duration::from_millis(20));
         }
         true
-    }
-
-    pub fn unlimited() -> Limiter {
-        Limiter::new(Schedule::unlimited(), None)
     }
 
     /// Wait until `n` more bytes may be read. Returns false (at once) if `go_on` says stop.

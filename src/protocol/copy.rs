@@ -21,17 +21,15 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
         match copy_once(ctx, &job, buf) {
             Ok(Attempt::Done(c)) => return Outcome::Copied(c),
             Ok(Attempt::Retry(why)) => last = why,
-            Ok(Attempt::Defer(why)) => return Outcome::Deferred(job, why),
-            Ok(Attempt::StagedOut(why)) => {
-                return Outcome::StagedOut(job, Why::new(Cause::Hsm, why))
-            }
-            Ok(Attempt::Gone) => return Outcome::Gone(job),
-            Ok(Attempt::Aborted) => return Outcome::Aborted(job),
+            Ok(Attempt::Defer(why)) => return Outcome::Deferred(why),
+            Ok(Attempt::StagedOut(why)) => return Outcome::StagedOut(Why::new(Cause::Hsm, why)),
+            Ok(Attempt::Gone) => return Outcome::Gone,
+            Ok(Attempt::Aborted) => return Outcome::Aborted,
             Ok(Attempt::Fail(why)) => return Outcome::Failed(job, Why::new(Cause::Recovery, why)),
             Err(e) => return crate::protocol::faults::copy_failed(job, &e),
         }
     }
-    Outcome::Deferred(job, Why::new(Cause::Changed, last))
+    Outcome::Deferred(Why::new(Cause::Changed, last))
 }
 
 enum Attempt {

@@ -45,7 +45,7 @@ pub fn copy_failed(job: Job, e: &Error) -> Outcome {
         _ => None,
     };
     match full {
-        Some(why) => Outcome::Deferred(job, why),
+        Some(why) => Outcome::Deferred(why),
         None => Outcome::Failed(job, Why::new(Cause::Error, e.reason())),
     }
 }
@@ -148,7 +148,7 @@ mod tests {
         let job = || Job { names: Vec::new() };
         let out = copy_failed(job(), &Error::io("write DEST", b"a", e));
         assert!(
-            matches!(out, Outcome::Deferred(_, w) if w.cause == Cause::DestFull && w.text.starts_with(DEST_FULL))
+            matches!(out, Outcome::Deferred(w) if w.cause == Cause::DestFull && w.text.starts_with(DEST_FULL))
         );
         let place =
             PlaceFault::io("place the copy at DEST")(io::Error::from_raw_os_error(libc::ENOSPC));
@@ -157,7 +157,7 @@ mod tests {
         let q = io::Error::from_raw_os_error(libc::EDQUOT);
         let out = copy_failed(job(), &Error::io("write DEST", b"a", q));
         assert!(
-            matches!(out, Outcome::Deferred(_, w) if w.cause == Cause::DestQuota && w.text.starts_with(DEST_FULL))
+            matches!(out, Outcome::Deferred(w) if w.cause == Cause::DestQuota && w.text.starts_with(DEST_FULL))
         );
         let other = io::Error::from_raw_os_error(libc::EIO);
         let place = PlaceFault::io("place the copy at DEST")(other);

@@ -61,7 +61,7 @@ mod recover;
 mod swap;
 
 pub use copy::copy_job;
-pub use faults::{PlaceFault, CONFLICT};
+pub use faults::PlaceFault;
 pub use place::{discard, extra_name_at_dest, place, remove_dest_name};
 pub use recover::{drop_held, recover, RecoverResult};
 pub use swap::{finish, make_links, put_back_reason, swap, unswap, PutBack, Swap, SwapShared};
@@ -235,16 +235,21 @@ impl Copied {
     }
 }
 
+/// What became of one copy attempt (the engine knows the job's ids; only a failure hands the
+/// job back, for its names in the message).
 pub enum Outcome {
+    /// Copied and durable-to-be: on to placement and the swap.
     Copied(Box<Copied>),
-    Deferred(Job, Why),
+    /// Left for a later round or run, with the cause.
+    Deferred(Why),
+    /// Given up on, with the cause.
     Failed(Job, Why),
     /// An HSM stub found at copy time (released since the walk, or during the copy).
-    StagedOut(Job, Why),
+    StagedOut(Why),
     /// The path is no longer a regular file in SOURCE.
-    Gone(Job),
+    Gone,
     /// Stopped before it finished; back to pending.
-    Aborted(Job),
+    Aborted,
 }
 
 /// Why a file a process runs or has mapped is left (evac would pull the pages from under it).

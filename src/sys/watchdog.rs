@@ -59,12 +59,6 @@ impl Stall {
         }
     }
 
-    /// Forget what was seen (the thread has moved on to other work).
-    pub fn reset(&mut self) {
-        self.seen = None;
-        self.since = Instant::now();
-    }
-
     /// Look again; returns how long the thread has been blocked in the call it is in now (zero
     /// if it is running, or has been woken since the last look).
     pub fn poll(&mut self) -> Duration {

@@ -54,11 +54,6 @@ impl Ui {
         self.tx.clone()
     }
 
-    /// A line for the operator (errors, notes); printed above the bars.
-    pub fn message(&self, line: String) {
-        let _ = self.tx.send(line);
-    }
-
     pub fn finish(self) {}
 }
 

@@ -1,4 +1,4 @@
-//! The exit codes of the operator's interface (DESIGN.md, "The operator's interface").
+//! The exit codes of the operator's interface (the README lists them under "Exit codes").
 
 /// Everything eligible is done.
 pub const EXIT_OK: i32 = 0;

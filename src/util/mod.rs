@@ -1,8 +1,8 @@
 //! Helpers every layer may use: escaping of byte strings for people, time and
 //! calendar, byte units, exit codes.
 
-pub mod escape;
-pub mod exit;
-pub mod notice;
+pub(crate) mod escape;
+pub(crate) mod exit;
+pub(crate) mod notice;
 pub mod time;
-pub mod units;
+pub(crate) mod units;

@@ -25,7 +25,6 @@ mod hsm_stage;
 mod journal_damage;
 mod layers;
 mod live_users;
-mod migrations;
 mod power_loss;
 mod progress;
 mod recover;

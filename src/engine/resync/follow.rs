@@ -333,7 +333,6 @@ impl Resync<'_> {
                 kind: String::new(),
                 seen_run: None,
                 version: from.version,
-                dest_ino: Some(from.dest_ino),
                 linked_ino: Some(from.dest_ino),
                 copy: copy.clone(),
                 link_seen_run: None,

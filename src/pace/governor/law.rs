@@ -188,6 +188,8 @@ impl Law {
         self.level = self.level.min(self.max as f64);
     }
 
+    /// The current level (the tests follow the law through a trace).
+    #[cfg(test)]
     pub fn level(&self) -> f64 {
         self.level
     }

@@ -67,7 +67,8 @@ pub fn log_line(t: f64, s: &Signals, d: &Decision, active: usize, rate: (f64, f6
     )
 }
 
-/// The time and signals of one log line (to replay a recorded trace).
+/// The time and signals of one log line (the tests replay recorded traces).
+#[cfg(test)]
 pub fn parse_log_line(l: &str) -> Option<(f64, Signals)> {
     let f: Vec<&str> = l.split('\t').collect();
     if f.len() < 8 || f[0] == "t" {

@@ -1,10 +1,11 @@
-//! The embedded migrations apply in order to an empty database, and reopening is a no-op.
+//! The journal's own tests: the embedded migrations apply in order to an empty database (and
+//! to journals of earlier versions, whose rows they carry over), reopening is a no-op, and a
+//! transaction not committed is rolled back. Real SQLite files in temporary directories.
 
-use evac::journal::{Journal, MIGRATIONS};
+use super::{Journal, MIGRATIONS};
 
 #[test]
 fn all_migrations_apply_to_an_empty_database() {
-    let _gate = suite_gate!();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     let j = Journal::open(&p, true).unwrap();
@@ -20,7 +21,6 @@ fn all_migrations_apply_to_an_empty_database() {
 
 #[test]
 fn migration_files_are_numbered_in_order() {
-    let _gate = suite_gate!();
     let mut names: Vec<String> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
             .unwrap()
@@ -37,7 +37,6 @@ fn migration_files_are_numbered_in_order() {
 
 #[test]
 fn a_journal_from_a_newer_evac_is_refused() {
-    let _gate = suite_gate!();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     drop(Journal::open(&p, true).unwrap());
@@ -52,8 +51,7 @@ fn a_journal_from_a_newer_evac_is_refused() {
 
 #[test]
 fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
-    let _gate = suite_gate!();
-    use evac::journal::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
+    use super::fingerprint::{CachedFp, FpLeftover, FpMatch, FpRun};
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     // A journal as the evac before phase 3 left it: every migration but the last.
@@ -132,8 +130,7 @@ fn a_journal_of_the_previous_version_gains_the_fingerprint_tables() {
 /// rows hold; from then on the journal refuses a state or cause that is not one of the words.
 #[test]
 fn a_journal_before_causes_gains_them_and_refuses_unknown_states() {
-    let _gate = suite_gate!();
-    use evac::journal::{Cause, FileState};
+    use super::{Cause, FileState};
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     let c = rusqlite::Connection::open(&p).unwrap();
@@ -232,8 +229,7 @@ fn a_journal_before_causes_gains_them_and_refuses_unknown_states() {
 /// one opened inside another joins it, and only the outer one commits.
 #[test]
 fn a_transaction_not_committed_is_rolled_back() {
-    let _gate = suite_gate!();
-    use evac::journal::FileState;
+    use super::FileState;
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.sqlite");
     let j = Journal::open(&p, true).unwrap();
