@@ -401,6 +401,14 @@ impl Runner {
                 self.o.args_text
             ),
         )?;
+        // A resume takes them from the journal, not its command line: say which hold.
+        if let Some(f) = self.o.exclude.as_ref().filter(|f| !f.is_empty()) {
+            let shown: Vec<String> = f.patterns().iter().map(|p| quoted(p)).collect();
+            self.log(
+                "info",
+                &format!("exclude patterns of this journal: {}", shown.join(" ")),
+            )?;
+        }
         let code = match self.body(workers) {
             Ok(c) => c,
             Err(e) => {
