@@ -43,7 +43,10 @@ fn exclude_filters(
             patterns.push(p);
         }
     }
-    // The same pattern twice is one rule.
+    // The same pattern twice (also once with rsync's `- ` before it) is one rule.
+    let mut patterns = Filters::new(&patterns)
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .patterns();
     let mut seen = std::collections::HashSet::new();
     patterns.retain(|p| seen.insert(p.clone()));
     Filters::new(&patterns)
