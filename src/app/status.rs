@@ -48,10 +48,20 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         let sink = &mut |p: &[u8], reason: Option<&str>| out.item(p, reason);
         if state == "cutover" {
             j.for_each_cutover_difference(sink)?;
+        } else if state == "excluded" {
+            j.for_each_excluded(sink)?;
+        } else if state == "links" {
+            // What each link names, for people; the bare paths with -0.
+            let prefix = plan.link_prefix.as_os_str().as_encoded_bytes();
+            j.for_each_link(&mut |p: &[u8]| {
+                let sep: &[u8] = if prefix.ends_with(b"/") { b"" } else { b"/" };
+                let target = [prefix, sep, p].concat();
+                out.item(p, Some(&format!("-> {}", escape(&target))))
+            })?;
         } else {
             let Some(s) = FileState::parse(state).filter(|s| STATES.contains(s)) else {
                 return Err(Error::Setup(format!(
-                    "--list {state}: not a state; one of {}, or cutover",
+                    "--list {state}: not a state; one of {}, or cutover, excluded, links",
                     STATES.map(FileState::as_str).join(", ")
                 )));
             };
@@ -99,6 +109,7 @@ fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {
         })
         .collect();
     let cut = j.cutover()?;
+    let excluded = j.excluded_count()?;
     let hsm_mode = j.plan_option("hsm")?.unwrap_or_else(|| "auto".into());
     let by_blocks = j.count_reason_prefix("staged_out", crate::hsm::detect::BLOCKS_RULE)?;
     let (hsm_n, hsm_out, hsm_vols) = j.hsm_db_counts()?;
@@ -138,6 +149,7 @@ fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {
         files,
         bytes_relocated: counts.bytes_relocated,
         bytes_total: counts.bytes_total,
+        excluded,
         rate_bytes_per_sec: rate,
         eta_seconds: eta,
         running,
@@ -160,6 +172,7 @@ fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {
             as_of: cut.as_of.map(|a| a.1),
             differences: cut.differences.iter().cloned().collect(),
             not_carried_over: cut.not_carried.iter().cloned().collect(),
+            excluded_on_source_only: cut.excluded,
         },
         hsm: show::Hsm {
             mode: hsm_mode,

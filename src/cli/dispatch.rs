@@ -4,8 +4,12 @@
 
 use super::{Cli, Command, HsmCommand};
 use crate::engine::RunOpts;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::util::escape::quoted;
+use crate::util::filter::{self, Filters};
 use clap::{error::ErrorKind, Parser as _};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// The whole command line, from the process's arguments to its exit status: parse, install
 /// the terminal, run the command, and turn an error into its message and exit code.
@@ -40,38 +44,86 @@ pub fn main() -> i32 {
     }
 }
 
+/// `--exclude` and `--exclude-from` as one checked set of patterns (None when neither is given:
+/// a resume then uses the journal's). A pattern that cannot be used, or a list that cannot be
+/// read, stops the run before it starts.
+fn exclude_filters(
+    given: &[std::ffi::OsString],
+    files: &[PathBuf],
+    from0: bool,
+) -> Result<Option<Filters>> {
+    if given.is_empty() && files.is_empty() {
+        return Ok(None);
+    }
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    for g in given {
+        let g = g.as_bytes().to_vec();
+        Filters::new(&[&g]).map_err(|e| Error::Setup(format!("--exclude: {e}")))?;
+        patterns.push(g);
+    }
+    for f in files {
+        let name = f.as_os_str().as_bytes();
+        let data = if name == b"-" {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut v)
+                .map_err(|e| Error::io("read --exclude-from", b"-", e))?;
+            v
+        } else {
+            std::fs::read(f).map_err(|e| Error::io("read --exclude-from", name, e))?
+        };
+        for p in filter::read_list(&data, from0) {
+            Filters::new(&[&p])
+                .map_err(|e| Error::Setup(format!("--exclude-from {}: {e}", quoted(name))))?;
+            patterns.push(p);
+        }
+    }
+    // The same pattern twice (also once with rsync's `- ` before it) is one rule.
+    let mut patterns = Filters::new(&patterns)
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .patterns();
+    let mut seen = std::collections::HashSet::new();
+    patterns.retain(|p| seen.insert(p.clone()));
+    Filters::new(&patterns)
+        .map(Some)
+        .map_err(|e| Error::Setup(e.to_string()))
+}
+
 /// Run the command `cli` names. `args_text` is the command line as the journal records it.
 pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
     match cli.command {
-        Command::Run(a) => crate::app::run::run(RunOpts {
-            source: a.source,
-            dest: a.dest,
-            journal: a.journal,
-            link_prefix: a.link_prefix,
-            workers: a.workers,
-            dry_run: a.dry_run,
-            list: a.list,
-            null: a.null,
-            quiet: a.quiet,
-            progress_interval: a.progress_interval,
-            batch_files: a.batch_files,
-            retry_rounds: a.retry_rounds,
-            retry_delay: a.retry_delay,
-            op_timeout: a.op_timeout,
-            relocate_mapped: a.relocate_mapped,
-            hsm: a.hsm,
-            hsm_timeout: a.hsm_timeout,
-            skip_walk: false,
-            bwlimit: a.bwlimit,
-            files_per_sec: a.files_per_sec,
-            windows: a.window,
-            exit_outside_window: a.exit_outside_window,
-            governor: a.governor.settings(),
-            governor_given: a.governor.entries(),
-            governor_log: a.governor_log,
-            args_text,
-            stats: Default::default(),
-        }),
+        Command::Run(a) => {
+            let a = *a;
+            crate::app::run::run(RunOpts {
+                exclude: exclude_filters(&a.exclude, &a.exclude_from, a.from0)?,
+                source: a.source,
+                dest: a.dest,
+                journal: a.journal,
+                link_prefix: a.link_prefix,
+                workers: a.workers,
+                dry_run: a.dry_run,
+                list: a.list,
+                null: a.null,
+                quiet: a.quiet,
+                progress_interval: a.progress_interval,
+                batch_files: a.batch_files,
+                retry_rounds: a.retry_rounds,
+                retry_delay: a.retry_delay,
+                op_timeout: a.op_timeout,
+                relocate_mapped: a.relocate_mapped,
+                hsm: a.hsm,
+                hsm_timeout: a.hsm_timeout,
+                skip_walk: false,
+                bwlimit: a.bwlimit,
+                files_per_sec: a.files_per_sec,
+                windows: a.window,
+                exit_outside_window: a.exit_outside_window,
+                governor: a.governor.settings(),
+                governor_given: a.governor.entries(),
+                governor_log: a.governor_log,
+                args_text,
+                stats: Default::default(),
+            })
+        }
         Command::Status(a) => {
             crate::app::status::status(&a.journal, a.json, a.list.as_deref(), a.null)
         }

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Relocate SOURCE to DEST (or resume the run recorded in the journal).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show progress and what is left; works while a run is going.
     Status(StatusArgs),
     /// Re-read every relocated file at DEST and check it against the journal.
@@ -262,6 +262,20 @@ pub struct RunArgs {
     /// Outside the windows, exit with status 4 instead of idling (for cron).
     #[arg(long)]
     pub exit_outside_window: bool,
+    /// Leave what matches PATTERN as it is (never relocated, never linked; a directory is not
+    /// entered) and report it in `status --list excluded`. rsync's rules: a leading / anchors at
+    /// SOURCE, a trailing / matches directories only, * stays within a name, ** crosses /, ?
+    /// and [...] match one byte. Repeatable. Kept in the journal: a resume may repeat the same
+    /// patterns or give none, never others.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<std::ffi::OsString>,
+    /// Read exclude patterns from FILE (`-`: standard input), one a line; empty lines and lines
+    /// starting with # or ; are ignored. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+    /// With --exclude-from: patterns are NUL-separated (any byte but NUL in a name).
+    #[arg(long, requires = "exclude_from")]
+    pub from0: bool,
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,
@@ -347,7 +361,9 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
     /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out),
-    /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why.
+    /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why; `excluded`: what
+    /// --exclude left in SOURCE (an excluded directory once); `links`: every link evac made, with
+    /// what it names.
     #[arg(long, value_name = "STATE")]
     pub list: Option<String>,
     /// With --list: NUL-separated raw paths.

@@ -6,16 +6,24 @@ use super::*;
 /// With `--list`, each regular file a run would relocate goes to `listed` (path relative to
 /// SOURCE, raw bytes).
 pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<i32> {
-    let plan = if o.journal.exists() {
-        Journal::open_read(&o.journal)?.plan()?
+    // Where a relative --journal is, before its directory is judged.
+    let journal = absolute(&o.journal)?;
+    let (plan, recorded) = if journal.exists() {
+        let j = Journal::open_read(&journal)?;
+        match j.plan()? {
+            Some(p) => (Some(p), Some(j.excludes()?)),
+            None => (None, None),
+        }
     } else {
-        None
+        (None, None)
     };
+    // The patterns a run would use (or its refusal).
+    let filters = settle_filters(o, recorded)?;
     let (source, link_prefix, dest) = match (&o.source, &o.dest, plan) {
         (Some(s), Some(d), _) => {
             let s = canonical_dir(s, "SOURCE")?;
             let dabs = std::fs::canonicalize(d).unwrap_or(absolute(d)?);
-            refuse_journal_in_source(&o.journal, &s)?;
+            refuse_journal_in_source(&journal, &s)?;
             let lp = o.link_prefix.clone().unwrap_or(dabs.clone());
             (s, lp, Some(dabs))
         }
@@ -34,7 +42,7 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
             prune.push(id);
         }
     }
-    if let Ok(jd) = journal_dir(&o.journal) {
+    if let Ok(jd) = journal_dir(&journal) {
         if let Ok(id) = stat_path(&jd) {
             prune.push(id);
         }
@@ -46,6 +54,7 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
         root_dev,
         prune,
         reserved_prefix: b"\0".to_vec(),
+        filters,
         hsm: crate::hsm::detect::Mode::None,
         hsm_timeout: Duration::from_secs(60),
         source_abs: PathBuf::new(),
@@ -56,6 +65,7 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
     let mut skipped = 0u64;
     let mut dirs = 0u64;
     let mut errors = 0u64;
+    let mut excluded = 0u64;
     let mut hard: HashSet<(u64, u64)> = HashSet::new();
     std::thread::scope(|sc| {
         sc.spawn(|| walk::walk(&root, &opts, &tx, &stop));
@@ -87,6 +97,7 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
                     }
                     _ => skipped += 1,
                 },
+                WalkMsg::Excluded { .. } => excluded += 1,
                 WalkMsg::Error { path, op, err } => {
                     errors += 1;
                     crate::util::notice::say(format!("evac: {op} {}: {err}", quoted(&path)));
@@ -97,9 +108,14 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
     });
     if !o.quiet {
         crate::util::notice::say(format!(
-            "evac: dry run of {}: would relocate {files} files ({}) in {dirs} directories; {linked} already relocated; {skipped} left as they are (symlinks, special files); {errors} errors; nothing was changed",
+            "evac: dry run of {}: would relocate {files} files ({}) in {dirs} directories; {linked} already relocated; {skipped} left as they are (symlinks, special files){}; {errors} errors; nothing was changed",
             q(&source),
-            human_bytes(bytes as f64)
+            human_bytes(bytes as f64),
+            if excluded > 0 {
+                format!("; {excluded} excluded by --exclude (left as they are, directories not entered)")
+            } else {
+                String::new()
+            }
         ));
     }
     Ok(if errors > 0 { EXIT_LEFT } else { EXIT_OK })

@@ -64,6 +64,9 @@ pub struct RunOpts {
     pub hsm_timeout: f64,
     /// Relocate the files waiting in the journal without walking SOURCE (`evac stage`).
     pub skip_walk: bool,
+    /// `--exclude` and `--exclude-from` as given (None: the journal's; a journal keeps the set it
+    /// was started with).
+    pub exclude: Option<crate::util::filter::Filters>,
     pub bwlimit: Option<crate::pace::throttle::Schedule>,
     pub files_per_sec: Option<f64>,
     pub windows: Vec<crate::pace::throttle::Window>,
@@ -102,6 +105,7 @@ impl RunOpts {
             hsm: None,
             hsm_timeout: 60.0,
             skip_walk: true,
+            exclude: None,
             bwlimit: None,
             files_per_sec: None,
             windows: Vec::new(),
@@ -148,11 +152,17 @@ pub fn run(mut o: RunOpts) -> Result<i32> {
 }
 
 /// A run by a caller that holds the journal's lock (`evac stage` relocates what it staged).
-pub fn run_locked(o: RunOpts) -> Result<i32> {
+pub fn run_locked(mut o: RunOpts) -> Result<i32> {
     let j = Journal::open(&o.journal, true)?;
     j.check_integrity()?;
-    let (plan, fresh) = settle_plan(&o, j.plan()?)?;
+    let existing = j.plan()?;
+    let recorded = match existing {
+        Some(_) => Some(j.excludes()?),
+        None => None,
+    };
+    let (plan, fresh) = settle_plan(&o, existing)?;
     refuse_journal_in_source(&o.journal, &plan.source)?;
+    let filters = settle_filters(&o, recorded)?;
     if fresh {
         let options = format!(
             "{{\"workers\":{},\"batch_files\":{},\"relocate_mapped\":{}}}",
@@ -160,8 +170,13 @@ pub fn run_locked(o: RunOpts) -> Result<i32> {
             o.batch_files,
             o.relocate_mapped
         );
+        // One transaction: a plan is never without the patterns it was started with.
+        let tx = j.tx()?;
         j.create_plan(&plan, &options)?;
+        j.set_excludes(&filters.patterns())?;
+        tx.commit()?;
     }
+    o.exclude = Some(filters);
     Runner::new(o, plan, j)?.go()
 }
 
@@ -386,6 +401,14 @@ impl Runner {
                 self.o.args_text
             ),
         )?;
+        // A resume takes them from the journal, not its command line: say which hold.
+        if let Some(f) = self.o.exclude.as_ref().filter(|f| !f.is_empty()) {
+            let shown: Vec<String> = f.patterns().iter().map(|p| quoted(p)).collect();
+            self.log(
+                "info",
+                &format!("exclude patterns of this journal: {}", shown.join(" ")),
+            )?;
+        }
         let code = match self.body(workers) {
             Ok(c) => c,
             Err(e) => {
@@ -477,6 +500,7 @@ impl Runner {
             hsm: self.ctx.hsm.clone(),
             hsm_timeout: Duration::from_secs_f64(self.o.hsm_timeout),
             source_abs: self.plan.source.clone(),
+            filters: self.o.exclude.clone().unwrap_or_default(),
         };
         let root = fsx::resolve_dir(self.ctx.src_root.as_fd(), b"").ctx("open SOURCE", b".")?;
         let wstop = self.stop.clone();
@@ -495,6 +519,7 @@ impl Runner {
         }
         self.wind_down(&done)?;
         if complete && !self.stopping() {
+            self.j.forget_unseen_excluded(self.run_id)?;
             let gone = self.j.mark_unseen_gone(self.run_id)?;
             if gone > 0 {
                 self.j.log(

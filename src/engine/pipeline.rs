@@ -47,6 +47,7 @@ impl Runner {
         let mut walking = true;
         let mut complete = false;
         let mut cursor = 0i64;
+        let mut excluded = 0u64;
         loop {
             let mut progressed = false;
             if walking {
@@ -97,6 +98,15 @@ impl Runner {
                                 // What to copy is read back from the journal below.
                                 self.j.observe(&s, self.run_id, &target)?;
                             }
+                            WalkMsg::Excluded { seen, rule } => {
+                                excluded += 1;
+                                self.j.record_excluded(
+                                    &seen.path,
+                                    seen.kind,
+                                    &quoted(&rule),
+                                    self.run_id,
+                                )?;
+                            }
                             WalkMsg::Error { path, op, err } => {
                                 self.walk_errors += 1;
                                 let msg = format!("{op} {}: {err}", quoted(&path));
@@ -120,6 +130,13 @@ impl Runner {
                                         self.stats.files_done.load(Ordering::Relaxed)
                                     ),
                                 )?;
+                                if excluded > 0 {
+                                    self.j.log(
+                                        Some(self.run_id),
+                                        "info",
+                                        &format!("{excluded} paths excluded by --exclude: left as they are in SOURCE, directories not entered (`evac status --list excluded`)"),
+                                    )?;
+                                }
                             }
                         }
                     }

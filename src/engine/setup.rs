@@ -151,6 +151,47 @@ pub(super) fn settle_plan(o: &RunOpts, existing: Option<Plan>) -> Result<(Plan, 
     ))
 }
 
+/// The exclude patterns of a run: those given, or the journal's. A journal keeps the set it was
+/// started with (`recorded`; None for a new journal): what a run relocates must not depend on
+/// which resume it was, so a resume with another set is refused.
+pub(super) fn settle_filters(
+    o: &RunOpts,
+    recorded: Option<Vec<Vec<u8>>>,
+) -> Result<crate::util::filter::Filters> {
+    use crate::util::filter::Filters;
+    let from_journal = |r: &[Vec<u8>]| {
+        Filters::new(r).map_err(|e| {
+            Error::Setup(format!(
+                "journal {}: recorded {e}; this evac cannot use it",
+                q(&o.journal)
+            ))
+        })
+    };
+    let (given, recorded) = match (&o.exclude, recorded) {
+        (None, None) => return Ok(Filters::default()),
+        (None, Some(r)) => return from_journal(&r),
+        (Some(g), None) => return Ok(g.clone()),
+        (Some(g), Some(r)) => (g, r),
+    };
+    let set = |v: &[Vec<u8>]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    if set(&given.patterns()) == set(&recorded) {
+        return from_journal(&recorded);
+    }
+    let show = |v: &[Vec<u8>]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter().map(|p| quoted(p)).collect::<Vec<_>>().join(" ")
+        }
+    };
+    Err(Error::Setup(format!(
+        "journal {} was started with exclude patterns {}; refusing to go on with {}: the patterns decide what is relocated and hold for the journal's life (resume without --exclude to use the recorded ones, or start a new journal)",
+        q(&o.journal),
+        show(&recorded),
+        show(&given.patterns())
+    )))
+}
+
 pub(super) fn refuse_journal_in_source(journal: &Path, source: &Path) -> Result<()> {
     let jd = journal_dir(journal)?;
     if jd.starts_with(source) {

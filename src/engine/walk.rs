@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub enum WalkMsg {
     Entry(Seen),
+    /// An entry an `--exclude` pattern (`rule`, as given) matched: not entered, not relocated.
+    Excluded {
+        seen: Seen,
+        rule: Vec<u8>,
+    },
     /// A directory that could not be read; the walk goes on without it.
     Error {
         path: Vec<u8>,
@@ -35,6 +40,8 @@ pub struct WalkOpts {
     pub prune: Vec<(u64, u64)>,
     /// Names beginning with this belong to this journal's temporaries.
     pub reserved_prefix: Vec<u8>,
+    /// `--exclude`: entries left as they are and reported, directories not entered.
+    pub filters: crate::util::filter::Filters,
 }
 
 fn kind_of(st: &fsx::Stat) -> Kind {
@@ -180,6 +187,20 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
         let mut kind = kind_of(&st);
         if name.starts_with(&opts.reserved_prefix) {
             kind = Kind::Reserved;
+        }
+        // Checked on the way down, so nothing under an excluded directory is ever looked at.
+        // evac's own temporaries are never excluded (recovery must find them), nor is what the
+        // walk prunes anyway.
+        let pruned = kind == Kind::Dir && opts.prune.contains(&(st.st_dev, st.st_ino));
+        if kind != Kind::Reserved && !pruned {
+            if let Some(rule) = opts.filters.excluded(&path, kind == Kind::Dir) {
+                let rule = rule.text().to_vec();
+                let seen = seen_from_stat(path, &st, kind, None);
+                if tx.send(WalkMsg::Excluded { seen, rule }).is_err() {
+                    return;
+                }
+                continue;
+            }
         }
         match kind {
             Kind::Dir => {

@@ -357,6 +357,8 @@ pub struct Summary {
     pub outside: Vec<Vec<u8>>,
     pub missing: Vec<Vec<u8>>,
     pub relocated: Vec<Vec<u8>>,
+    /// Under an `--exclude` pattern of the journal: never to be recalled for relocation.
+    pub excluded: Vec<Vec<u8>>,
 }
 
 /// The path relative to SOURCE, or None if it is not under it. `root` resolves relative paths.
@@ -419,6 +421,12 @@ pub fn import(
     let src_root =
         fsx::open_root(&plan.source).map_err(|e| Error::io("open SOURCE", &source, e))?;
     let (records, malformed) = parse(format, &data);
+    let filters = crate::util::filter::Filters::new(&j.excludes()?).map_err(|e| {
+        Error::Setup(format!(
+            "journal {}: recorded {e}",
+            quoted(journal.as_os_str().as_encoded_bytes())
+        ))
+    })?;
     let mut sum = Summary {
         malformed,
         ..Summary::default()
@@ -430,6 +438,10 @@ pub fn import(
             sum.outside.push(r.path.clone());
             continue;
         };
+        if filters.excluded_path(&rel, false).is_some() {
+            sum.excluded.push(rel);
+            continue;
+        }
         let (pd, name) = fsx::split_parent(&rel);
         let present = fsx::resolve_dir(src_root.as_fd(), pd)
             .and_then(|d| fsx::stat_at(d.as_fd(), name))
@@ -476,6 +488,7 @@ pub fn import(
             ("not under SOURCE", &sum.outside),
             ("not in SOURCE", &sum.missing),
             ("already relocated, nothing to stage", &sum.relocated),
+            ("excluded by --exclude", &sum.excluded),
         ] {
             for p in v.iter().take(20) {
                 say(format!("evac: {}: {what} (not imported)", quoted(p)));
@@ -485,8 +498,13 @@ pub fn import(
             }
         }
     }
+    let excluded = if sum.excluded.is_empty() {
+        String::new()
+    } else {
+        format!(", {} excluded by --exclude", sum.excluded.len())
+    };
     Ok(format!(
-        "imported {} records ({} staged out) from {} ({} format); {} malformed lines skipped, {} not under SOURCE, {} not in SOURCE, {} already relocated",
+        "imported {} records ({} staged out) from {} ({} format); {} malformed lines skipped, {} not under SOURCE, {} not in SOURCE, {} already relocated{excluded}",
         sum.records,
         sum.staged_out,
         listing.display(),

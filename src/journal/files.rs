@@ -40,6 +40,23 @@ pub enum Kind {
     Reserved,
 }
 
+impl Kind {
+    /// The word the journal stores for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDev => "chardev",
+            Kind::BlockDev => "blockdev",
+            Kind::MountPoint => "mountpoint",
+            Kind::Reserved => "reserved",
+        }
+    }
+}
+
 /// One regular file as the journal knows it, enough to relocate it.
 #[derive(Debug, Clone)]
 pub struct FileRec {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 mod control;
 mod dirs;
 mod events;
+mod excluded;
 mod files;
 pub mod fingerprint;
 mod hsm;
@@ -58,6 +59,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_cause",
         include_str!("../../migrations/0009_cause.sql"),
+    ),
+    (
+        "0010_excluded",
+        include_str!("../../migrations/0010_excluded.sql"),
     ),
 ];
 
@@ -251,7 +256,9 @@ impl Journal {
          WHERE seen_run IS NULL OR seen_run != ?1
         UNION ALL
         SELECT path, 'left:' || kind, reason FROM files
-         WHERE state = 'skipped' AND kind != 'file' AND kind != 'reserved'";
+         WHERE state = 'skipped' AND kind != 'file' AND kind != 'reserved'
+        UNION ALL
+        SELECT path, 'left:excluded', 'excluded by --exclude ' || rule || ': stays on SOURCE only' FROM excluded";
 }
 
 /// A journal transaction: committed by `commit`, rolled back when dropped without it.

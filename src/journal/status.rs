@@ -40,6 +40,9 @@ pub struct Cutover {
     pub differences: Vec<(String, i64)>,
     /// Entries evac leaves in SOURCE (symlinks of users, FIFOs, sockets, devices, mount points).
     pub not_carried: Vec<(String, i64)>,
+    /// Entries `--exclude` left in SOURCE (an excluded directory counts once): they block
+    /// nothing evac does, but their data is on SOURCE only.
+    pub excluded: i64,
 }
 
 impl Cutover {
@@ -80,7 +83,9 @@ impl Journal {
             .map_err(self.e("compare namespaces"))?;
         for r in rows {
             let (what, n) = r.map_err(self.e("compare namespaces"))?;
-            if let Some(kind) = what.strip_prefix("left:") {
+            if what == "left:excluded" {
+                c.excluded = n;
+            } else if let Some(kind) = what.strip_prefix("left:") {
                 c.not_carried.push((kind.to_string(), n));
             } else {
                 c.differences.push((what, n));
@@ -108,6 +113,8 @@ impl Journal {
                 .strip_prefix("left:")
                 .map_or(what.clone(), |k| format!("{k} not carried over"));
             let line = match reason {
+                // Its reason says it all.
+                Some(r) if what == "excluded not carried over" => r,
                 Some(r) => format!("{what}: {r}"),
                 None => what,
             };
@@ -180,6 +187,22 @@ impl Journal {
             let p: Vec<u8> = r.get(0).map_err(self.e("list files"))?;
             let reason: Option<String> = r.get(1).map_err(self.e("list files"))?;
             f(&p, reason.as_deref()).map_err(|e| Error::Setup(format!("write output: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Every link evac made that the journal knows of (the relocated names), streamed to `f`.
+    pub fn for_each_link(&self, f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT path FROM files WHERE state = 'relocated' AND kind = 'file' ORDER BY path",
+            )
+            .map_err(self.e("list links"))?;
+        let mut rows = st.query([]).map_err(self.e("list links"))?;
+        while let Some(r) = rows.next().map_err(self.e("list links"))? {
+            let p: Vec<u8> = r.get(0).map_err(self.e("list links"))?;
+            f(&p).map_err(|e| Error::Setup(format!("write output: {e}")))?;
         }
         Ok(())
     }

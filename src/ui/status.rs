@@ -21,6 +21,8 @@ pub struct Status {
     pub files: BTreeMap<&'static str, i64>,
     pub bytes_relocated: i64,
     pub bytes_total: i64,
+    /// Entries `--exclude` left as they are (an excluded directory counts once).
+    pub excluded: i64,
     pub rate_bytes_per_sec: f64,
     pub eta_seconds: Option<i64>,
     pub running: bool,
@@ -72,6 +74,9 @@ pub struct Cutover {
     pub as_of: Option<f64>,
     pub differences: BTreeMap<String, i64>,
     pub not_carried_over: BTreeMap<String, i64>,
+    /// Excluded entries: they do not keep DEST from mirroring what evac carries, but their data
+    /// stays on SOURCE only.
+    pub excluded_on_source_only: i64,
 }
 
 #[derive(Serialize)]
@@ -154,6 +159,12 @@ fn status_text(st: &Status) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    if st.excluded > 0 {
+        lines.push(format!(
+            "exclude {} paths excluded by --exclude, left as they are (directories not entered; --list excluded)",
+            st.excluded
+        ));
+    }
     if st.hsm.db_files > 0 {
         lines.push(format!(
             "hsm db  {} files in the imported HSM listing, {} staged out on {} volumes",
@@ -246,6 +257,12 @@ fn status_text(st: &Status) -> String {
             listing(&cut.differences)
         ),
     });
+    if cut.excluded_on_source_only > 0 {
+        lines.push(format!(
+            "        excluded paths remain on SOURCE only: {} (carry them over by other means before SOURCE is retired; --list excluded)",
+            cut.excluded_on_source_only
+        ));
+    }
     if !cut.not_carried_over.is_empty() {
         lines.push(format!(
             "        left in SOURCE, not carried over to DEST: {} (recreate by hand if needed)",

@@ -12,6 +12,7 @@ mod crash;
 mod enumerate;
 mod failing_storage;
 mod fallbacks;
+mod filters;
 mod fingerprint;
 mod governor;
 mod hardlinks;
