@@ -289,6 +289,42 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
     Ok(code)
 }
 
+/// `git` in `dir` with a fixed identity; its stdout, or why it failed.
+fn git(dir: &Path, args: &[&str]) -> std::result::Result<String, String> {
+    let o = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Demo", "-c", "user.email=demo@example.org"])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim_end().to_string())
+    }
+}
+
+/// A small git repository with a few commits at `dir`, when git is installed (the demo shows
+/// that a working tree is left whole and git keeps working in it).
+fn git_repo(dir: &Path) -> Option<PathBuf> {
+    std::fs::create_dir_all(dir).ok()?;
+    git(dir, &["init", "-q"]).ok()?;
+    for i in 0..3 {
+        std::fs::write(dir.join("main.c"), format!("int version = {i};\n")).ok()?;
+        std::fs::write(dir.join(".gitignore"), "*.o\n").ok()?;
+        git(dir, &["add", "-A"]).ok()?;
+        git(dir, &["commit", "-q", "-m", &format!("version {i}")]).ok()?;
+    }
+    Some(dir.to_path_buf())
+}
+
 pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     let base = match dir {
         Some(d) => d,
@@ -312,6 +348,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         crate::util::units::human_bytes(bytes as f64),
         quoted(new.as_os_str().as_bytes())
     ));
+    let repo = git_repo(&old.join("team/tool"));
     let tape = top.join("hsm-tape");
     let hsm = release_some(&old, &tape)?;
     let code = engine::run(RunOpts {
@@ -324,6 +361,17 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
     })?;
     crate::ui::out(format!("\n$ evac status --journal {}", journal.display()));
     crate::app::status::status(&journal, false, None, false)?;
+    if let Some(repo) = &repo {
+        // The repository was left whole (a unit): git works in it as before.
+        crate::ui::out(format!(
+            "\n$ git -C {} status --short --branch",
+            repo.display()
+        ));
+        match git(repo, &["status", "--short", "--branch"]) {
+            Ok(s) => crate::ui::out(s.trim_end()),
+            Err(e) => crate::ui::out(format!("git status failed: {e}")),
+        }
+    }
     let code = match hsm {
         Some(exe) => {
             phase2(&journal, &tape, &exe)?;

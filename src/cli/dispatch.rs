@@ -95,6 +95,7 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             let a = *a;
             crate::app::run::run(RunOpts {
                 exclude: exclude_filters(&a.exclude, &a.exclude_from, a.from0)?,
+                no_default_units: a.no_default_units,
                 source: a.source,
                 dest: a.dest,
                 journal: a.journal,

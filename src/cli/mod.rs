@@ -276,6 +276,12 @@ pub struct RunArgs {
     /// With --exclude-from: patterns are NUL-separated (any byte but NUL in a name).
     #[arg(long, requires = "exclude_from")]
     pub from0: bool,
+    /// Relocate version-control trees (a directory holding .git, .hg, .svn, .bzr, _darcs or CVS,
+    /// or a bare git repository) file by file like any other. Without it they are left whole
+    /// and listed (`status --list excluded`): links inside a repository break git. Kept in the
+    /// journal for later runs.
+    #[arg(long)]
+    pub no_default_units: bool,
     /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
     pub hsm_timeout: f64,

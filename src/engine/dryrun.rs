@@ -8,14 +8,18 @@ use super::*;
 pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<i32> {
     // Where a relative --journal is, before its directory is judged.
     let journal = absolute(&o.journal)?;
-    let (plan, recorded) = if journal.exists() {
+    let (plan, recorded, units_off) = if journal.exists() {
         let j = Journal::open_read(&journal)?;
         match j.plan()? {
-            Some(p) => (Some(p), Some(j.excludes()?)),
-            None => (None, None),
+            Some(p) => (
+                Some(p),
+                Some(j.excludes()?),
+                j.plan_option("units")?.as_deref() == Some("off"),
+            ),
+            None => (None, None, false),
         }
     } else {
-        (None, None)
+        (None, None, false)
     };
     // The patterns a run would use (or its refusal).
     let filters = settle_filters(o, recorded)?;
@@ -55,6 +59,8 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
         prune,
         reserved_prefix: b"\0".to_vec(),
         filters,
+        units: (!o.no_default_units && !units_off)
+            .then(|| journal.exists().then(|| journal.clone())),
         hsm: crate::hsm::detect::Mode::None,
         hsm_timeout: Duration::from_secs(60),
         source_abs: PathBuf::new(),
@@ -112,7 +118,7 @@ pub fn dry_run(o: &RunOpts, listed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>
             q(&source),
             human_bytes(bytes as f64),
             if excluded > 0 {
-                format!("; {excluded} excluded by --exclude (left as they are, directories not entered)")
+                format!("; {excluded} left as they are (excluded by --exclude, or version-control trees left whole; directories not entered)")
             } else {
                 String::new()
             }

@@ -36,6 +36,7 @@ pub mod resync;
 mod setup;
 pub mod stats;
 mod storage;
+pub mod units;
 pub mod walk;
 
 use control::*;
@@ -67,6 +68,9 @@ pub struct RunOpts {
     /// `--exclude` and `--exclude-from` as given (None: the journal's; a journal keeps the set it
     /// was started with).
     pub exclude: Option<crate::util::filter::Filters>,
+    /// `--no-default-units`: version-control trees are relocated file by file like any other
+    /// (recorded with the plan: later runs keep to it).
+    pub no_default_units: bool,
     pub bwlimit: Option<crate::pace::throttle::Schedule>,
     pub files_per_sec: Option<f64>,
     pub windows: Vec<crate::pace::throttle::Window>,
@@ -106,6 +110,7 @@ impl RunOpts {
             hsm_timeout: 60.0,
             skip_walk: true,
             exclude: None,
+            no_default_units: false,
             bwlimit: None,
             files_per_sec: None,
             windows: Vec::new(),
@@ -177,6 +182,10 @@ pub fn run_locked(mut o: RunOpts) -> Result<i32> {
         tx.commit()?;
     }
     o.exclude = Some(filters);
+    if o.no_default_units {
+        j.set_plan_option("units", "off")?;
+    }
+    o.no_default_units = j.plan_option("units")?.as_deref() == Some("off");
     Runner::new(o, plan, j)?.go()
 }
 
@@ -501,6 +510,7 @@ impl Runner {
             hsm_timeout: Duration::from_secs_f64(self.o.hsm_timeout),
             source_abs: self.plan.source.clone(),
             filters: self.o.exclude.clone().unwrap_or_default(),
+            units: (!self.o.no_default_units).then(|| Some(self.o.journal.clone())),
         };
         let root = fsx::resolve_dir(self.ctx.src_root.as_fd(), b"").ctx("open SOURCE", b".")?;
         let wstop = self.stop.clone();

@@ -100,10 +100,16 @@ impl Runner {
                             }
                             WalkMsg::Excluded { seen, rule } => {
                                 excluded += 1;
+                                // A unit's rule is evac's own words; a pattern is the user's bytes.
+                                let rule = if rule.starts_with(b"unit: ") {
+                                    String::from_utf8_lossy(&rule).into_owned()
+                                } else {
+                                    quoted(&rule)
+                                };
                                 self.j.record_excluded(
                                     &seen.path,
                                     seen.kind,
-                                    &quoted(&rule),
+                                    &rule,
                                     self.run_id,
                                 )?;
                             }
@@ -134,7 +140,7 @@ impl Runner {
                                     self.j.log(
                                         Some(self.run_id),
                                         "info",
-                                        &format!("{excluded} paths excluded by --exclude: left as they are in SOURCE, directories not entered (`evac status --list excluded`)"),
+                                        &format!("{excluded} paths left as they are in SOURCE (excluded by --exclude, or version-control trees left whole), directories not entered (`evac status --list excluded`)"),
                                     )?;
                                 }
                             }

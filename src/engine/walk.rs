@@ -42,6 +42,9 @@ pub struct WalkOpts {
     pub reserved_prefix: Vec<u8>,
     /// `--exclude`: entries left as they are and reported, directories not entered.
     pub filters: crate::util::filter::Filters,
+    /// Version-control trees ("units") left whole, unless the journal (at this path, read by
+    /// the walk's own connection) already records entries beneath one; None: no units.
+    pub units: Option<Option<std::path::PathBuf>>,
 }
 
 fn kind_of(st: &fsx::Stat) -> Kind {
@@ -113,11 +116,37 @@ fn flush_cmd(opts: &WalkOpts, batch: &mut Vec<Seen>, tx: &Sender<WalkMsg>) -> bo
     true
 }
 
+/// Whether the directory just opened at `path` is a unit the walk leaves whole: it carries a
+/// version-control marker, and the journal records nothing beneath it yet (opened once, on the
+/// first marker met: most trees have no unit at all).
+fn unit_here(
+    opts: &WalkOpts,
+    journal: &mut Option<Option<crate::journal::Journal>>,
+    dir: &Dir,
+    path: &[u8],
+) -> Option<super::units::UnitKind> {
+    let at = opts.units.as_ref()?;
+    let kind = super::units::unit_kind(dir.fd().ok()?)?;
+    let Some(at) = at else {
+        // No journal yet (a dry run before the first run): nothing is begun anywhere.
+        return Some(kind);
+    };
+    let j = journal.get_or_insert_with(|| crate::journal::Journal::open_read(at).ok());
+    // Begun file by file (by an earlier run, or before its marker appeared): go on so. When
+    // the journal cannot say, the walk goes in, as it always did: a tree it stopped seeing
+    // would, in time, lose the copies its links read.
+    match j {
+        Some(j) if matches!(j.has_rows_under(path), Ok(false)) => Some(kind),
+        _ => None,
+    }
+}
+
 /// Walk from `root`, sending every entry (directories before their contents).
 pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &AtomicBool) {
     let mut complete = true;
     let mut cmd_batch: Vec<Seen> = Vec::new();
     let mut stack: Vec<(Dir, Vec<u8>)> = Vec::new();
+    let mut unit_journal = None;
     match fsx::resolve_dir(root.as_fd(), b"").and_then(|fd| Dir::new(fd).map_err(Into::into)) {
         Ok(d) => stack.push((d, Vec::new())),
         Err(err) => {
@@ -218,6 +247,18 @@ pub fn walk(root: &OwnedFd, opts: &WalkOpts, tx: &Sender<WalkMsg>, stop: &Atomic
                 }
                 match fsx::open_dir_at(dfd, &name).and_then(|fd| Dir::new(fd).map_err(Into::into)) {
                     Ok(sub) => {
+                        if let Some(kind) = unit_here(opts, &mut unit_journal, &sub, &path) {
+                            let seen = seen_from_stat(path, &st, Kind::Dir, None);
+                            let rule = format!(
+                                "unit: {} (whole-directory relocation is not built yet; --no-default-units relocates its files one by one)",
+                                kind.describe()
+                            )
+                            .into_bytes();
+                            if tx.send(WalkMsg::Excluded { seen, rule }).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         if tx
                             .send(WalkMsg::Entry(seen_from_stat(
                                 path.clone(),

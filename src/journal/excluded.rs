@@ -18,6 +18,19 @@ impl Journal {
             .map_err(self.e("read exclude patterns"))
     }
 
+    /// Whether the journal records any entry beneath directory `dir` (a tree evac has begun to
+    /// relocate file by file: it goes on that way, whatever markers appear in it since).
+    pub fn has_rows_under(&self, dir: &[u8]) -> Result<bool> {
+        // Every path beneath `dir/` sorts between `dir/` and `dir0` ('0' follows '/').
+        let (mut lo, mut hi) = (dir.to_vec(), dir.to_vec());
+        lo.push(b'/');
+        hi.push(b'0');
+        self.conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM files WHERE path >= ?1 AND path < ?2)")
+            .and_then(|mut st| st.query_row(params![lo, hi], |r| r.get(0)))
+            .map_err(self.e("look for entries beneath a directory"))
+    }
+
     /// Record the plan's exclude patterns (with the plan: they hold for the journal's life).
     pub fn set_excludes(&self, patterns: &[Vec<u8>]) -> Result<()> {
         let tx = self.tx()?;
@@ -33,12 +46,13 @@ impl Journal {
     }
 
     /// The walk of `run` met an excluded entry (and did not enter it).
+    // (The upsert names the values, not `excluded.col`: this table's own name hides SQLite's
+    // name for the proposed row, so a resume kept the old run and then forgot the entry.)
     pub fn record_excluded(&self, path: &[u8], kind: Kind, rule: &str, run: i64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO excluded (path, kind, rule, seen_run) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, rule = excluded.rule,
-                    seen_run = excluded.seen_run",
+                 ON CONFLICT(path) DO UPDATE SET kind = ?2, rule = ?3, seen_run = ?4",
             )
             .and_then(|mut st| st.execute(params![path, kind.as_str(), rule, run]))
             .map_err(self.e("record excluded path"))?;
@@ -76,7 +90,12 @@ impl Journal {
             } else {
                 kind
             };
-            f(&p, Some(&format!("{what}, excluded by --exclude {rule}")))
+            // A unit's rule says what it is ("unit: git working tree …"); a pattern is quoted.
+            let why = match rule.strip_prefix("unit: ") {
+                Some(u) => format!("left whole as a {u}"),
+                None => format!("excluded by --exclude {rule}"),
+            };
+            f(&p, Some(&format!("{what}, {why}")))
                 .map_err(|e| Error::Setup(format!("write output: {e}")))?;
         }
         Ok(())

@@ -258,7 +258,10 @@ impl Journal {
         SELECT path, 'left:' || kind, reason FROM files
          WHERE state = 'skipped' AND kind != 'file' AND kind != 'reserved'
         UNION ALL
-        SELECT path, 'left:excluded', 'excluded by --exclude ' || rule || ': stays on SOURCE only' FROM excluded";
+        SELECT path, 'left:excluded',
+               CASE WHEN rule LIKE 'unit: %' THEN 'left whole as a ' || substr(rule, 7)
+                    ELSE 'excluded by --exclude ' || rule END || ': stays on SOURCE only'
+          FROM excluded";
 }
 
 /// A journal transaction: committed by `commit`, rolled back when dropped without it.

@@ -161,7 +161,7 @@ fn status_text(st: &Status) -> String {
     ));
     if st.excluded > 0 {
         lines.push(format!(
-            "exclude {} paths excluded by --exclude, left as they are (directories not entered; --list excluded)",
+            "exclude {} paths left as they are: excluded by --exclude, or version-control trees left whole (directories not entered; --list excluded)",
             st.excluded
         ));
     }

@@ -34,3 +34,4 @@ mod resync;
 mod status_verify;
 mod swap_race;
 mod throttle;
+mod units;
