@@ -60,6 +60,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_cause",
         include_str!("../../migrations/0009_cause.sql"),
     ),
+    (
+        "0010_counts",
+        include_str!("../../migrations/0010_counts.sql"),
+    ),
 ];
 
 use crate::util::time::now;

@@ -8,6 +8,7 @@ mod common;
 
 mod busy;
 mod cli;
+mod counters;
 mod crash;
 mod enumerate;
 mod failing_storage;
