@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Relocate SOURCE to DEST (or resume the run recorded in the journal).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show progress and what is left; works while a run is going.
     Status(StatusArgs),
     /// Re-read every relocated file at DEST and check it against the journal.
@@ -251,6 +251,13 @@ pub struct RunArgs {
     /// Write each governor tick (signals, workers allowed, rate) to FILE, tab-separated.
     #[arg(long, value_name = "FILE")]
     pub governor_log: Option<PathBuf>,
+    /// Keep Prometheus metrics in FILE (for node_exporter's textfile collector): replaced whole
+    /// (a temporary in the same directory renamed over it) every few seconds and at the finish.
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub metrics_file: Option<PathBuf>,
+    /// Seconds between two writes of the --metrics-file.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_seconds, requires = "metrics_file")]
+    pub metrics_interval: f64,
 }
 
 /// The load governor's options (`evac run`, and live through `evac throttle`).
@@ -321,9 +328,12 @@ fn on_off(s: &str) -> Result<bool, String> {
 pub struct StatusArgs {
     #[arg(long)]
     pub journal: PathBuf,
-    /// Machine-readable output.
-    #[arg(long)]
+    /// Machine-readable output (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// text, json, or prometheus (the metrics `run --metrics-file` writes, once).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<StatusFormat>,
     /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out),
     /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why.
     #[arg(long, value_name = "STATE")]
@@ -331,6 +341,14 @@ pub struct StatusArgs {
     /// With --list: NUL-separated raw paths.
     #[arg(short = '0', long = "null", alias = "print0")]
     pub null: bool,
+}
+
+/// How `evac status` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    Prometheus,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 pub struct Counts {
     pub by_state: Vec<(FileState, i64)>,
+    /// Bytes of regular files, by state.
+    pub bytes_by_state: Vec<(FileState, i64)>,
     pub bytes_total: i64,
     pub bytes_relocated: i64,
 }
@@ -187,12 +189,16 @@ impl Journal {
     /// keep: a read of a few rows, whatever the number of files.
     pub fn counts(&self) -> Result<Counts> {
         let mut by_state: BTreeMap<FileState, i64> = BTreeMap::new();
+        let mut bytes_by_state: BTreeMap<FileState, i64> = BTreeMap::new();
         let (mut total, mut done) = (0, 0);
         for r in self.count_rows()? {
             let Some(s) = FileState::parse(&r.state) else {
                 continue;
             };
             *by_state.entry(s).or_insert(0) += r.files;
+            if r.kind == "file" {
+                *bytes_by_state.entry(s).or_insert(0) += r.bytes;
+            }
             if r.kind == "file" && !matches!(s, FileState::Gone | FileState::Skipped) {
                 total += r.bytes;
                 if s == FileState::Relocated {
@@ -202,6 +208,10 @@ impl Journal {
         }
         Ok(Counts {
             by_state: by_state.into_iter().filter(|(_, n)| *n != 0).collect(),
+            bytes_by_state: bytes_by_state
+                .into_iter()
+                .filter(|(_, n)| *n != 0)
+                .collect(),
             bytes_total: total,
             bytes_relocated: done,
         })
@@ -352,6 +362,40 @@ impl Journal {
             .map_err(self.e("summarise reasons"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("summarise reasons"))
+    }
+
+    /// Files in `state` by cause (None: no cause recorded), from the counters.
+    pub fn by_cause(&self, state: FileState) -> Result<Vec<(Option<Cause>, i64)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT cause, sum(files) FROM reason_counts WHERE state = ?1
+                  GROUP BY cause HAVING sum(files) != 0 ORDER BY cause",
+            )
+            .map_err(self.e("count files by cause"))?;
+        let rows = st
+            .query_map([state.as_str()], |r| {
+                let cause: String = r.get(0)?;
+                Ok((Cause::parse(&cause), r.get(1)?))
+            })
+            .map_err(self.e("count files by cause"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("count files by cause"))
+    }
+
+    /// (files, bytes) relocated by all runs together: only ever grows, unlike the files now
+    /// relocated (a relocated file can go). A finished run's own totals, else what its last
+    /// heartbeat recorded (which a run writes before its last batch is counted).
+    pub fn relocated_by_runs(&self) -> Result<(i64, i64)> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(coalesce(json_extract(totals, '$.files_relocated_this_run'), files_relocated)), 0),
+                        coalesce(sum(coalesce(json_extract(totals, '$.bytes_relocated_this_run'), bytes_relocated)), 0)
+                   FROM runs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.e("read runs"))
     }
 
     /// Files left behind by (state, cause, reason), as kept and as counted in full.

@@ -3,6 +3,7 @@
 //! (status, verify, holders, reports) is rendered here from the values the commands build.
 
 pub mod fingerprint;
+pub mod metrics;
 pub mod progress;
 pub mod status;
 

@@ -26,6 +26,7 @@ mod hsm_stage;
 mod journal_damage;
 mod layers;
 mod live_users;
+mod metrics;
 mod migrations;
 mod power_loss;
 mod progress;
