@@ -105,6 +105,13 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             force: a.force,
             workers: a.workers,
         }),
+        Command::Completions(a) => {
+            crate::app::docs::completions(<super::Cli as clap::CommandFactory>::command(), a.shell)
+        }
+        Command::Man(a) => crate::app::docs::man(
+            <super::Cli as clap::CommandFactory>::command(),
+            a.out_dir.as_deref(),
+        ),
         Command::Hsm(HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => crate::app::hsm::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet),
             Err(e) => Err(crate::error::Error::Setup(e)),

@@ -54,6 +54,23 @@ pub enum Command {
     /// leftover's fingerprint first, through the normal protocol. Without PATH or --all-exact,
     /// goes on with the recoveries an interrupted `evac recover` left.
     Recover(RecoverArgs),
+    /// Print a shell completion script for bash, zsh or fish on stdout.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout, or write one per subcommand into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// bash, zsh or fish (elvish and powershell work too).
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write evac.1 and one evac-SUBCOMMAND.1 page per subcommand into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@ mod common;
 
 mod busy;
 mod cli;
+mod completions_man;
 mod counters;
 mod crash;
 mod enumerate;
