@@ -285,7 +285,7 @@ fn phase2(journal: &Path, tape: &Path, exe: &Path) -> Result<i32> {
         quiet: false,
     })?;
     crate::ui::out(format!("\n$ evac status --journal {}", journal.display()));
-    crate::app::status::status(journal, false, None, false)?;
+    crate::app::status::status(journal, crate::app::status::Format::Text, None, false)?;
     Ok(code)
 }
 
@@ -360,7 +360,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;
     crate::ui::out(format!("\n$ evac status --journal {}", journal.display()));
-    crate::app::status::status(&journal, false, None, false)?;
+    crate::app::status::status(&journal, crate::app::status::Format::Text, None, false)?;
     if let Some(repo) = &repo {
         // The repository was left whole (a unit): git works in it as before.
         crate::ui::out(format!(

@@ -2,6 +2,7 @@
 //! hands what it has to say to `ui`.
 
 pub mod demo;
+pub mod docs;
 pub mod fingerprint;
 pub mod hsm;
 pub mod recover;

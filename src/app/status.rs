@@ -1,8 +1,9 @@
-//! `evac status` (also while a run is going) and the control commands (`pause`, `resume`,
+//! `evac status` (also while a run is going; as text, JSON or Prometheus metrics) and the control commands (`pause`, `resume`,
 //! `throttle`): read the journal, build the values `ui` shows.
 
 use crate::error::{Error, Result};
 use crate::journal::{FileState, Journal, Plan};
+use crate::ui::metrics::{Governor, Metrics, RunTimes};
 use crate::ui::status::{self as show, PathList, Status};
 use crate::util::escape::{escape, quoted};
 use std::collections::BTreeMap;
@@ -40,7 +41,15 @@ fn public_state(s: FileState) -> FileState {
     }
 }
 
-pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Result<i32> {
+/// How `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Prometheus,
+}
+
+pub fn status(journal: &Path, format: Format, list: Option<&str>, null: bool) -> Result<i32> {
     let j = Journal::open_read(journal)?;
     let plan = need_plan(&j)?;
     if let Some(state) = list {
@@ -74,9 +83,94 @@ pub fn status(journal: &Path, json: bool, list: Option<&str>, null: bool) -> Res
         out.done()?;
         return Ok(0);
     }
+    if format == Format::Prometheus {
+        let running = crate::sys::lock::running_pid(journal).is_some();
+        crate::ui::metrics::show(&metrics(&j, &plan, running)?)?;
+        return Ok(0);
+    }
     let st = build(&j, &plan, journal)?;
-    show::show_status(&st, json)?;
+    show::show_status(&st, format == Format::Json)?;
     Ok(0)
+}
+
+/// The metrics of `status --format prometheus` and `run --metrics-file`: the values status
+/// shows, from the journal's counters (a few rows read, whatever its size). `running` is whether
+/// a run holds the journal (the run writing its own metrics knows).
+pub fn metrics(j: &Journal, plan: &Plan, running: bool) -> Result<Metrics> {
+    let counts = j.counts()?;
+    let by = |v: &[(FileState, i64)]| -> Vec<(&'static str, i64)> {
+        let mut m: BTreeMap<&'static str, i64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
+        for (s, n) in v {
+            *m.entry(public_state(*s).as_str()).or_insert(0) += n;
+        }
+        m.into_iter().collect()
+    };
+    let last = j.last_run()?;
+    let rate = match (&last, running) {
+        (Some(r), true) => r.rate_bps,
+        _ => 0.0,
+    };
+    let remaining = (counts.bytes_total - counts.bytes_relocated).max(0) as f64;
+    let (files_total, bytes_total) = j.relocated_by_runs()?;
+    let mut deferred: BTreeMap<String, i64> = crate::journal::Cause::ALL
+        .iter()
+        .map(|c| (c.as_str().to_string(), 0))
+        .collect();
+    for (c, n) in j.by_cause(FileState::Deferred)? {
+        *deferred
+            .entry(c.map_or("none", |c| c.as_str()).to_string())
+            .or_insert(0) += n;
+    }
+    let sp = j.stage_progress()?;
+    let paused = j.controls()?.get("paused").is_some_and(|v| v == "1");
+    let governor = crate::pace::governor::read_state(&plan.journal_id)
+        .filter(|_| running)
+        .and_then(|g| serde_json::from_str::<serde_json::Value>(&g.1).ok())
+        .map(|g| {
+            let f = |k: &str| g.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let limiting = g.get("limiting").filter(|l| !l.is_null());
+            Governor {
+                enabled: g.get("enabled").and_then(|v| v.as_bool()).unwrap_or(false),
+                allowed: f("allowed"),
+                max: f("max"),
+                active: f("active"),
+                limiting: limiting
+                    .and_then(|l| l.get("signal"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("none")
+                    .to_string(),
+                device: limiting
+                    .and_then(|l| l.get("device"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            }
+        });
+    Ok(Metrics {
+        journal_id: plan.journal_id.clone(),
+        source: pathstr(&plan.source),
+        dest: pathstr(&plan.dest),
+        files: by(&counts.by_state),
+        bytes: by(&counts.bytes_by_state),
+        bytes_total: counts.bytes_total,
+        bytes_relocated: counts.bytes_relocated,
+        relocated_files_total: files_total,
+        relocated_bytes_total: bytes_total,
+        rate_bytes_per_sec: rate,
+        eta_seconds: (running && rate > 0.0).then(|| (remaining / rate).round() as i64),
+        running,
+        paused,
+        last_run: last.map(|r| RunTimes {
+            id: r.id,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            exit_code: r.exit_code,
+        }),
+        governor,
+        deferred: deferred.into_iter().collect(),
+        stage_volumes: (sp.volumes > 0 && j.hsm_db_counts()?.1 > 0)
+            .then_some((sp.volumes_done, sp.volumes)),
+        at: crate::util::time::now(),
+    })
 }
 
 fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {

@@ -1,5 +1,5 @@
 //! `evac verify` (I5): re-hash every relocated copy against the journal and check every SOURCE
-//! link; `evac holders`: the processes that still use SOURCE.
+//! link, and check the journal's counters against a full count; `evac holders`: the processes that still use SOURCE.
 
 use super::status::need_plan;
 use crate::error::{Error, IoContext, Result};
@@ -30,6 +30,19 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
     let dst_root =
         fsx::open_root(&plan.dest).ctx("open DEST", plan.dest.as_os_str().as_encoded_bytes())?;
     let prefix = journal::path_bytes(&plan.link_prefix);
+    // The counters `status` reads, against a full count: a wrong one would mislead every status
+    // and metric without anything else looking amiss.
+    let counters: Vec<show::CounterProblem> = j
+        .check_counters()?
+        .into_iter()
+        .map(|m| show::CounterProblem {
+            what: m.what,
+            kept_files: m.kept.0,
+            kept_bytes: m.kept.1,
+            counted_files: m.counted.0,
+            counted_bytes: m.counted.1,
+        })
+        .collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers.unwrap_or(0))
         .build()
@@ -65,7 +78,7 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
     }
     let v = Verified {
         checked,
-        ok: problems.is_empty(),
+        ok: problems.is_empty() && counters.is_empty(),
         problems: problems
             .into_iter()
             .map(|p| show::Problem {
@@ -83,6 +96,7 @@ pub fn verify(journal: &Path, json: bool, workers: Option<usize>) -> Result<i32>
                 raw: p.path,
             })
             .collect(),
+        counters,
     };
     show::show_verified(&v, json)?;
     Ok(if v.ok { 0 } else { 3 })

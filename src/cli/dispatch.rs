@@ -2,7 +2,7 @@
 //! the call of the command: the binary's `main` only parses, installs the terminal and exits with
 //! what this returns.
 
-use super::{Cli, Command, HsmCommand};
+use super::{Cli, Command, HsmCommand, StatusFormat};
 use crate::engine::RunOpts;
 use crate::error::{Error, Result};
 use crate::util::escape::quoted;
@@ -93,40 +93,50 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
     match cli.command {
         Command::Run(a) => {
             let a = *a;
-            crate::app::run::run(RunOpts {
-                exclude: exclude_filters(&a.exclude, &a.exclude_from, a.from0)?,
-                no_default_units: a.no_default_units,
-                source: a.source,
-                dest: a.dest,
-                journal: a.journal,
-                link_prefix: a.link_prefix,
-                workers: a.workers,
-                dry_run: a.dry_run,
-                list: a.list,
-                null: a.null,
-                quiet: a.quiet,
-                progress_interval: a.progress_interval,
-                batch_files: a.batch_files,
-                retry_rounds: a.retry_rounds,
-                retry_delay: a.retry_delay,
-                op_timeout: a.op_timeout,
-                relocate_mapped: a.relocate_mapped,
-                hsm: a.hsm,
-                hsm_timeout: a.hsm_timeout,
-                skip_walk: false,
-                bwlimit: a.bwlimit,
-                files_per_sec: a.files_per_sec,
-                windows: a.window,
-                exit_outside_window: a.exit_outside_window,
-                governor: a.governor.settings(),
-                governor_given: a.governor.entries(),
-                governor_log: a.governor_log,
-                args_text,
-                stats: Default::default(),
-            })
+            crate::app::run::run(
+                RunOpts {
+                    exclude: exclude_filters(&a.exclude, &a.exclude_from, a.from0)?,
+                    no_default_units: a.no_default_units,
+                    source: a.source,
+                    dest: a.dest,
+                    journal: a.journal,
+                    link_prefix: a.link_prefix,
+                    workers: a.workers,
+                    dry_run: a.dry_run,
+                    list: a.list,
+                    null: a.null,
+                    quiet: a.quiet,
+                    progress_interval: a.progress_interval,
+                    batch_files: a.batch_files,
+                    retry_rounds: a.retry_rounds,
+                    retry_delay: a.retry_delay,
+                    op_timeout: a.op_timeout,
+                    relocate_mapped: a.relocate_mapped,
+                    hsm: a.hsm,
+                    hsm_timeout: a.hsm_timeout,
+                    skip_walk: false,
+                    bwlimit: a.bwlimit,
+                    files_per_sec: a.files_per_sec,
+                    windows: a.window,
+                    exit_outside_window: a.exit_outside_window,
+                    governor: a.governor.settings(),
+                    governor_given: a.governor.entries(),
+                    governor_log: a.governor_log,
+                    args_text,
+                    stats: Default::default(),
+                },
+                a.metrics_file
+                    .map(|f| (f, std::time::Duration::from_secs_f64(a.metrics_interval))),
+            )
         }
         Command::Status(a) => {
-            crate::app::status::status(&a.journal, a.json, a.list.as_deref(), a.null)
+            use crate::app::status::Format;
+            let format = match (a.json, a.format) {
+                (true, _) | (_, Some(StatusFormat::Json)) => Format::Json,
+                (_, Some(StatusFormat::Prometheus)) => Format::Prometheus,
+                _ => Format::Text,
+            };
+            crate::app::status::status(&a.journal, format, a.list.as_deref(), a.null)
         }
         Command::Verify(a) => crate::app::verify::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => crate::app::verify::holders(&a.source, a.json, a.null),
@@ -182,6 +192,13 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             force: a.force,
             workers: a.workers,
         }),
+        Command::Completions(a) => {
+            crate::app::docs::completions(<super::Cli as clap::CommandFactory>::command(), a.shell)
+        }
+        Command::Man(a) => crate::app::docs::man(
+            <super::Cli as clap::CommandFactory>::command(),
+            a.out_dir.as_deref(),
+        ),
         Command::Hsm(HsmCommand::Import(a)) => match a.format.parse() {
             Ok(f) => crate::app::hsm::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet),
             Err(e) => Err(crate::error::Error::Setup(e)),

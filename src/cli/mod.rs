@@ -59,6 +59,25 @@ pub enum Command {
     /// leftover's fingerprint first, through the normal protocol. Without PATH or --all-exact,
     /// goes on with the recoveries an interrupted `evac recover` left.
     Recover(RecoverArgs),
+    /// Print a shell completion script for bash, zsh or fish on stdout.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout, or write one per subcommand into a directory.
+    Man(ManArgs),
+}
+
+/// The arguments of `evac completions`.
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// bash, zsh or fish (elvish and powershell work too).
+    pub shell: clap_complete::Shell,
+}
+
+/// The arguments of `evac man`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write evac.1 and one evac-SUBCOMMAND.1 page per subcommand into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// The arguments of `evac recover`.
@@ -291,6 +310,13 @@ pub struct RunArgs {
     /// Write each governor tick (signals, workers allowed, rate) to FILE, tab-separated.
     #[arg(long, value_name = "FILE")]
     pub governor_log: Option<PathBuf>,
+    /// Keep Prometheus metrics in FILE (for node_exporter's textfile collector): replaced whole
+    /// (a temporary in the same directory renamed over it) every few seconds and at the finish.
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub metrics_file: Option<PathBuf>,
+    /// Seconds between two writes of the --metrics-file.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_seconds, requires = "metrics_file")]
+    pub metrics_interval: f64,
 }
 
 /// The load governor's options (`evac run`, and live through `evac throttle`).
@@ -363,9 +389,12 @@ pub struct StatusArgs {
     /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
-    /// Machine-readable output.
-    #[arg(long)]
+    /// Machine-readable output (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// text, json, or prometheus (the metrics `run --metrics-file` writes, once).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<StatusFormat>,
     /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out),
     /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why; `excluded`: what
     /// --exclude left in SOURCE (an excluded directory once); `links`: every link evac made, with
@@ -375,6 +404,17 @@ pub struct StatusArgs {
     /// With --list: NUL-separated raw paths.
     #[arg(short = '0', long = "null", alias = "print0")]
     pub null: bool,
+}
+
+/// How `evac status` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    /// For people (the default).
+    Text,
+    /// One JSON object (as `--json`).
+    Json,
+    /// Prometheus text exposition (the metrics of `run --metrics-file`).
+    Prometheus,
 }
 
 /// The arguments of `evac verify`.

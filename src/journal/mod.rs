@@ -64,6 +64,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_excluded",
         include_str!("../../migrations/0010_excluded.sql"),
     ),
+    (
+        "0011_counts",
+        include_str!("../../migrations/0011_counts.sql"),
+    ),
 ];
 
 use crate::util::time::now;

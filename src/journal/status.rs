@@ -1,9 +1,12 @@
 //! What `status` and `verify` read: counts by state, reasons, lists, cutover readiness.
 
 use super::*;
+use std::collections::BTreeMap;
 
 pub struct Counts {
     pub by_state: Vec<(FileState, i64)>,
+    /// Bytes of regular files, by state.
+    pub bytes_by_state: Vec<(FileState, i64)>,
     pub bytes_total: i64,
     pub bytes_relocated: i64,
 }
@@ -28,6 +31,26 @@ impl Counts {
     }
 }
 
+/// One row of the counters: files (and their bytes) of one state and kind, linked to a copy or
+/// not, last seen by one run (0: none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRow {
+    pub state: String,
+    pub kind: String,
+    pub linked: bool,
+    pub seen_run: i64,
+    pub files: i64,
+    pub bytes: i64,
+}
+
+/// A counter that differs from a full count: (files, bytes) as kept and as counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterMismatch {
+    pub what: String,
+    pub kept: (i64, i64),
+    pub counted: (i64, i64),
+}
+
 /// (state, cause, reason without the holders it names, files).
 pub type ReasonCount = (FileState, Option<Cause>, String, i64);
 
@@ -40,7 +63,8 @@ pub struct Cutover {
     pub differences: Vec<(String, i64)>,
     /// Entries evac leaves in SOURCE (symlinks of users, FIFOs, sockets, devices, mount points).
     pub not_carried: Vec<(String, i64)>,
-    /// Entries `--exclude` left in SOURCE (an excluded directory counts once): they block
+    /// Entries `--exclude` (or the version-control rule) left in SOURCE (an excluded directory
+    /// counts once): they block
     /// nothing evac does, but their data is on SOURCE only.
     pub excluded: i64,
 }
@@ -56,6 +80,9 @@ pub type PathSink<'a> = &'a mut dyn FnMut(&[u8], Option<&str>) -> std::io::Resul
 
 impl Journal {
     /// How far DEST is from mirroring SOURCE, as of the last run that walked all of SOURCE.
+    /// Summed from the counters (what `CUTOVER_SQL` lists, counted without reading the files
+    /// table), but for renamed links not followed, found through the state index among the few
+    /// deferred and failed rows.
     pub fn cutover(&self) -> Result<Cutover> {
         let last: Option<(i64, f64)> = self
             .conn
@@ -66,32 +93,74 @@ impl Journal {
             )
             .optional()
             .map_err(self.e("read runs"))?;
-        let mut c = Cutover {
-            as_of: last,
-            ..Default::default()
-        };
         let run = last.map(|l| l.0).unwrap_or(-1);
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT what, count(*) FROM ({}) GROUP BY what ORDER BY what",
-                Self::CUTOVER_SQL
-            ))
-            .map_err(self.e("compare namespaces"))?;
-        let rows = st
-            .query_map([run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(self.e("compare namespaces"))?;
-        for r in rows {
-            let (what, n) = r.map_err(self.e("compare namespaces"))?;
-            if what == "left:excluded" {
-                c.excluded = n;
-            } else if let Some(kind) = what.strip_prefix("left:") {
-                c.not_carried.push((kind.to_string(), n));
-            } else {
-                c.differences.push((what, n));
+        let mut differences: BTreeMap<String, i64> = BTreeMap::new();
+        let mut not_carried: BTreeMap<String, i64> = BTreeMap::new();
+        let add = |m: &mut BTreeMap<String, i64>, what: &str, n: i64| {
+            if n != 0 {
+                *m.entry(what.to_string()).or_insert(0) += n;
+            }
+        };
+        for r in self.count_rows()? {
+            let st = r.state.as_str();
+            if r.kind == "file"
+                && matches!(
+                    st,
+                    "pending"
+                        | "copying"
+                        | "placed"
+                        | "deferred"
+                        | "failed"
+                        | "staged_out"
+                        | "skipped"
+                )
+            {
+                add(&mut differences, "files not relocated", r.files);
+            }
+            let not_seen = r.seen_run == 0 || r.seen_run != run;
+            if r.linked
+                && (not_seen || st != "relocated" || r.kind != "file")
+                && !matches!(st, "copying" | "placed")
+            {
+                add(
+                    &mut differences,
+                    "copies at DEST whose link is gone",
+                    r.files,
+                );
+            }
+            if st == "skipped" && r.kind != "file" && r.kind != "reserved" {
+                add(&mut not_carried, &r.kind, r.files);
             }
         }
-        Ok(c)
+        let renamed: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM files WHERE state IN ('failed', 'deferred')
+                  AND kind = 'symlink' AND target IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.e("compare namespaces"))?;
+        add(
+            &mut differences,
+            "renamed links not followed at DEST",
+            renamed,
+        );
+        let dirs: i64 = self
+            .conn
+            .query_row(
+                "SELECT coalesce(sum(dirs), 0) FROM dir_counts WHERE seen_run = 0 OR seen_run != ?1",
+                [run],
+                |r| r.get(0),
+            )
+            .map_err(self.e("compare namespaces"))?;
+        add(&mut differences, "DEST directories gone from SOURCE", dirs);
+        Ok(Cutover {
+            as_of: last,
+            differences: differences.into_iter().collect(),
+            not_carried: not_carried.into_iter().collect(),
+            excluded: self.excluded_count()?,
+        })
     }
 
     /// Every path that keeps DEST from mirroring SOURCE, with what and why.
@@ -123,50 +192,247 @@ impl Journal {
         Ok(())
     }
 
+    /// Files and bytes by state, from the counters the triggers of `migrations/0011_counts.sql`
+    /// keep: a read of a few rows, whatever the number of files.
     pub fn counts(&self) -> Result<Counts> {
-        let mut st = self
-            .conn
-            .prepare("SELECT state, count(*) FROM files GROUP BY state")
-            .map_err(self.e("count files"))?;
-        let by_state = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.e("count files"))?
-            .collect::<rusqlite::Result<Vec<(FileState, i64)>>>()
-            .map_err(self.e("count files"))?;
-        let (total, done): (i64, i64) = self
-            .conn
-            .query_row(
-                "SELECT coalesce(sum(size), 0), coalesce(sum(CASE WHEN state = 'relocated' THEN size ELSE 0 END), 0)
-                 FROM files WHERE kind = 'file' AND state NOT IN ('gone', 'skipped')",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(self.e("count bytes"))?;
+        let mut by_state: BTreeMap<FileState, i64> = BTreeMap::new();
+        let mut bytes_by_state: BTreeMap<FileState, i64> = BTreeMap::new();
+        let (mut total, mut done) = (0, 0);
+        for r in self.count_rows()? {
+            let Some(s) = FileState::parse(&r.state) else {
+                continue;
+            };
+            *by_state.entry(s).or_insert(0) += r.files;
+            if r.kind == "file" {
+                *bytes_by_state.entry(s).or_insert(0) += r.bytes;
+            }
+            if r.kind == "file" && !matches!(s, FileState::Gone | FileState::Skipped) {
+                total += r.bytes;
+                if s == FileState::Relocated {
+                    done += r.bytes;
+                }
+            }
+        }
         Ok(Counts {
-            by_state,
+            by_state: by_state.into_iter().filter(|(_, n)| *n != 0).collect(),
+            bytes_by_state: bytes_by_state
+                .into_iter()
+                .filter(|(_, n)| *n != 0)
+                .collect(),
             bytes_total: total,
             bytes_relocated: done,
         })
     }
 
+    /// The counters' rows that count something.
+    pub fn count_rows(&self) -> Result<Vec<CountRow>> {
+        self.count_query(
+            "SELECT state, kind, linked, seen_run, files, bytes FROM counts
+              WHERE files != 0 OR bytes != 0",
+        )
+    }
+
+    fn count_query(&self, sql: &str) -> Result<Vec<CountRow>> {
+        let mut st = self.conn.prepare(sql).map_err(self.e("count files"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(CountRow {
+                    state: r.get(0)?,
+                    kind: r.get(1)?,
+                    linked: r.get(2)?,
+                    seen_run: r.get(3)?,
+                    files: r.get(4)?,
+                    bytes: r.get(5)?,
+                })
+            })
+            .map_err(self.e("count files"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("count files"))
+    }
+
+    /// `verify`: the counters against a full count of the files and directories, in one
+    /// snapshot (a run may be committing meanwhile). Each difference, as (what, kept, counted).
+    pub fn check_counters(&self) -> Result<Vec<CounterMismatch>> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.e("check counters"))?;
+        let kept = self.count_rows()?;
+        let counted = self.count_query(
+            "SELECT state, kind, linked_ino IS NOT NULL, coalesce(seen_run, 0), count(*),
+                    coalesce(sum(size), 0)
+               FROM files GROUP BY 1, 2, 3, 4",
+        )?;
+        let dirs = |sql: &str| -> Result<BTreeMap<i64, i64>> {
+            let mut st = self
+                .conn
+                .prepare(sql)
+                .map_err(self.e("count directories"))?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.e("count directories"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(self.e("count directories"))
+        };
+        let dirs_kept = dirs("SELECT seen_run, dirs FROM dir_counts WHERE dirs != 0")?;
+        let dirs_counted = dirs("SELECT coalesce(seen_run, 0), count(*) FROM dirs GROUP BY 1")?;
+        let reasons_kept = self.reason_groups(false)?;
+        let reasons_counted = self.reason_groups(true)?;
+        drop(tx);
+        type Key = (String, String, bool, i64);
+        let index = |rows: Vec<CountRow>| -> BTreeMap<Key, (i64, i64)> {
+            rows.into_iter()
+                .map(|r| ((r.state, r.kind, r.linked, r.seen_run), (r.files, r.bytes)))
+                .collect()
+        };
+        let (kept, counted) = (index(kept), index(counted));
+        let mut out = Vec::new();
+        let keys: std::collections::BTreeSet<&Key> = kept.keys().chain(counted.keys()).collect();
+        for k in keys {
+            let a = kept.get(k).copied().unwrap_or((0, 0));
+            let b = counted.get(k).copied().unwrap_or((0, 0));
+            if a != b {
+                out.push(CounterMismatch {
+                    what: format!(
+                        "{} {}s{}{}",
+                        k.0,
+                        k.1,
+                        if k.2 { ", linked to a copy" } else { "" },
+                        if k.3 == 0 {
+                            ", never seen by a walk".to_string()
+                        } else {
+                            format!(", last seen by run {}", k.3)
+                        }
+                    ),
+                    kept: a,
+                    counted: b,
+                });
+            }
+        }
+        let runs: std::collections::BTreeSet<&i64> =
+            dirs_kept.keys().chain(dirs_counted.keys()).collect();
+        for r in runs {
+            let a = dirs_kept.get(r).copied().unwrap_or(0);
+            let b = dirs_counted.get(r).copied().unwrap_or(0);
+            if a != b {
+                out.push(CounterMismatch {
+                    what: if *r == 0 {
+                        "directories never seen by a walk".to_string()
+                    } else {
+                        format!("directories last seen by run {r}")
+                    },
+                    kept: (a, 0),
+                    counted: (b, 0),
+                });
+            }
+        }
+        let reasons: std::collections::BTreeSet<&(String, String, String)> =
+            reasons_kept.keys().chain(reasons_counted.keys()).collect();
+        for k in reasons {
+            let a = reasons_kept.get(k).copied().unwrap_or(0);
+            let b = reasons_counted.get(k).copied().unwrap_or(0);
+            if a != b {
+                out.push(CounterMismatch {
+                    what: format!(
+                        "{} files{}, reason {}",
+                        k.0,
+                        if k.1.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", k.1)
+                        },
+                        crate::util::escape::quoted(k.2.as_bytes())
+                    ),
+                    kept: (a, 0),
+                    counted: (b, 0),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Counts by state, cause and reason; a busy file's reason is grouped without the holders it
-    /// names (they differ from file to file, the cause does not).
+    /// names (they differ from file to file, the cause does not). From the counters.
     pub fn top_reasons(&self, limit: i64) -> Result<Vec<ReasonCount>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT state, cause, CASE WHEN cause = 'busy' AND instr(reason, ?2) > 0 THEN substr(reason, 1, instr(reason, ?2) - 1)
-                 ELSE coalesce(reason, '') END AS why, count(*) AS n FROM files
-                 WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out') GROUP BY state, cause, why ORDER BY n DESC LIMIT ?1",
+                "SELECT state, cause, why, files FROM reason_counts WHERE files != 0
+                  ORDER BY files DESC, state, cause, why LIMIT ?1",
             )
             .map_err(self.e("summarise reasons"))?;
         let rows = st
-            .query_map(params![limit, crate::sys::busy::HOLDERS_MARK], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            .query_map([limit], |r| {
+                let cause: String = r.get(1)?;
+                Ok((r.get(0)?, Cause::parse(&cause), r.get(2)?, r.get(3)?))
             })
             .map_err(self.e("summarise reasons"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(self.e("summarise reasons"))
+    }
+
+    /// Files in `state` by cause (None: no cause recorded), from the counters.
+    pub fn by_cause(&self, state: FileState) -> Result<Vec<(Option<Cause>, i64)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT cause, sum(files) FROM reason_counts WHERE state = ?1
+                  GROUP BY cause HAVING sum(files) != 0 ORDER BY cause",
+            )
+            .map_err(self.e("count files by cause"))?;
+        let rows = st
+            .query_map([state.as_str()], |r| {
+                let cause: String = r.get(0)?;
+                Ok((Cause::parse(&cause), r.get(1)?))
+            })
+            .map_err(self.e("count files by cause"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("count files by cause"))
+    }
+
+    /// (files, bytes) relocated by all runs together: only ever grows, unlike the files now
+    /// relocated (a relocated file can go). A finished run's own totals, else what its last
+    /// heartbeat recorded (which a run writes before its last batch is counted).
+    pub fn relocated_by_runs(&self) -> Result<(i64, i64)> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(coalesce(json_extract(totals, '$.files_relocated_this_run'), files_relocated)), 0),
+                        coalesce(sum(coalesce(json_extract(totals, '$.bytes_relocated_this_run'), bytes_relocated)), 0)
+                   FROM runs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.e("read runs"))
+    }
+
+    /// Files left behind by (state, cause, reason), as kept and as counted in full.
+    fn reason_groups(&self, full: bool) -> Result<BTreeMap<(String, String, String), i64>> {
+        // The full count cuts a busy file's reason at the mark the code writes, the counters at
+        // the one their triggers were written with: a difference between the two shows here.
+        let (sql, mark) = if full {
+            (
+                "SELECT state, coalesce(cause, ''),
+                    CASE WHEN cause = 'busy' AND instr(reason, ?1) > 0
+                         THEN substr(reason, 1, instr(reason, ?1) - 1) ELSE coalesce(reason, '') END,
+                    count(*)
+               FROM files WHERE state IN ('deferred', 'failed', 'skipped', 'staged_out')
+              GROUP BY 1, 2, 3",
+                vec![crate::sys::busy::HOLDERS_MARK],
+            )
+        } else {
+            (
+                "SELECT state, cause, why, files FROM reason_counts WHERE files != 0",
+                vec![],
+            )
+        };
+        let mut st = self.conn.prepare(sql).map_err(self.e("count reasons"))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(mark), |r| {
+                Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?))
+            })
+            .map_err(self.e("count reasons"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("count reasons"))
     }
 
     /// Paths (and reasons) in the given states, streamed to `f`.

@@ -263,3 +263,102 @@ fn a_transaction_not_committed_is_rolled_back() {
     outer.commit().unwrap();
     assert_eq!(state(), "copying");
 }
+
+/// A journal written before the counters (migration 0010) gains them from its rows; from then on
+/// every insert, change of state, kind, size, link or walk, and delete keeps them equal to a full
+/// count, whoever makes it (here plain SQL, as an operator's hand edit would).
+#[test]
+fn a_journal_before_the_counters_gains_them_and_they_follow_every_change() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    let c = rusqlite::Connection::open(&p).unwrap();
+    let before = MIGRATIONS
+        .iter()
+        .position(|(n, _)| *n == "0011_counts")
+        .expect("migration 0011_counts");
+    for (i, (_, sql)) in MIGRATIONS[..before].iter().enumerate() {
+        c.execute_batch(sql).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .unwrap();
+    }
+    c.execute_batch(
+        "INSERT INTO runs (pid, args, started_at, heartbeat_at) VALUES (1, '', 0, 0), (2, '', 1, 1);
+         INSERT INTO files (path, kind, state, size, seen_run, linked_ino) VALUES
+            (x'61', 'file', 'relocated', 100, 1, 5),
+            (x'62', 'file', 'relocated', 200, 2, 6),
+            (x'63', 'file', 'pending', 300, 2, NULL),
+            (x'64', 'file', 'deferred', NULL, NULL, NULL),
+            (x'65', 'fifo', 'skipped', 0, 2, NULL),
+            (x'66', 'symlink', 'skipped', NULL, 1, NULL);
+         INSERT INTO dirs (path, depth, mode, uid, gid, atime_ns, mtime_ns, seen_run) VALUES
+            (x'64', 0, 493, 0, 0, 0, 0, 1), (x'65', 0, 493, 0, 0, 0, 0, NULL);",
+    )
+    .unwrap();
+    drop(c);
+    let j = Journal::open(&p, false).unwrap();
+    assert_eq!(j.check_counters().unwrap(), vec![], "after the backfill");
+    let n = j.counts().unwrap();
+    assert_eq!(
+        (n.bytes_total, n.bytes_relocated),
+        (600, 300),
+        "bytes from the backfilled counters"
+    );
+    assert_eq!(n.of(super::FileState::Relocated), 2);
+    let cut = j.cutover().unwrap();
+    assert_eq!(
+        cut.not_carried,
+        vec![("fifo".to_string(), 1), ("symlink".to_string(), 1)]
+    );
+
+    let c = rusqlite::Connection::open(&p).unwrap();
+    for (what, sql) in [
+        (
+            "insert",
+            "INSERT INTO files (path, kind, state, size, seen_run) VALUES (x'67', 'file', 'pending', 7, 2)",
+        ),
+        (
+            "state",
+            "UPDATE files SET state = 'relocated', linked_ino = 9 WHERE path = x'63'",
+        ),
+        ("size", "UPDATE files SET size = 301 WHERE path = x'63'"),
+        ("size from none", "UPDATE files SET size = 5 WHERE path = x'64'"),
+        ("walk", "UPDATE files SET seen_run = 2"),
+        (
+            "kind",
+            "UPDATE files SET kind = 'symlink', linked_ino = NULL WHERE path = x'61'",
+        ),
+        ("unchanged", "UPDATE files SET state = state, size = size"),
+        ("delete", "DELETE FROM files WHERE path = x'62'"),
+        (
+            "busy",
+            "UPDATE files SET state = 'deferred', cause = 'busy', reason = 'open for writing (pid 7 vi)' WHERE path = x'63';
+             UPDATE files SET cause = 'busy', reason = 'open for writing (pid 8 emacs)' WHERE path = x'64'",
+        ),
+        (
+            "reason",
+            "UPDATE files SET reason = 'open for writing (pid 9 ed)' WHERE path = x'64';
+             UPDATE files SET cause = 'error', reason = 'read SOURCE: EIO' WHERE path = x'63'",
+        ),
+        ("left behind no more", "UPDATE files SET state = 'pending', cause = NULL WHERE path = x'63'"),
+        (
+            "dirs",
+            "UPDATE dirs SET seen_run = 2; INSERT INTO dirs (path, depth, mode, uid, gid, atime_ns, mtime_ns) VALUES (x'66', 0, 493, 0, 0, 0, 0); DELETE FROM dirs WHERE path = x'64'",
+        ),
+    ] {
+        c.execute_batch(sql).unwrap();
+        assert_eq!(j.check_counters().unwrap(), vec![], "after {what}: {sql}");
+    }
+    // A busy file's reason is counted without the processes it names.
+    let top = j.top_reasons(10).unwrap();
+    assert!(
+        top.iter()
+            .any(|r| r.1 == Some(super::Cause::Busy) && r.2 == "open for writing" && r.3 == 1),
+        "{top:?}"
+    );
+    // And a counter changed behind the triggers' back is found.
+    c.execute_batch("UPDATE dir_counts SET dirs = dirs + 1 WHERE seen_run = 2")
+        .unwrap();
+    let m = j.check_counters().unwrap();
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!((m[0].kept.0, m[0].counted.0), (2, 1), "{m:?}");
+}

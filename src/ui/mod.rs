@@ -3,6 +3,7 @@
 //! (status, verify, holders, reports) is rendered here from the values the commands build.
 
 pub mod fingerprint;
+pub mod metrics;
 pub mod progress;
 pub mod status;
 
@@ -38,6 +39,15 @@ pub fn out(line: impl AsRef<str>) {
     let mut o = std::io::stdout().lock();
     // A closed pipe (`evac … | head`) ends the output, not the command's work.
     let _ = writeln!(o, "{}", line.as_ref()).and_then(|()| o.flush());
+}
+
+/// A command's output as it is (a script, a page), on stdout.
+pub fn out_bytes(b: &[u8]) -> crate::error::Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    o.write_all(b)
+        .and_then(|()| o.flush())
+        .map_err(|e| crate::error::Error::Setup(format!("write output: {e}")))
 }
 
 /// A line about a command's work, on stderr beside the notices (what people read).

@@ -355,6 +355,18 @@ pub struct Verified {
     pub problems: Vec<Problem>,
     pub written_since: u64,
     pub metadata_changed: Vec<MetaChange>,
+    /// The journal's counters that differ from a full count (empty when they agree).
+    pub counters: Vec<CounterProblem>,
+}
+
+/// A counter of the journal that differs from a full count of its files.
+#[derive(Serialize)]
+pub struct CounterProblem {
+    pub what: String,
+    pub kept_files: i64,
+    pub kept_bytes: i64,
+    pub counted_files: i64,
+    pub counted_bytes: i64,
 }
 
 pub fn show_verified(v: &Verified, json: bool) -> Result<()> {
@@ -364,6 +376,12 @@ pub fn show_verified(v: &Verified, json: bool) -> Result<()> {
     let mut s = String::new();
     for p in &v.problems {
         s.push_str(&format!("PROBLEM {}: {}\n", quoted(&p.raw), p.problem));
+    }
+    for c in &v.counters {
+        s.push_str(&format!(
+            "PROBLEM journal counters: {}: {} files, {} bytes kept, {} files, {} bytes counted\n",
+            c.what, c.kept_files, c.kept_bytes, c.counted_files, c.counted_bytes
+        ));
     }
     for p in &v.metadata_changed {
         s.push_str(&format!(
@@ -388,6 +406,14 @@ pub fn show_verified(v: &Verified, json: bool) -> Result<()> {
             v.metadata_changed.len()
         ));
     }
+    s.push_str(&if v.counters.is_empty() {
+        "verify: the journal's counters (what status reads) agree with a full count\n".to_string()
+    } else {
+        format!(
+            "verify: {} of the journal's counters differ from a full count (PROBLEM lines): status and metrics read them, so their figures are off by the difference\n",
+            v.counters.len()
+        )
+    });
     write_out(&s)
 }
 

@@ -8,6 +8,8 @@ mod common;
 
 mod busy;
 mod cli;
+mod completions_man;
+mod counters;
 mod crash;
 mod enumerate;
 mod failing_storage;
@@ -26,6 +28,7 @@ mod hsm_stage;
 mod journal_damage;
 mod layers;
 mod live_users;
+mod metrics;
 mod power_loss;
 mod progress;
 mod recover;
