@@ -6,6 +6,7 @@ pub mod docs;
 pub mod fingerprint;
 pub mod hsm;
 pub mod recover;
+pub mod rescue;
 pub mod run;
 pub mod status;
 pub mod verify;

@@ -192,6 +192,12 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             force: a.force,
             workers: a.workers,
         }),
+        Command::Rescue(a) => crate::app::rescue::rescue(&crate::app::rescue::RescueOpts {
+            source: a.source,
+            to: a.to,
+            journal: a.journal,
+            json: a.json,
+        }),
         Command::Completions(a) => {
             crate::app::docs::completions(<super::Cli as clap::CommandFactory>::command(), a.shell)
         }

@@ -59,6 +59,11 @@ pub enum Command {
     /// leftover's fingerprint first, through the normal protocol. Without PATH or --all-exact,
     /// goes on with the recoveries an interrupted `evac recover` left.
     Recover(RecoverArgs),
+    /// Copy every file under SOURCE that was deleted while a process still holds it open or
+    /// mapped (read back through /proc, never signalling the process) into DIR, with its
+    /// metadata and a manifest. Exit 0 when every such file was rescued (or there was none),
+    /// 3 when some could not be.
+    Rescue(RescueArgs),
     /// Print a shell completion script for bash, zsh or fish on stdout.
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on stdout, or write one per subcommand into a directory.
@@ -66,6 +71,23 @@ pub enum Command {
 }
 
 /// The arguments of `evac completions`.
+#[derive(Args, Debug)]
+pub struct RescueArgs {
+    /// The old tree whose deleted-but-held files are to be saved.
+    pub source: PathBuf,
+    /// Where the rescued files go, each under its last path with a `.rescued` suffix (created
+    /// if missing; must not be inside SOURCE; nothing in it is ever overwritten).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The journal of the evacuation: names the SOURCE path of an original that evac swapped
+    /// out while a process held it (its last name is evac's temporary).
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Machine-readable manifest (on stdout and in DIR).
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
     /// bash, zsh or fish (elvish and powershell work too).

@@ -329,6 +329,13 @@ pub struct Holding {
     pub path: Vec<u8>,
     /// Unlinked since the process took hold of it: it still keeps the old storage busy.
     pub deleted: bool,
+    /// The /proc/PID entry its data can be read back through (`fd/3`, or `map_files/7f00-7f10`
+    /// for a mapping and for the program itself), for `evac rescue`; None for a directory, or
+    /// for a mapping seen only in maps (map_files closed to us).
+    pub entry: Option<String>,
+    /// (device, inode) as /proc showed them: the entry may name another file by the time it
+    /// is opened (an fd closed and its number reused).
+    pub key: (u64, u64),
 }
 
 /// What a scan found.
@@ -426,7 +433,7 @@ pub fn scan(source: &Path) -> Result<Scan> {
         };
         let command = p.comm().unwrap_or_default();
         let cmdline = p.cmdline();
-        for (how, path, deleted) in found {
+        for (how, path, deleted, entry, key) in found {
             holdings.push(Holding {
                 pid: p.0,
                 uid,
@@ -436,6 +443,8 @@ pub fn scan(source: &Path) -> Result<Scan> {
                 how,
                 path,
                 deleted,
+                entry,
+                key,
             });
         }
     }
@@ -447,17 +456,21 @@ pub fn scan(source: &Path) -> Result<Scan> {
     })
 }
 
-type Found = Vec<(Use, Vec<u8>, bool)>;
+type Found = Vec<(Use, Vec<u8>, bool, Option<String>, (u64, u64))>;
 
 /// Everything `p` uses under the tree, into `found`; `Err(Denied)` if some of its entries
 /// were closed to us (what could be read is still in `found`).
 fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
     let mut denied = false;
     let mut seen: HashSet<(Use, u64, u64)> = HashSet::new();
-    let mut add = |found: &mut Found, how: Use, st: (u64, u64), at: Option<(Vec<u8>, bool)>| {
+    let mut add = |found: &mut Found,
+                   how: Use,
+                   st: (u64, u64),
+                   at: Option<(Vec<u8>, bool)>,
+                   entry: Option<String>| {
         if let Some((path, deleted)) = at {
             if seen.insert((how, st.0, st.1)) {
-                found.push((how, path, deleted));
+                found.push((how, path, deleted, entry, st));
             }
         }
     };
@@ -471,7 +484,8 @@ fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
                 if st.st_dev == tree.dev {
                     if let Ok(name) = p.link_of(link) {
                         let at = tree.locate(&name, st.st_dev, st.st_nlink == 0);
-                        add(found, how, (st.st_dev, st.st_ino), at);
+                        // The program's data is read back through its mapping (below).
+                        add(found, how, (st.st_dev, st.st_ino), at, None);
                     }
                 }
             }
@@ -484,13 +498,14 @@ fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
         if st.st_dev != tree.dev {
             return;
         }
-        let Ok(name) = p.link_of(&format!("fd/{fd}")) else {
+        let entry = format!("fd/{fd}");
+        let Ok(name) = p.link_of(&entry) else {
             return;
         };
         let at = tree.locate(&name, st.st_dev, st.st_nlink == 0);
         if at.is_some() {
             if let Some(a) = p.access(fd) {
-                add(found, Use::Open(a), (st.st_dev, st.st_ino), at);
+                add(found, Use::Open(a), (st.st_dev, st.st_ino), at, Some(entry));
             }
         }
     });
@@ -498,7 +513,18 @@ fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
     match p.maps() {
         Ok(maps) => {
             for m in mappings(&maps) {
-                if m.ino == 0 || Some((m.dev, m.ino)) == exe {
+                if m.ino != 0 && Some((m.dev, m.ino)) == exe {
+                    if let Some(e) = m.map_files_entry() {
+                        for f in found
+                            .iter_mut()
+                            .filter(|f| f.0 == Use::Exe && f.3.is_none())
+                        {
+                            f.3 = Some(e.clone());
+                        }
+                    }
+                    continue;
+                }
+                if m.ino == 0 {
                     continue;
                 }
                 let name = unescape_maps(m.shown);
@@ -510,16 +536,17 @@ fn uses_in(p: Proc, tree: &Tree, found: &mut Found) -> Result<(), Miss> {
                 }
                 let exact = m
                     .map_files_entry()
-                    .and_then(|e| Some((p.stat_of(&e).ok()?, p.link_of(&e).ok()?)));
-                let (at, key) = match exact {
-                    Some((st, name)) => (
+                    .and_then(|e| Some((p.stat_of(&e).ok()?, p.link_of(&e).ok()?, e)));
+                let (at, key, entry) = match exact {
+                    Some((st, name, e)) => (
                         tree.locate(&name, st.st_dev, st.st_nlink == 0),
                         (st.st_dev, st.st_ino),
+                        Some(e),
                     ),
-                    None => (tree.locate(&name, m.dev, unlinked), (m.dev, m.ino)),
+                    None => (tree.locate(&name, m.dev, unlinked), (m.dev, m.ino), None),
                 };
                 if Some(key) != exe {
-                    add(found, Use::Mmap, key, at);
+                    add(found, Use::Mmap, key, at, entry);
                 }
             }
         }

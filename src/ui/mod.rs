@@ -5,6 +5,7 @@
 pub mod fingerprint;
 pub mod metrics;
 pub mod progress;
+pub mod rescue;
 pub mod status;
 
 use crossbeam_channel::Sender;

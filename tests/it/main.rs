@@ -33,6 +33,7 @@ mod power_loss;
 mod progress;
 mod recover;
 mod relocate;
+mod rescue;
 mod resync;
 mod status_verify;
 mod swap_race;
