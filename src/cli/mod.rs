@@ -70,7 +70,7 @@ pub enum Command {
     Man(ManArgs),
 }
 
-/// The arguments of `evac completions`.
+/// The arguments of `evac rescue`.
 #[derive(Args, Debug)]
 pub struct RescueArgs {
     /// The old tree whose deleted-but-held files are to be saved.
@@ -88,6 +88,7 @@ pub struct RescueArgs {
     pub json: bool,
 }
 
+/// The arguments of `evac completions`.
 #[derive(Args, Debug)]
 pub struct CompletionsArgs {
     /// bash, zsh or fish (elvish and powershell work too).
