@@ -1590,6 +1590,39 @@ fn a_writer_that_races_the_exchange_finds_its_append_where_its_path_leads() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// Hold evac at a file's exchange while a writer's append opens it (the open waits on evac's
+/// lease), let the exchange happen, then, held before the put-back, let `meanwhile` act and kill
+/// evac: the kernel lets the lease go with it and the append lands in the original moved aside.
+fn kill_while_an_append_waits(ws: &Ws, add: &'static [u8], meanwhile: impl FnOnce(&Ws)) {
+    let mut child = spawn(
+        ws,
+        &first_args(ws),
+        &[(
+            "EVAC_TEST_STEP_PAUSE",
+            "swap.exchange@1,swap.undo@1".to_string(),
+        )],
+    );
+    wait_paused(ws, &mut child, "swap.exchange");
+    let p = ws.s("d/f");
+    let writer = std::thread::spawn(move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(add))
+    });
+    // The writer's open() waits on the lease until evac is gone.
+    std::thread::sleep(Duration::from_millis(100));
+    let_go(ws);
+    wait_paused(ws, &mut child, "swap.undo");
+    meanwhile(ws);
+    let _ = child.kill();
+    let _ = child.wait();
+    writer
+        .join()
+        .unwrap()
+        .expect("the append, once the lease went with evac");
+}
+
 /// Race 1 of the correctness issue, at its exact steps (the soak met it once: an append through
 /// a fresh link failed with ENOENT). evac is killed while a writer waits on its lease, so the
 /// append lands in the original moved aside; then the user writes through the link too, to the
@@ -1610,32 +1643,7 @@ fn recovery_keeps_a_copy_written_on_both_sides_readable_until_the_original_is_ba
     put(&ws, &mut m, "d/f", &first, 0o644, T0);
     let to_original = b"+ appended to the original while evac was down\n";
     let through_link = b"+ appended through the link\n";
-    let mut child = spawn(
-        &ws,
-        &first_args(&ws),
-        &[(
-            "EVAC_TEST_STEP_PAUSE",
-            "swap.exchange@1,swap.undo@1".to_string(),
-        )],
-    );
-    wait_paused(&ws, &mut child, "swap.exchange");
-    let p = ws.s("d/f");
-    let writer = std::thread::spawn(move || {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .and_then(|mut f| f.write_all(to_original))
-    });
-    // The writer's open() waits on the lease until evac is gone.
-    std::thread::sleep(Duration::from_millis(100));
-    let_go(&ws);
-    wait_paused(&ws, &mut child, "swap.undo");
-    let _ = child.kill();
-    let _ = child.wait();
-    writer
-        .join()
-        .unwrap()
-        .expect("the append, once the lease went with evac");
+    kill_while_an_append_waits(&ws, to_original, |_| {});
     // The killed run left its pause behind.
     let _ = std::fs::remove_file(ws.steps.join("paused"));
     assert!(
@@ -1822,39 +1830,20 @@ fn after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link(
         let first = body("killed", 1800);
         put(&ws, &mut m, "d/f", &first, 0o644, T0);
         let add = b"+ appended while evac was down\n";
-        let mut child = spawn(
-            &ws,
-            &first_args(&ws),
-            &[(
-                "EVAC_TEST_STEP_PAUSE",
-                "swap.exchange@1,swap.undo@1".to_string(),
-            )],
-        );
-        wait_paused(&ws, &mut child, "swap.exchange");
-        let p = ws.s("d/f");
-        let writer = std::thread::spawn(move || {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&p)
-                .and_then(|mut f| f.write_all(add))
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        let_go(&ws);
-        wait_paused(&ws, &mut child, "swap.undo");
         let out = ws.root.join("outside-link");
+        kill_while_an_append_waits(&ws, add, |ws| {
+            // Held before the put-back: the user moves the link.
+            if outside {
+                std::fs::rename(ws.s("d/f"), &out).unwrap();
+            } else {
+                mv(ws, "d/f", "d/g");
+            }
+        });
         if outside {
-            std::fs::rename(ws.s("d/f"), &out).unwrap();
             m.files.remove("d/f");
         } else {
-            mv(&ws, "d/f", "d/g");
             renamed(&mut m, "d/f", "d/g");
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        writer
-            .join()
-            .unwrap()
-            .expect("the append, once the lease went with evac");
         let mut want = first.clone();
         want.extend_from_slice(add);
         let name = if outside { "d/f.evac-saved" } else { "d/g" };
