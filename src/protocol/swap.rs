@@ -273,6 +273,12 @@ fn swap_one(
             e.held = ctx.tmp_name(n.rec.id, "attic");
             return swap_attic(c, e, &lnk, g);
         }
+        // The user renamed or removed the name since the check: changed, tried again later.
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+            return Err(bail(SwapErr::Changed(format!(
+                "vanished before the swap ({err})"
+            ))))
+        }
         Err(err) => {
             return Err(bail(SwapErr::Error(format!(
                 "swap the file for its link: {err}"
