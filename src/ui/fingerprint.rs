@@ -4,12 +4,12 @@
 //! leaves only the messages.
 
 use crate::fingerprint::stats::Stats;
-use crate::ui::progress::Ui;
+use crate::ui::progress::{Done, Ui};
 use crate::util::units::human_bytes;
 use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ fn index_line(s: &Stats) -> String {
 fn draw(
     stats: Arc<Stats>,
     rx: Receiver<String>,
-    done: Arc<AtomicBool>,
+    done: Arc<Done>,
     quiet: bool,
     tty: bool,
     interval: Duration,
@@ -63,7 +63,7 @@ fn draw(
     let mut last_line = Instant::now();
     let mut hashing_since: Option<Instant> = None;
     loop {
-        let finished = done.load(Ordering::SeqCst);
+        let finished = done.is_set();
         while let Ok(line) = rx.try_recv() {
             match &bars {
                 Some((mp, _, _)) => {
@@ -120,7 +120,7 @@ fn draw(
             }
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        done.wait(Duration::from_millis(100));
     }
 }
 

@@ -6,14 +6,43 @@ use crate::util::units::human_bytes;
 use crossbeam_channel::{Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Ui {
     tx: Sender<String>,
-    done: Arc<AtomicBool>,
+    done: Arc<Done>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The flag that says the display is over, with a wait that ends as soon as it is set: a run's
+/// exit must not wait out a drawing thread's sleep (short runs, such as a resume with little
+/// left, are most of their time in that sleep otherwise).
+#[derive(Default)]
+pub struct Done {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Done {
+    pub fn is_set(&self) -> bool {
+        self.set.lock().map(|g| *g).unwrap_or(true)
+    }
+
+    fn set(&self) {
+        if let Ok(mut g) = self.set.lock() {
+            *g = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Wait up to `d`, or until set.
+    pub fn wait(&self, d: Duration) {
+        if let Ok(g) = self.set.lock() {
+            let _ = self.cv.wait_timeout_while(g, d, |set| !*set);
+        }
+    }
 }
 
 /// Finish the bars and take them off the terminal (the summary lines that follow stand alone).
@@ -36,10 +65,10 @@ impl Ui {
     /// (set by `finish`, or when the Ui is dropped).
     pub fn spawn(
         name: &str,
-        draw: impl FnOnce(Receiver<String>, Arc<AtomicBool>) + Send + 'static,
+        draw: impl FnOnce(Receiver<String>, Arc<Done>) + Send + 'static,
     ) -> Ui {
         let (tx, rx) = crossbeam_channel::unbounded::<String>();
-        let done = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(Done::default());
         let d2 = done.clone();
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -60,7 +89,7 @@ impl Ui {
 impl Drop for Ui {
     fn drop(&mut self) {
         super::set_drawing(None);
-        self.done.store(true, Ordering::SeqCst);
+        self.done.set();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -74,7 +103,7 @@ fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
 fn draw(
     stats: Arc<Stats>,
     rx: Receiver<String>,
-    done: Arc<AtomicBool>,
+    done: Arc<Done>,
     quiet: bool,
     tty: bool,
     interval: Duration,
@@ -104,7 +133,7 @@ fn draw(
     };
     let mut last_line = Instant::now();
     loop {
-        let finished = done.load(Ordering::SeqCst);
+        let finished = done.is_set();
         while let Ok(line) = rx.try_recv() {
             match &bars {
                 Some((mp, _, _)) => {
@@ -162,6 +191,6 @@ fn draw(
             }
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        done.wait(Duration::from_millis(100));
     }
 }
