@@ -1109,6 +1109,17 @@ fn interleave_case(
             r.code, r.signal, r.stderr
         ));
     }
+    // A user's operation is a change to try again, never a failure: on these small trees
+    // nothing else can fail, and a file left failed is one an operator must chase.
+    let failed = try_status(&ws.journal)
+        .and_then(|st| st.get("files")?.get("failed")?.as_u64())
+        .unwrap_or(0);
+    if failed > 0 {
+        problems.push(format!(
+            "the held run left {failed} file(s) failed after the user's {op}\n{}",
+            r.stderr
+        ));
+    }
     if !in_instant.is_empty() {
         let undone = read_trace(&ws).iter().any(|(name, _, p)| {
             (name == "swap.undo" || name == "resync.link-undo") && p == target.as_bytes()
@@ -1875,5 +1886,49 @@ fn after_a_kill_recovery_takes_a_written_original_where_the_user_moved_its_link(
         let p = final_problems(&ws, &m);
         assert!(p.is_empty(), "outside={outside}:\n{}", p.join("\n"));
     }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The user renames the file away between the swap's last check and its exchange: the
+/// exchange finds no name (ENOENT). That is a change like any other, to be tried again at the
+/// new name, never a file left failed (the live suite met it as "swap the file for its link:
+/// ENOENT", seed 1796327214435772072).
+#[test]
+fn a_name_renamed_away_just_before_the_exchange_is_deferred_not_failed() {
+    let _gate = suite_gate!();
+    let base = base_dir().join("vanished");
+    let ws = Ws::new(&base, "v");
+    let mut m = Model::default();
+    let data = body("mine", 2000);
+    put(&ws, &mut m, "d/f", &data, 0o644, T0);
+    let mut child = spawn(
+        &ws,
+        &first_args(&ws),
+        &[("EVAC_TEST_STEP_PAUSE", "swap.exchange@1".to_string())],
+    );
+    assert_eq!(wait_paused(&ws, &mut child, "swap.exchange"), "d/f");
+    mv(&ws, "d/f", "d/g");
+    renamed(&mut m, "d/f", "d/g");
+    let_go(&ws);
+    let r = finish(child, Duration::from_secs(30));
+    assert!(
+        r.code == Some(0) || r.code == Some(3),
+        "the held run ended {:?}\n{}",
+        r.code,
+        r.stderr
+    );
+    assert_eq!(std::fs::read(ws.s("d/g")).unwrap(), data, "d/g after the run");
+    let st = try_status(&ws.journal).expect("status");
+    let files = &st["files"];
+    assert_eq!(
+        files["failed"].as_u64(),
+        Some(0),
+        "a name that vanished before the exchange must not be left failed: {files}\n{}",
+        r.stderr
+    );
+    m.trash_exact = None;
+    resume_to_end(&ws, &mut |_| {}).unwrap();
+    let p = final_problems(&ws, &m);
+    assert!(p.is_empty(), "{}", p.join("\n"));
     let _ = std::fs::remove_dir_all(&base);
 }
