@@ -262,7 +262,9 @@ impl Journal {
             .into_iter()
             .take(nf)
             .chain(runs.into_iter().take(nr))
-            .filter(|e| since.map_or(true, |s| e.at >= s))
+            // To the microsecond, as times are shown: `--since` given an event's own time
+            // (rounded) must not lose that event to the digits it was not shown with.
+            .filter(|e| since.map_or(true, |s| micros(e.at) >= micros(s)))
             .collect();
         out.sort_by(|a, b| {
             a.at.total_cmp(&b.at)
@@ -270,6 +272,10 @@ impl Journal {
         });
         Ok((out, next))
     }
+}
+
+fn micros(t: f64) -> i64 {
+    (t * 1e6).round() as i64
 }
 
 /// The cursor after the last event of the journal at `path`, read without the schema check of
