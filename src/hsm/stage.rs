@@ -390,7 +390,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                 "bytes": d.bytes,
                 "resident": resident,
                 "retried": again.len(),
-                "given_up": d.rows.len() - resident - again.len(),
+                "given_up": d.rows.len().saturating_sub(resident + again.len()),
                 "error": d.command.as_ref().err(),
             });
             j.log_event(

@@ -392,3 +392,93 @@ fn a_log_that_cannot_be_written_is_said_once_and_the_run_goes_on() {
         o.dump()
     );
 }
+
+#[test]
+fn stage_batches_are_events_and_so_are_their_relocations() {
+    let _gate = suite_gate!();
+    let e = env();
+    // Two HSM stubs (a size and no data blocks) on two volumes, their data on a "tape".
+    let tape = e.tmp.path().join("tape");
+    std::fs::create_dir_all(&tape).unwrap();
+    let mut listing = String::from("#path\tstate\ttier\tvolume\tposition\tsize\tchecksum\n");
+    for (name, vol) in [("s1", "V1"), ("s2", "V2")] {
+        let data = format!("{name} recalled from {vol}").repeat(40);
+        std::fs::write(tape.join(name), &data).unwrap();
+        std::fs::File::create(e.src.join(name))
+            .unwrap()
+            .set_len(data.len() as u64)
+            .unwrap();
+        listing += &format!(
+            "{}/{name}\tstaged_out\t1\t{vol}\t1\t{}\t\n",
+            e.src.display(),
+            data.len()
+        );
+    }
+    std::fs::write(e.src.join("resident"), b"here").unwrap();
+    evac_run(&e.src, &e.dst, &e.journal, &[]).expect(3, "phase 1 leaves the stubs");
+    let lp = e.tmp.path().join("listing.tsv");
+    std::fs::write(&lp, listing).unwrap();
+    evac([
+        OsStr::new("hsm"),
+        OsStr::new("import"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+        OsStr::new("--format"),
+        OsStr::new("tsv"),
+        lp.as_os_str(),
+    ])
+    .expect(0, "import");
+    let script = e.tmp.path().join("stage.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor p in \"$@\"; do cat {}/\"$(basename \"$p\")\" > \"$p\" || exit 1; done\n",
+            tape.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    evac_timeout(
+        [
+            OsStr::new("stage"),
+            OsStr::new("--journal"),
+            e.journal.as_os_str(),
+            OsStr::new("--stage-cmd"),
+            script.as_os_str(),
+        ],
+        Duration::from_secs(120),
+    )
+    .expect(0, "stage");
+
+    let all = events_json(&e.journal, &[]);
+    let batches = of(&all, "stage_batch");
+    for vol in ["V1", "V2"] {
+        let outcome = |o: &str| {
+            batches
+                .iter()
+                .filter(|b| s(b, "volume") == Some(vol) && s(b, "outcome") == Some(o))
+                .count()
+        };
+        assert_eq!(
+            (outcome("started"), outcome("done")),
+            (1, 1),
+            "{vol}:\n{}",
+            dump(&all)
+        );
+    }
+    assert!(
+        batches
+            .iter()
+            .filter(|b| s(b, "outcome") == Some("done"))
+            .all(|b| b.get("resident").and_then(Value::as_u64) == Some(1)),
+        "{}",
+        dump(&all)
+    );
+    for name in ["s1", "s2"] {
+        let r = one(&all, "relocated", name);
+        assert!(
+            r.get("run").and_then(Value::as_i64).is_some_and(|n| n > 1),
+            "relocated by a run of the stage: {r}"
+        );
+    }
+}
