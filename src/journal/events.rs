@@ -56,9 +56,9 @@ pub struct EventCursor {
     pub log: i64,
 }
 
-/// `--since` finds its start by bisecting ids on their times, which assumes times grow with ids.
-/// They nearly do: a governor decision is written a little after it was made, with its own time.
-/// The search starts this much earlier and the rows before `since` are then skipped.
+/// `--since` finds its start in `events` by bisecting ids on their times, which assumes times
+/// grow with ids: they do but for a clock stepped back, so the search starts this much earlier
+/// and the rows before `since` are then skipped.
 const SINCE_SLACK: f64 = 600.0;
 
 impl Journal {
@@ -128,11 +128,14 @@ impl Journal {
     }
 
     /// A cursor before the first event at or after `t` (give the same `t` to `events_page` as
-    /// `since` to skip the few before it). Bisects ids: O(log n) on any size of journal.
+    /// `since` to skip the ones before it). Bisects the file events' ids: O(log n) on any size
+    /// of journal. The run log is read from its start: it is small (a few lines a run, and the
+    /// governor's changes), and a governor decision is written with the time it was made, which
+    /// may be long before its row when no batch committed for a while (a pause).
     pub fn events_cursor_at(&self, t: f64) -> Result<EventCursor> {
         Ok(EventCursor {
             file: self.first_at(EventTable::File, t - SINCE_SLACK)? - 1,
-            log: self.first_at(EventTable::Run, t - SINCE_SLACK)? - 1,
+            log: 0,
         })
     }
 
