@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod docs;
+pub mod events;
 pub mod fingerprint;
 pub mod hsm;
 pub mod recover;

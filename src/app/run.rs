@@ -1,5 +1,5 @@
 //! `evac run`: the engine's run with the terminal's progress display around it, and the metrics
-//! file (`--metrics-file`) kept beside it.
+//! file (`--metrics-file`) and the event log (`--log-json`) kept beside it.
 
 use crate::engine::{self, RunOpts};
 use crate::error::{Error, IoContext, Result};
@@ -8,9 +8,14 @@ use crate::ui::progress::Ui;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Run (or resume) a relocation, drawing its progress on the terminal, and keeping the metrics
-/// in `metrics` (the file, and how often it is replaced while the run goes), if given.
-pub fn run(o: RunOpts, metrics: Option<(PathBuf, Duration)>) -> Result<i32> {
+/// Run (or resume) a relocation, drawing its progress on the terminal, keeping the metrics in
+/// `metrics` (the file, and how often it is replaced while the run goes), and streaming the
+/// run's events as JSON lines to `log_json` (a file, or `-` for stderr), if given.
+pub fn run(
+    o: RunOpts,
+    metrics: Option<(PathBuf, Duration)>,
+    log_json: Option<PathBuf>,
+) -> Result<i32> {
     // Before any other thread exists: the signal mask is inherited.
     crate::sys::signals::process()
         .map_err(|e| crate::error::Error::Setup(format!("set up signal handling: {e}")))?;
@@ -25,6 +30,13 @@ pub fn run(o: RunOpts, metrics: Option<(PathBuf, Duration)>) -> Result<i32> {
         Some((p, every)) => Some(MetricsWriter::start(o.journal.clone(), p, every)?),
         None => None,
     };
+    let log = match log_json {
+        Some(p) => Some(super::events::LogFollower::start(
+            o.journal.clone(),
+            crate::ui::events::LogJson::open(&p)?,
+        )?),
+        None => None,
+    };
     let ui = Ui::start(
         o.stats.clone(),
         o.quiet,
@@ -32,6 +44,9 @@ pub fn run(o: RunOpts, metrics: Option<(PathBuf, Duration)>) -> Result<i32> {
     );
     let r = engine::run(o);
     drop(ui);
+    if let Some(l) = log {
+        l.finish();
+    }
     if let Some(m) = metrics {
         m.finish();
     }

@@ -127,6 +127,7 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
                 },
                 a.metrics_file
                     .map(|f| (f, std::time::Duration::from_secs_f64(a.metrics_interval))),
+                a.log_json,
             )
         }
         Command::Status(a) => {
@@ -137,6 +138,9 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
                 _ => Format::Text,
             };
             crate::app::status::status(&a.journal, format, a.list.as_deref(), a.null)
+        }
+        Command::Events(a) => {
+            crate::app::events::events(&a.journal, a.since.as_deref(), a.follow, a.json)
         }
         Command::Verify(a) => crate::app::verify::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => crate::app::verify::holders(&a.source, a.json, a.null),

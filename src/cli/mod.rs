@@ -31,6 +31,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Re-read every relocated file at DEST and check it against the journal.
     Verify(VerifyArgs),
+    /// Print the journal's events (relocated, deferred, failed, START, FINISH, governor, ...),
+    /// one a line, oldest first; works while a run is going, and follows it with --follow.
+    Events(EventsArgs),
     /// List the processes that still use SOURCE: files open under it, cwd or root in it, a
     /// program run from it, a file mapped from it. Exit 0 when there are none, 3 when there are.
     Holders(HoldersArgs),
@@ -340,6 +343,11 @@ pub struct RunArgs {
     /// Seconds between two writes of the --metrics-file.
     #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_seconds, requires = "metrics_file")]
     pub metrics_interval: f64,
+    /// Write every event the run records in the journal (START, FINISH, relocated, deferred and
+    /// failed with their cause, unlinked, renamed, governor decisions, ...) to FILE as one JSON
+    /// object a line, flushed as they are committed; `-` for stderr. FILE is appended to.
+    #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
+    pub log_json: Option<PathBuf>,
 }
 
 /// The load governor's options (`evac run`, and live through `evac throttle`).
@@ -438,6 +446,25 @@ pub enum StatusFormat {
     Json,
     /// Prometheus text exposition (the metrics of `run --metrics-file`).
     Prometheus,
+}
+
+/// The arguments of `evac events`.
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// The evacuation's journal (a SQLite file).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Only events at or after this time: RFC 3339 (2026-12-03T20:00:00Z; without a zone, UTC),
+    /// a date, @EPOCH-SECONDS, or an age (90s, 15m, 2h, 3d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Keep printing new events as runs record them, until interrupted (without --since, only
+    /// new ones). Reads only: a running evac never waits for it.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// One JSON object a line, the same as `evac run --log-json` writes.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments of `evac verify`.

@@ -64,6 +64,9 @@ impl Runner {
                             limiter.active(),
                         );
                         limiter.govern(d.allowed, d.duty);
+                        if d.change != crate::pace::governor::Change::None {
+                            stats.note_decision(decided(&gov, &d));
+                        }
                         limiter.set_streaming(gov.settings.enabled);
                         if tick % 4 == 0 {
                             let w = (!windows.is_empty()).then(|| window_state(&windows));
@@ -185,6 +188,55 @@ pub(super) fn apply_controls(
                 crate::util::notice::say(format!("evac: --{} now {v}", k.replace('_', "-")));
             }
         }
+    }
+}
+
+/// A change of the governor's (fewer or more workers, or a share of the time), for the run log.
+pub(super) fn decided(
+    gov: &crate::pace::governor::Governor,
+    d: &crate::pace::governor::Decision,
+) -> crate::engine::stats::Decided {
+    use crate::pace::governor::Change;
+    let change = match d.change {
+        Change::Down => "down",
+        Change::Undo => "undo",
+        Change::Up | Change::None => "up",
+    };
+    let duty = if d.duty < 1.0 {
+        format!(" at {:.0}% of the time", d.duty * 100.0)
+    } else {
+        String::new()
+    };
+    let over = d.worst.as_ref().filter(|w| w.ratio() > 1.0);
+    let why = match (&d.worst, over) {
+        (_, Some(w)) => format!("limited by {}", w.describe()),
+        (Some(w), None) => format!("highest {}", w.describe()),
+        (None, None) => "nothing measured".into(),
+    };
+    let reading = |w: &crate::pace::governor::Reading| {
+        serde_json::json!({
+            "signal": w.signal.name(),
+            "value": (w.value * 1000.0).round() / 1000.0,
+            "target": w.target,
+            "device": w.device,
+        })
+    };
+    crate::engine::stats::Decided {
+        at: crate::util::time::now(),
+        message: format!(
+            "governor {change}: {} of {} workers allowed{duty}; {why}",
+            d.allowed,
+            gov.max()
+        ),
+        fields: serde_json::json!({
+            "change": change,
+            "allowed": d.allowed,
+            "max": gov.max(),
+            "duty": (d.duty * 100.0).round() / 100.0,
+            "limiting": over.map(reading),
+            "highest": d.worst.as_ref().map(reading),
+        })
+        .to_string(),
     }
 }
 

@@ -393,11 +393,51 @@ impl Runner {
         Ok(())
     }
 
+    /// A run-level event (START, FINISH) in the run log with its fields, and on the terminal.
+    fn log_event(&self, event: &str, msg: &str, fields: &serde_json::Value) -> Result<()> {
+        self.j.log_event(
+            Some(self.run_id),
+            crate::util::time::now(),
+            "info",
+            Some(event),
+            msg,
+            Some(&fields.to_string()),
+        )?;
+        self.say(format!("evac: {msg}"));
+        Ok(())
+    }
+
+    /// The governor's decisions since the last call, into the run log (inside the caller's
+    /// transaction, if any: the governor's thread has no journal of its own to wait on).
+    fn record_decisions(&self) -> Result<()> {
+        for d in self.stats.take_decisions() {
+            self.j.log_event(
+                Some(self.run_id),
+                d.at,
+                "info",
+                Some("governor"),
+                &d.message,
+                Some(&d.fields),
+            )?;
+        }
+        Ok(())
+    }
+
     fn go(mut self) -> Result<i32> {
         let started = Instant::now();
         let workers = self.o.workers.unwrap_or_else(default_workers).max(1);
-        self.log(
-            "info",
+        let e = |p: &Path| crate::util::escape::escape(p.as_os_str().as_encoded_bytes());
+        let fields = serde_json::json!({
+            "pid": std::process::id(),
+            "source": e(&self.plan.source),
+            "dest": e(&self.plan.dest),
+            "link_prefix": e(&self.plan.link_prefix),
+            "workers": workers,
+            "journal": e(&self.o.journal),
+            "args": self.o.args_text,
+        });
+        self.log_event(
+            "START",
             &format!(
                 "START run {} pid {}: SOURCE {} DEST {} link prefix {} workers {} journal {} args: {}",
                 self.run_id,
@@ -409,6 +449,7 @@ impl Runner {
                 q(&self.o.journal),
                 self.o.args_text
             ),
+            &fields,
         )?;
         // A resume takes them from the journal, not its command line: say which hold.
         if let Some(f) = self.o.exclude.as_ref().filter(|f| !f.is_empty()) {
@@ -423,6 +464,15 @@ impl Runner {
             Err(e) => {
                 let _ = self.j.log(Some(self.run_id), "error", &e.to_string());
                 let _ = self.j.finish_run(self.run_id, 1, "{}");
+                // Every START has its FINISH in the event log, an error's included.
+                let _ = self.j.log_event(
+                    Some(self.run_id),
+                    crate::util::time::now(),
+                    "error",
+                    Some("FINISH"),
+                    &format!("FINISH run {} exit 1: {e}", self.run_id),
+                    Some(&serde_json::json!({ "exit_code": 1 }).to_string()),
+                );
                 return Err(e);
             }
         };
@@ -439,13 +489,15 @@ impl Runner {
             "bytes_relocated_this_run": self.stats.bytes_done.load(Ordering::Relaxed),
             "files_relocated_this_run": self.stats.files_done.load(Ordering::Relaxed),
             "seconds": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-        })
-        .to_string();
-        self.j.finish_run(self.run_id, code, &totals)?;
+        });
+        self.record_decisions()?;
+        self.j.finish_run(self.run_id, code, &totals.to_string())?;
         let el = started.elapsed().as_secs_f64();
         let bytes = self.stats.bytes_done.load(Ordering::Relaxed);
-        self.log(
-            "info",
+        let mut fields = totals;
+        fields["exit_code"] = serde_json::json!(code);
+        self.log_event(
+            "FINISH",
             &format!(
                 "FINISH run {} exit {code}: relocated {} files ({}) this run in {el:.1}s ({}/s); journal totals: {} relocated, {} deferred, {} failed, {} skipped, {} pending",
                 self.run_id,
@@ -458,6 +510,7 @@ impl Runner {
                 get(FileState::Skipped),
                 counts.unfinished(),
             ),
+            &fields,
         )?;
         if code == EXIT_LEFT {
             self.say(format!(

@@ -306,7 +306,9 @@ impl Runner {
                 self.j.set_state(id, state, why.as_ref())?;
                 if matches!(state, FileState::Deferred | FileState::Failed) {
                     let text = why.as_ref().map_or("", |w| w.text.as_str());
-                    self.j.event(id, Some(self.run_id), state.as_str(), text)?;
+                    let cause = why.as_ref().map(|w| w.cause);
+                    self.j
+                        .file_event(id, Some(self.run_id), state.as_str(), text, cause)?;
                 }
             }
         }
@@ -334,7 +336,7 @@ impl Runner {
             "none",
         )?;
         self.last_heartbeat = Instant::now();
-        Ok(())
+        self.record_decisions()
     }
 
     /// Wait until nothing is in flight and every copy is committed.

@@ -289,12 +289,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                     continue;
                 }
                 let b = waiting.remove(i);
-                let t = j.tx()?;
-                for r in &b.rows {
-                    j.stage_mark(&r.path, "staging", None)?;
-                }
-                t.commit()?;
-                say(format!(
+                let said = format!(
                     "stage: recalling {} files ({}) from volume {} (tier {})",
                     b.rows.len(),
                     human_bytes(b.bytes as f64),
@@ -303,7 +298,28 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                         .tier
                         .map(|t| t.to_string())
                         .unwrap_or_else(|| "?".into())
-                ));
+                );
+                let t = j.tx()?;
+                for r in &b.rows {
+                    j.stage_mark(&r.path, "staging", None)?;
+                }
+                let fields = serde_json::json!({
+                    "outcome": "started",
+                    "volume": b.rows[0].volume,
+                    "tier": b.rows[0].tier,
+                    "files": b.rows.len(),
+                    "bytes": b.bytes,
+                });
+                j.log_event(
+                    None,
+                    now(),
+                    "info",
+                    Some("stage_batch"),
+                    &said,
+                    Some(&fields.to_string()),
+                )?;
+                t.commit()?;
+                say(said);
                 running += 1;
                 bytes_in_flight += b.bytes;
                 let (tx, o, mode, src, source) = (tx.clone(), &o, &mode, &src, &source);
@@ -365,6 +381,38 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
                     again.push(r);
                 }
             }
+            let resident = d.resident.iter().filter(|r| **r).count();
+            let fields = serde_json::json!({
+                "outcome": "done",
+                "volume": d.rows.first().and_then(|r| r.volume.clone()),
+                "tier": d.rows.first().and_then(|r| r.tier),
+                "files": d.rows.len(),
+                "bytes": d.bytes,
+                "resident": resident,
+                "retried": again.len(),
+                "given_up": d.rows.len().saturating_sub(resident + again.len()),
+                "error": d.command.as_ref().err(),
+            });
+            j.log_event(
+                None,
+                now(),
+                if d.command.is_ok() { "info" } else { "warn" },
+                Some("stage_batch"),
+                &format!(
+                    "stage: volume {}: {resident} of {} files resident{}",
+                    d.rows
+                        .first()
+                        .and_then(|r| r.volume.as_deref())
+                        .unwrap_or("?"),
+                    d.rows.len(),
+                    d.command
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("; {e}"))
+                        .unwrap_or_default()
+                ),
+                Some(&fields.to_string()),
+            )?;
             t.commit()?;
             if !again.is_empty() {
                 waiting.extend(batches(again, o.batch_files.max(1)));

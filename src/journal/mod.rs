@@ -19,6 +19,7 @@ mod state;
 mod status;
 
 pub use dirs::*;
+pub use events::*;
 pub use files::*;
 pub use hsm::*;
 pub use resync::*;
@@ -67,6 +68,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0011_counts",
         include_str!("../../migrations/0011_counts.sql"),
+    ),
+    (
+        "0012_event_log",
+        include_str!("../../migrations/0012_event_log.sql"),
     ),
 ];
 

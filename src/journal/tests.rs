@@ -362,3 +362,91 @@ fn a_journal_before_the_counters_gains_them_and_they_follow_every_change() {
     assert_eq!(m.len(), 1, "{m:?}");
     assert_eq!((m[0].kept.0, m[0].counted.0), (2, 1), "{m:?}");
 }
+
+/// Events written before migration 0012 read back with their file's path and START/FINISH named;
+/// `--since` starts near its time on a long history (bisecting, not scanning) and loses nothing.
+#[test]
+fn events_before_the_event_log_read_back_and_since_bisects() {
+    use super::{EventCursor, EventTable};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("j.sqlite");
+    let before = MIGRATIONS
+        .iter()
+        .position(|(n, _)| *n == "0012_event_log")
+        .unwrap();
+    let c = rusqlite::Connection::open(&p).unwrap();
+    for (i, (_, sql)) in MIGRATIONS[..before].iter().enumerate() {
+        c.execute_batch(sql).unwrap();
+        c.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .unwrap();
+    }
+    c.execute_batch(
+        "INSERT INTO files (id, path, kind, state) VALUES (7, X'612FFF', 'file', 'relocated');
+         INSERT INTO events (file_id, run_id, at, event, detail) VALUES (7, 1, 100.0, 'relocated', 'abc');
+         INSERT INTO log (run_id, at, level, message) VALUES (1, 99.0, 'info', 'START run 1 pid 5: ...');
+         INSERT INTO log (run_id, at, level, message) VALUES (1, 99.5, 'warn', 'a warning');",
+    )
+    .unwrap();
+    drop(c);
+    let j = Journal::open(&p, false).unwrap();
+    let (rows, next) = j.events_page(EventCursor::default(), None, 10).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    assert_eq!(names, ["START", "log", "relocated"], "in time order");
+    assert_eq!(rows[2].path.as_deref(), Some(&b"a/\xff"[..]));
+    assert_eq!(rows[2].table, EventTable::File);
+    assert_eq!(next, EventCursor { file: 1, log: 2 });
+    assert!(j.events_page(next, None, 10).unwrap().0.is_empty());
+
+    // A day of events, one every 10 s in each table (with new rows' own paths).
+    let t0 = 1_000_000.0;
+    let tx = j.tx().unwrap();
+    for i in 0..8640 {
+        let at = t0 + f64::from(i) * 10.0;
+        j.conn
+            .execute(
+                "INSERT INTO events (file_id, run_id, at, event, detail, path) VALUES (7, 2, ?1, 'deferred', 'x', X'62')",
+                [at],
+            )
+            .unwrap();
+        j.log_event(Some(2), at + 5.0, "info", Some("governor"), "g", Some("{}"))
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let since = t0 + 86_400.0 - 3600.0 - 2.5;
+    let mut cur = j.events_cursor_at(since).unwrap();
+    assert!(
+        cur.file > 8000,
+        "the start is found near the time, not at the first row: {cur:?}"
+    );
+    let mut got = Vec::new();
+    loop {
+        let (rows, next) = j.events_page(cur, Some(since), 100).unwrap();
+        got.extend(rows);
+        if next == cur {
+            break;
+        }
+        cur = next;
+    }
+    assert_eq!(got.len(), 720, "an hour of both tables");
+    assert!(got.iter().all(|r| r.at >= since));
+    assert!(got.windows(2).all(|w| w[0].at <= w[1].at), "in time order");
+    assert_eq!(got[0].path.as_deref(), Some(&b"b"[..]));
+    assert_eq!(
+        j.events_cursor_at(t0 * 10.0).unwrap().file,
+        j.events_end().unwrap().file
+    );
+    // A governor decision recorded long after it was made (no commit during a pause) is found.
+    j.log_event(
+        Some(2),
+        since + 1.0,
+        "info",
+        Some("governor"),
+        "late",
+        Some("{}"),
+    )
+    .unwrap();
+    let cur = j.events_cursor_at(since).unwrap();
+    let (rows, _) = j.events_page(cur, Some(since), 100_000).unwrap();
+    assert_eq!(rows.len(), 721);
+    assert!(rows.iter().any(|r| r.detail.as_deref() == Some("late")));
+}

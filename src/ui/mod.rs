@@ -2,6 +2,7 @@
 //! printed here, above the progress bars while a progress display draws; command output
 //! (status, verify, holders, reports) is rendered here from the values the commands build.
 
+pub mod events;
 pub mod fingerprint;
 pub mod metrics;
 pub mod progress;

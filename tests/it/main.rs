@@ -12,6 +12,7 @@ mod completions_man;
 mod counters;
 mod crash;
 mod enumerate;
+mod events;
 mod failing_storage;
 mod fallbacks;
 mod filters;
