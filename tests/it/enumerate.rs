@@ -739,6 +739,7 @@ const OPS: &[&str] = &[
     "delete",
     "replace",
     "chmod",
+    "move-and-reuse",
 ];
 
 /// The runs of the learnt schedule before run `r` (armed, so that they keep to it).
@@ -868,6 +869,14 @@ fn user_op(ws: &Ws, m: &mut Model, op: &str, target: &str) -> Vec<String> {
     let mut fail =
         |what: &str, e: std::io::Error| errs.push(format!("user {op} of {target}: {what}: {e}"));
     match op {
+        // The soak's sequence (seed 1796324558532479618): the path renamed away, another file
+        // renamed onto the name it left, then written through it, all while evac is held.
+        "move-and-reuse" => {
+            for step in ["rename-away", "rename-onto", "append"] {
+                errs.extend(user_op(ws, m, step, target));
+            }
+            return errs;
+        }
         "append" => {
             let add = b"+ appended by the user\n";
             match std::fs::OpenOptions::new().append(true).open(&p) {
@@ -900,7 +909,9 @@ fn user_op(ws: &Ws, m: &mut Model, op: &str, target: &str) -> Vec<String> {
             let other = m
                 .files
                 .keys()
-                .find(|k| *k != target && m.files[*k].group.is_none())
+                .find(|k| {
+                    *k != target && !k.ends_with(".moved") && m.files[*k].group.is_none()
+                })
                 .cloned();
             let other = match other {
                 Some(o) => o,
