@@ -25,11 +25,7 @@ pub fn run(o: RunOpts, metrics: Option<(PathBuf, Duration)>) -> Result<i32> {
         Some((p, every)) => Some(MetricsWriter::start(o.journal.clone(), p, every)?),
         None => None,
     };
-    let ui = Ui::start(
-        o.stats.clone(),
-        o.quiet,
-        Duration::from_secs(o.progress_interval.max(1)),
-    );
+    let ui = Ui::start(o.stats.clone(), o.quiet, o.progress_interval);
     let r = engine::run(o);
     drop(ui);
     if let Some(m) = metrics {
