@@ -15,7 +15,7 @@ pub fn run(o: RunOpts, metrics: Option<(PathBuf, Duration)>) -> Result<i32> {
     crate::sys::signals::process()
         .map_err(|e| crate::error::Error::Setup(format!("set up signal handling: {e}")))?;
     if o.dry_run {
-        let mut list = crate::ui::status::PathList::new(o.null);
+        let mut list = crate::ui::PathList::new(o.null);
         let code = engine::dryrun::dry_run(&o, &mut |p| list.item(p, None))?;
         // As while listing: a reader that went away (`| head`) ends the list, not the count.
         let _ = list.done();

@@ -4,7 +4,8 @@
 use crate::error::{Error, Result};
 use crate::journal::{FileState, Journal, Plan};
 use crate::ui::metrics::{Governor, Metrics, RunTimes};
-use crate::ui::status::{self as show, PathList, Status};
+use crate::ui::status::{self as show, Status};
+use crate::ui::PathList;
 use crate::util::escape::{escape, quoted};
 use std::collections::BTreeMap;
 use std::path::Path;
