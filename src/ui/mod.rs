@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod progress;
 pub mod rescue;
 pub mod status;
+pub mod verify;
 
 use crossbeam_channel::Sender;
 use std::sync::{Arc, Mutex};

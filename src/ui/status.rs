@@ -1,4 +1,4 @@
-//! What `status`, `verify`, `holders` and the control commands show: the values those commands
+//! What `status`, `holders` and the control commands show: the values those commands
 //! build, rendered as text for a terminal or as JSON (serde) for scripts and monitoring.
 
 use crate::error::{Error, Result};
@@ -284,94 +284,6 @@ pub fn control_done(what: &str, running_pid: Option<&str>) -> Result<()> {
         None => format!("{what}: no run is going; the next run starts with it\n"),
     };
     super::out_bytes(line.as_bytes())
-}
-
-/// A relocated file `verify` found wrong (or, as a note, changed by its users).
-#[derive(Serialize)]
-pub struct Problem {
-    #[serde(skip)]
-    pub raw: Vec<u8>,
-    /// Escaped.
-    pub path: String,
-    pub problem: String,
-}
-
-#[derive(Serialize)]
-pub struct MetaChange {
-    #[serde(skip)]
-    pub raw: Vec<u8>,
-    pub path: String,
-    pub change: String,
-}
-
-/// What `verify` found.
-#[derive(Serialize)]
-pub struct Verified {
-    pub checked: u64,
-    pub ok: bool,
-    pub problems: Vec<Problem>,
-    pub written_since: u64,
-    pub metadata_changed: Vec<MetaChange>,
-    /// The journal's counters that differ from a full count (empty when they agree).
-    pub counters: Vec<CounterProblem>,
-}
-
-/// A counter of the journal that differs from a full count of its files.
-#[derive(Serialize)]
-pub struct CounterProblem {
-    pub what: String,
-    pub kept_files: i64,
-    pub kept_bytes: i64,
-    pub counted_files: i64,
-    pub counted_bytes: i64,
-}
-
-pub fn show_verified(v: &Verified, json: bool) -> Result<()> {
-    if json {
-        return json_out(v);
-    }
-    let mut s = String::new();
-    for p in &v.problems {
-        s.push_str(&format!("PROBLEM {}: {}\n", quoted(&p.raw), p.problem));
-    }
-    for c in &v.counters {
-        s.push_str(&format!(
-            "PROBLEM journal counters: {}: {} files, {} bytes kept, {} files, {} bytes counted\n",
-            c.what, c.kept_files, c.kept_bytes, c.counted_files, c.counted_bytes
-        ));
-    }
-    for p in &v.metadata_changed {
-        s.push_str(&format!(
-            "NOTE {}: metadata changed since relocation: {}\n",
-            quoted(&p.raw),
-            p.change
-        ));
-    }
-    s.push_str(&format!(
-        "verify: {} relocated files checked (content hash, size, mode, owner, mtime at DEST; link in SOURCE): {}{}\n",
-        v.checked,
-        if v.problems.is_empty() { "all good".to_string() } else { format!("{} problems", v.problems.len()) },
-        if v.written_since > 0 {
-            format!("; {} written through their links since relocation (links checked, content not comparable)", v.written_since)
-        } else {
-            String::new()
-        },
-    ));
-    if !v.metadata_changed.is_empty() {
-        s.push_str(&format!(
-            "verify: {} copies intact whose mode or owner users changed through their links since relocation (NOTE lines)\n",
-            v.metadata_changed.len()
-        ));
-    }
-    s.push_str(&if v.counters.is_empty() {
-        "verify: the journal's counters (what status reads) agree with a full count\n".to_string()
-    } else {
-        format!(
-            "verify: {} of the journal's counters differ from a full count (PROBLEM lines): status and metrics read them, so their figures are off by the difference\n",
-            v.counters.len()
-        )
-    });
-    super::out_bytes(s.as_bytes())
 }
 
 #[derive(Serialize)]
