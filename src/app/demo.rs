@@ -355,7 +355,7 @@ pub fn demo(dir: Option<PathBuf>, files: usize) -> Result<i32> {
         source: Some(old.clone()),
         dest: Some(new.clone()),
         quiet: false,
-        progress_interval: 2,
+        progress_interval: std::time::Duration::from_secs(2),
         skip_walk: false,
         ..RunOpts::waiting_only(journal.clone(), None, &format!("demo --files {files}"))
     })?;

@@ -75,11 +75,8 @@ pub fn fingerprint(mut o: FingerprintOpts) -> Result<i32> {
             quoted(o.journal.as_os_str().as_encoded_bytes())
         ))
     })?;
-    let mode: crate::hsm::detect::Mode = j
-        .plan_option("hsm")?
-        .unwrap_or_else(|| "auto".into())
-        .parse()
-        .map_err(setup)?;
+    let mode =
+        crate::hsm::detect::Mode::recorded(j.plan_option("hsm")?.as_deref()).map_err(setup)?;
 
     // The search directories, absolute and symlink-free (candidates are reopened through them
     // component by component), each once.

@@ -20,7 +20,7 @@ pub fn run(
     crate::sys::signals::process()
         .map_err(|e| crate::error::Error::Setup(format!("set up signal handling: {e}")))?;
     if o.dry_run {
-        let mut list = crate::ui::status::PathList::new(o.null);
+        let mut list = crate::ui::PathList::new(o.null);
         let code = engine::dryrun::dry_run(&o, &mut |p| list.item(p, None))?;
         // As while listing: a reader that went away (`| head`) ends the list, not the count.
         let _ = list.done();
@@ -37,11 +37,7 @@ pub fn run(
         )?),
         None => None,
     };
-    let ui = Ui::start(
-        o.stats.clone(),
-        o.quiet,
-        Duration::from_secs(o.progress_interval.max(1)),
-    );
+    let ui = Ui::start(o.stats.clone(), o.quiet, o.progress_interval);
     let r = engine::run(o);
     drop(ui);
     if let Some(l) = log {

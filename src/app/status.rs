@@ -4,7 +4,8 @@
 use crate::error::{Error, Result};
 use crate::journal::{FileState, Journal, Plan};
 use crate::ui::metrics::{Governor, Metrics, RunTimes};
-use crate::ui::status::{self as show, PathList, Status};
+use crate::ui::status::{self as show, Status};
+use crate::ui::PathList;
 use crate::util::escape::{escape, quoted};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,44 +42,86 @@ fn public_state(s: FileState) -> FileState {
     }
 }
 
-/// How `status` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How `status` prints (`--format`; clap parses the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// For people (the default).
     Text,
+    /// One JSON object (as `--json`).
     Json,
+    /// Prometheus text exposition (the metrics of `run --metrics-file`).
     Prometheus,
 }
 
-pub fn status(journal: &Path, format: Format, list: Option<&str>, null: bool) -> Result<i32> {
+/// What `status --list` lists: the paths in one of the states operators see, or one of the
+/// views below (`--list`; clap parses the name, so a wrong one is a usage error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum List {
+    /// To be relocated (a file in flight when a run stopped counts here).
+    Pending,
+    /// The path is evac's link to a complete, durable copy.
+    Relocated,
+    /// Left for now (busy, changed, no room), with the reason: a later run tries again.
+    Deferred,
+    /// An error that needs the operator, with it.
+    Failed,
+    /// Not relocated on purpose, with the reason.
+    Skipped,
+    /// No longer in SOURCE.
+    Gone,
+    /// An HSM stub, never opened: its data is on tape (`evac stage` recalls it).
+    #[value(name = "staged_out", alias = "staged-out")]
+    StagedOut,
+    /// Every path that keeps DEST from mirroring SOURCE, and why.
+    Cutover,
+    /// What --exclude left in SOURCE (an excluded directory once).
+    Excluded,
+    /// Every link evac made, with what it names.
+    Links,
+}
+
+impl List {
+    /// The state listed, for the lists of a state.
+    fn state(self) -> Option<FileState> {
+        Some(match self {
+            List::Pending => FileState::Pending,
+            List::Relocated => FileState::Relocated,
+            List::Deferred => FileState::Deferred,
+            List::Failed => FileState::Failed,
+            List::Skipped => FileState::Skipped,
+            List::Gone => FileState::Gone,
+            List::StagedOut => FileState::StagedOut,
+            List::Cutover | List::Excluded | List::Links => return None,
+        })
+    }
+}
+
+pub fn status(journal: &Path, format: Format, list: Option<List>, null: bool) -> Result<i32> {
     let j = Journal::open_read(journal)?;
     let plan = need_plan(&j)?;
-    if let Some(state) = list {
+    if let Some(list) = list {
         let mut out = PathList::new(null);
         let sink = &mut |p: &[u8], reason: Option<&str>| out.item(p, reason);
-        if state == "cutover" {
-            j.for_each_cutover_difference(sink)?;
-        } else if state == "excluded" {
-            j.for_each_excluded(sink)?;
-        } else if state == "links" {
-            // What each link names, for people; the bare paths with -0.
-            let prefix = plan.link_prefix.as_os_str().as_encoded_bytes();
-            j.for_each_link(&mut |p: &[u8]| {
-                let sep: &[u8] = if prefix.ends_with(b"/") { b"" } else { b"/" };
-                let target = [prefix, sep, p].concat();
-                out.item(p, Some(&format!("-> {}", escape(&target))))
-            })?;
-        } else {
-            let Some(s) = FileState::parse(state).filter(|s| STATES.contains(s)) else {
-                return Err(Error::Setup(format!(
-                    "--list {state}: not a state; one of {}, or cutover, excluded, links",
-                    STATES.map(FileState::as_str).join(", ")
-                )));
-            };
-            let states: Vec<FileState> = FileState::ALL
-                .into_iter()
-                .filter(|x| public_state(*x) == s)
-                .collect();
-            j.for_each_in_states(&states, sink)?;
+        match list {
+            List::Cutover => j.for_each_cutover_difference(sink)?,
+            List::Excluded => j.for_each_excluded(sink)?,
+            List::Links => {
+                // What each link names, for people; the bare paths with -0.
+                let prefix = plan.link_prefix.as_os_str().as_encoded_bytes();
+                j.for_each_link(&mut |p: &[u8]| {
+                    let sep: &[u8] = if prefix.ends_with(b"/") { b"" } else { b"/" };
+                    let target = [prefix, sep, p].concat();
+                    out.item(p, Some(&format!("-> {}", escape(&target))))
+                })?
+            }
+            state => {
+                let s = state.state();
+                let states: Vec<FileState> = FileState::ALL
+                    .into_iter()
+                    .filter(|x| Some(public_state(*x)) == s)
+                    .collect();
+                j.for_each_in_states(&states, sink)?;
+            }
         }
         out.done()?;
         return Ok(0);
@@ -316,12 +359,6 @@ pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
             "evac throttle: give one or more of --bwlimit, --files-per-sec, --workers, --governor, --max-load, --max-io-pressure, --max-util, --max-latency".into(),
         ));
     }
-    for (k, v) in set {
-        if *k == "bwlimit" {
-            v.parse::<crate::pace::throttle::Schedule>()
-                .map_err(Error::Setup)?;
-        }
-    }
     let j = Journal::open(journal, false)?;
     need_plan(&j)?;
     for (k, v) in set {
@@ -339,4 +376,20 @@ pub fn control(journal: &Path, set: &[(&str, String)]) -> Result<i32> {
         .join(", ");
     show::control_done(&what, running.as_deref())?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// Every state operators see can be listed, under the name status and the journal use.
+    #[test]
+    fn every_public_state_can_be_listed() {
+        for s in STATES {
+            let l = List::from_str(s.as_str(), false)
+                .unwrap_or_else(|e| panic!("--list {}: {e}", s.as_str()));
+            assert_eq!(l.state(), Some(s));
+        }
+    }
 }

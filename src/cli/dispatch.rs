@@ -2,7 +2,7 @@
 //! the call of the command: the binary's `main` only parses, installs the terminal and exits with
 //! what this returns.
 
-use super::{Cli, Command, HsmCommand, StatusFormat};
+use super::{Cli, Command, HsmCommand};
 use crate::engine::RunOpts;
 use crate::error::{Error, Result};
 use crate::util::escape::quoted;
@@ -125,19 +125,17 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
                     args_text,
                     stats: Default::default(),
                 },
-                a.metrics_file
-                    .map(|f| (f, std::time::Duration::from_secs_f64(a.metrics_interval))),
+                a.metrics_file.map(|f| (f, a.metrics_interval)),
                 a.log_json,
             )
         }
         Command::Status(a) => {
             use crate::app::status::Format;
-            let format = match (a.json, a.format) {
-                (true, _) | (_, Some(StatusFormat::Json)) => Format::Json,
-                (_, Some(StatusFormat::Prometheus)) => Format::Prometheus,
-                _ => Format::Text,
+            let format = match a.json {
+                true => Format::Json,
+                false => a.format.unwrap_or(Format::Text),
             };
-            crate::app::status::status(&a.journal, format, a.list.as_deref(), a.null)
+            crate::app::status::status(&a.journal, format, a.list, a.null)
         }
         Command::Events(a) => {
             crate::app::events::events(&a.journal, a.since.as_deref(), a.follow, a.json)
@@ -167,11 +165,11 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             drives: a.drives,
             tiers: a.tiers,
             stdin0: a.stdin0,
-            stage_timeout: std::time::Duration::from_secs_f64(a.stage_timeout),
+            stage_timeout: a.stage_timeout,
             budget: a.stage_budget,
             max_tries: a.max_tries.max(1),
-            backoff: std::time::Duration::from_secs_f64(a.stage_backoff.max(0.0)),
-            resident_wait: std::time::Duration::from_secs_f64(a.resident_wait.max(0.0)),
+            backoff: a.stage_backoff,
+            resident_wait: a.resident_wait,
             batch_files: a.batch_files,
             workers: a.workers,
             retry_leftovers: a.retry_leftovers,
@@ -184,7 +182,7 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
                 report: a.report,
                 workers: a.workers,
                 quiet: a.quiet,
-                progress_interval: std::time::Duration::from_secs(a.progress_interval.max(1)),
+                progress_interval: a.progress_interval,
                 args_text,
             })
         }
@@ -209,9 +207,8 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
             <super::Cli as clap::CommandFactory>::command(),
             a.out_dir.as_deref(),
         ),
-        Command::Hsm(HsmCommand::Import(a)) => match a.format.parse() {
-            Ok(f) => crate::app::hsm::import(&a.journal, f, &a.listing, a.root.as_deref(), a.quiet),
-            Err(e) => Err(crate::error::Error::Setup(e)),
-        },
+        Command::Hsm(HsmCommand::Import(a)) => {
+            crate::app::hsm::import(&a.journal, a.format, &a.listing, a.root.as_deref(), a.quiet)
+        }
     }
 }

@@ -4,9 +4,10 @@ pub mod dispatch;
 
 pub use dispatch::main;
 
-use crate::util::units::parse_bytes;
+use crate::util::units::{parse_bytes, parse_duration};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -143,8 +144,9 @@ pub struct ThrottleArgs {
     /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
-    /// New --bwlimit: a rate, a timetable, or `off`.
-    #[arg(long, value_name = "RATE|TIMETABLE")]
+    /// New --bwlimit: a rate, a timetable, or `off`. Checked here, kept as given: the running
+    /// evac reads the text from the journal.
+    #[arg(long, value_name = "RATE|TIMETABLE", value_parser = bwlimit_text)]
     pub bwlimit: Option<String>,
     /// New --files-per-sec (0: no cap).
     #[arg(long, value_name = "N")]
@@ -172,10 +174,10 @@ pub struct StageArgs {
     /// Give the stage command the paths NUL-separated on its stdin instead of as arguments.
     #[arg(long)]
     pub stdin0: bool,
-    /// Seconds one run of the stage command may take; then it is killed with its process group
-    /// and its files are tried again later.
-    #[arg(long, value_name = "SECS", default_value_t = 3600.0, value_parser = positive_seconds)]
-    pub stage_timeout: f64,
+    /// How long one run of the stage command may take (e.g. 90s, 30m, 2h; a bare number is
+    /// seconds); then it is killed with its process group and its files are tried again later.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = positive_duration)]
+    pub stage_timeout: Duration,
     /// Most bytes staged at once and not yet relocated (suffixes K, M, G, T): a full first tier
     /// is how an HSM wedges.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
@@ -183,12 +185,12 @@ pub struct StageArgs {
     /// Tries per file before it is left over with the reason.
     #[arg(long, default_value_t = 3)]
     pub max_tries: i64,
-    /// Seconds before a failed file is tried again (doubling with each try).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-    pub stage_backoff: f64,
-    /// Seconds to wait, after the stage command returns, for its files to be resident.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-    pub resident_wait: f64,
+    /// How long before a failed file is tried again (doubling with each try).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub stage_backoff: Duration,
+    /// How long to wait, after the stage command returns, for its files to be resident.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub resident_wait: Duration,
     /// Files per run of the stage command (a volume with more is split, in position order).
     #[arg(long, default_value_t = 256)]
     pub batch_files: usize,
@@ -223,11 +225,9 @@ pub struct HsmImportArgs {
     /// The evacuation's journal (a SQLite file).
     #[arg(long)]
     pub journal: PathBuf,
-    /// tsv (evac's own: path, state, tier, volume, position, size, checksum, tab-separated,
-    /// path escaped), tsv0 (the same fields NUL-terminated, raw paths), lfs (`lfs hsm_state`
-    /// output), dmls (DMF `dmls -l` or `-lR` output).
-    #[arg(long)]
-    pub format: String,
+    /// The listing's format: tsv (evac's own), tsv0 (the same, NUL-separated), lfs, or dmls.
+    #[arg(long, value_enum)]
+    pub format: crate::hsm::import::Format,
     /// Where relative paths in the listing start [default: SOURCE].
     #[arg(long)]
     pub root: Option<PathBuf>,
@@ -266,22 +266,24 @@ pub struct RunArgs {
     /// No progress output; START/FINISH and errors only.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Seconds between plain progress lines when stderr is not a terminal.
-    #[arg(long, default_value_t = 10)]
-    pub progress_interval: u64,
+    /// Time between plain progress lines when stderr is not a terminal (e.g. 30s, 5m; a bare
+    /// number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub progress_interval: Duration,
     /// Files per durability batch (one syncfs and one journal commit per batch).
     #[arg(long, default_value_t = 512)]
     pub batch_files: usize,
     /// Rounds of retrying deferred files at the end of the pass.
     #[arg(long, default_value_t = 1)]
     pub retry_rounds: u32,
-    /// Seconds to wait before each retry round.
-    #[arg(long, default_value_t = 1.0)]
-    pub retry_delay: f64,
-    /// Seconds one filesystem operation may block before evac gives up on it: the file is
-    /// deferred, and storage that stops answering altogether ends the run (exit 1).
-    #[arg(long, value_name = "SECS", default_value_t = 600.0, value_parser = positive_seconds)]
-    pub op_timeout: f64,
+    /// How long to wait before each retry round.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub retry_delay: Duration,
+    /// How long one filesystem operation may block before evac gives up on it (e.g. 90s, 10m; a
+    /// bare number is seconds): the file is deferred, and storage that stops answering
+    /// altogether ends the run (exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = positive_duration)]
+    pub op_timeout: Duration,
     /// Relocate files that a process is running or has mapped (default: defer them).
     #[arg(long)]
     pub relocate_mapped: bool,
@@ -290,8 +292,8 @@ pub struct RunArgs {
     /// above zero, no data blocks), xattr:NAME=VALUE, lustre, or cmd:PROGRAM (paths
     /// NUL-separated on its stdin, one state per line back: resident, premigrated, staged_out,
     /// lost). Kept in the journal for later runs. [default: auto]
-    #[arg(long, value_name = "MODE")]
-    pub hsm: Option<String>,
+    #[arg(long, value_name = "MODE", value_parser = |s: &str| s.parse::<crate::hsm::detect::Mode>())]
+    pub hsm: Option<crate::hsm::detect::Mode>,
     /// Most bytes per second read from SOURCE (K, M, G, T), or a timetable by local time:
     /// `08:00,10M 19:00,off` (each rate holds until the next time; `off` is unlimited). The cap
     /// applies inside each file's copy.
@@ -327,9 +329,9 @@ pub struct RunArgs {
     /// journal for later runs.
     #[arg(long)]
     pub no_default_units: bool,
-    /// Seconds an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = positive_seconds)]
-    pub hsm_timeout: f64,
+    /// How long an --hsm cmd:PROGRAM may take for one batch of paths before it is killed.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = positive_duration)]
+    pub hsm_timeout: Duration,
     /// The load governor's settings.
     #[command(flatten)]
     pub governor: GovernorArgs,
@@ -340,9 +342,9 @@ pub struct RunArgs {
     /// (a temporary in the same directory renamed over it) every few seconds and at the finish.
     #[arg(long, value_name = "FILE", conflicts_with = "dry_run")]
     pub metrics_file: Option<PathBuf>,
-    /// Seconds between two writes of the --metrics-file.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0, value_parser = positive_seconds, requires = "metrics_file")]
-    pub metrics_interval: f64,
+    /// Time between two writes of the --metrics-file.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = positive_duration, requires = "metrics_file")]
+    pub metrics_interval: Duration,
     /// Write every event the run records in the journal (START, FINISH, relocated, deferred and
     /// failed with their cause, unlinked, renamed, governor decisions, ...) to FILE as one JSON
     /// object a line, flushed as they are committed; `-` for stderr. FILE is appended to.
@@ -355,8 +357,8 @@ pub struct RunArgs {
 pub struct GovernorArgs {
     /// The load governor: `on` lets fewer copy workers work (down to one, then one part of the
     /// time) while the machine or its disks are over a target below; `off` keeps --workers busy.
-    #[arg(long, value_name = "on|off", value_parser = on_off)]
-    pub governor: Option<bool>,
+    #[arg(long, value_name = "on|off", value_enum)]
+    pub governor: Option<Switch>,
     /// Most tasks running or waiting for I/O per CPU, averaged over 5 s, or `off`. [default: 2]
     #[arg(long, value_name = "N|off")]
     pub max_load: Option<crate::pace::governor::Target>,
@@ -381,7 +383,14 @@ impl GovernorArgs {
             |v: &crate::pace::governor::Target| v.0.map_or("off".to_string(), |x| x.to_string());
         let mut v = Vec::new();
         if let Some(g) = self.governor {
-            v.push(("governor", if g { "on" } else { "off" }.to_string()));
+            v.push((
+                "governor",
+                match g {
+                    Switch::On => "on",
+                    Switch::Off => "off",
+                }
+                .to_string(),
+            ));
         }
         for (k, x) in [
             ("max_load", &self.max_load),
@@ -406,12 +415,21 @@ impl GovernorArgs {
     }
 }
 
-fn on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(format!("{s:?}: expected on or off")),
-    }
+/// An option that is on or off.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// On (also `yes`, `true`).
+    #[value(alias = "yes", alias = "true")]
+    On,
+    /// Off (also `no`, `false`).
+    #[value(alias = "no", alias = "false")]
+    Off,
+}
+
+/// `throttle --bwlimit` as given, once it parses as a rate or a timetable.
+fn bwlimit_text(s: &str) -> Result<String, String> {
+    s.parse::<crate::pace::throttle::Schedule>()?;
+    Ok(s.to_string())
 }
 
 /// The arguments of `evac status`.
@@ -423,29 +441,17 @@ pub struct StatusArgs {
     /// Machine-readable output (the same as --format json).
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
-    /// text, json, or prometheus (the metrics `run --metrics-file` writes, once).
+    /// How to print: text, json, or prometheus (the metrics `run --metrics-file` writes, once).
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: Option<StatusFormat>,
-    /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone, staged_out),
-    /// or `cutover`: every path that keeps DEST from mirroring SOURCE, and why; `excluded`: what
-    /// --exclude left in SOURCE (an excluded directory once); `links`: every link evac made, with
-    /// what it names.
-    #[arg(long, value_name = "STATE")]
-    pub list: Option<String>,
+    pub format: Option<crate::app::status::Format>,
+    /// List the paths in this state (pending, relocated, deferred, failed, skipped, gone,
+    /// staged_out), or those of a view: cutover (what keeps DEST from mirroring SOURCE, and why),
+    /// excluded (what --exclude left in SOURCE), links (every link evac made, with what it names).
+    #[arg(long, value_enum, value_name = "STATE")]
+    pub list: Option<crate::app::status::List>,
     /// With --list: NUL-separated raw paths.
     #[arg(short = '0', long = "null", alias = "print0")]
     pub null: bool,
-}
-
-/// How `evac status` prints.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusFormat {
-    /// For people (the default).
-    Text,
-    /// One JSON object (as `--json`).
-    Json,
-    /// Prometheus text exposition (the metrics of `run --metrics-file`).
-    Prometheus,
 }
 
 /// The arguments of `evac events`.
@@ -506,10 +512,12 @@ pub struct DemoArgs {
     pub files: usize,
 }
 
-fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds above 0")),
+/// A duration that must not be zero: a timeout or an interval of zero would give up at once or
+/// spin.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("expected a duration above 0".into()),
+        d => Ok(d),
     }
 }
 
@@ -534,7 +542,8 @@ pub struct FingerprintArgs {
     /// No progress and only the summary's counts.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Seconds between plain progress lines when stderr is not a terminal.
-    #[arg(long, default_value_t = 10)]
-    pub progress_interval: u64,
+    /// Time between plain progress lines when stderr is not a terminal (e.g. 30s, 5m; a bare
+    /// number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub progress_interval: Duration,
 }

@@ -53,16 +53,16 @@ pub struct RunOpts {
     pub list: bool,
     pub null: bool,
     pub quiet: bool,
-    pub progress_interval: u64,
+    pub progress_interval: Duration,
     pub batch_files: usize,
     pub retry_rounds: u32,
-    pub retry_delay: f64,
-    /// Seconds one storage operation may block before the storage counts as not answering.
-    pub op_timeout: f64,
+    pub retry_delay: Duration,
+    /// How long one storage operation may block before the storage counts as not answering.
+    pub op_timeout: Duration,
     pub relocate_mapped: bool,
     /// `--hsm` as given (None: the journal's, else auto).
-    pub hsm: Option<String>,
-    pub hsm_timeout: f64,
+    pub hsm: Option<crate::hsm::detect::Mode>,
+    pub hsm_timeout: Duration,
     /// Relocate the files waiting in the journal without walking SOURCE (`evac stage`).
     pub skip_walk: bool,
     /// `--exclude` and `--exclude-from` as given (None: the journal's; a journal keeps the set it
@@ -100,14 +100,14 @@ impl RunOpts {
             list: false,
             null: false,
             quiet: true,
-            progress_interval: 10,
+            progress_interval: Duration::from_secs(10),
             batch_files: 512,
             retry_rounds: 1,
-            retry_delay: 0.2,
-            op_timeout: 600.0,
+            retry_delay: Duration::from_millis(200),
+            op_timeout: Duration::from_secs(600),
             relocate_mapped: false,
             hsm: None,
-            hsm_timeout: 60.0,
+            hsm_timeout: Duration::from_secs(60),
             skip_walk: true,
             exclude: None,
             no_default_units: false,
@@ -285,15 +285,16 @@ impl RateMeter {
 
 impl Runner {
     fn new(o: RunOpts, plan: Plan, j: Journal) -> Result<Runner> {
-        // --hsm as given is kept in the journal, so that a resume decides the same way.
-        let hsm_text = match &o.hsm {
+        // --hsm as given is kept in the journal (as its text), so that a resume decides the same
+        // way.
+        let hsm_mode = match &o.hsm {
             Some(m) => {
-                j.set_plan_option("hsm", m)?;
+                j.set_plan_option("hsm", &m.to_string())?;
                 m.clone()
             }
-            None => j.plan_option("hsm")?.unwrap_or_else(|| "auto".into()),
+            None => crate::hsm::detect::Mode::recorded(j.plan_option("hsm")?.as_deref())
+                .map_err(Error::Setup)?,
         };
-        let hsm_mode: crate::hsm::detect::Mode = hsm_text.parse().map_err(Error::Setup)?;
         let src_root = fsx::open_root(&plan.source)
             .ctx("open SOURCE", plan.source.as_os_str().as_encoded_bytes())?;
         let dst_root = fsx::open_root(&plan.dest)
@@ -560,7 +561,7 @@ impl Runner {
             prune: self.prune_list(),
             reserved_prefix: self.ctx.reserved_prefix(),
             hsm: self.ctx.hsm.clone(),
-            hsm_timeout: Duration::from_secs_f64(self.o.hsm_timeout),
+            hsm_timeout: self.o.hsm_timeout,
             source_abs: self.plan.source.clone(),
             filters: self.o.exclude.clone().unwrap_or_default(),
             units: (!self.o.no_default_units).then(|| Some(self.o.journal.clone())),

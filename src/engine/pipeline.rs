@@ -466,7 +466,7 @@ impl Runner {
             "info",
             &format!("retrying {n} deferred files"),
         )?;
-        let until = Instant::now() + Duration::from_secs_f64(self.o.retry_delay.max(0.0));
+        let until = Instant::now() + self.o.retry_delay;
         while Instant::now() < until && !self.stopping() {
             std::thread::sleep(Duration::from_millis(20));
         }

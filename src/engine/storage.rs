@@ -101,8 +101,9 @@ pub(super) struct Storage {
 
 impl Storage {
     /// Call on the coordinating thread: that is the thread the deadman watches.
-    pub(super) fn new(op_timeout: f64, journal: &Path, run_id: i64) -> Storage {
-        let op_timeout = Duration::from_secs_f64(op_timeout.max(0.001));
+    pub(super) fn new(op_timeout: Duration, journal: &Path, run_id: i64) -> Storage {
+        // The watchdog's clock: a zero would call every operation stuck.
+        let op_timeout = op_timeout.max(Duration::from_millis(1));
         let path = journal.to_path_buf();
         let deadman = Deadman::start(
             watchdog::gettid(),

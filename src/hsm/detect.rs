@@ -33,6 +33,34 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// The mode a journal's plan keeps (`auto` when it keeps none): the text of `--hsm` as the
+    /// first run was given it, so that every later run and command decides the same way.
+    pub fn recorded(text: Option<&str>) -> Result<Mode, String> {
+        let text = text.unwrap_or("auto");
+        text.parse()
+            .map_err(|e| format!("the journal's --hsm {text}: {e}"))
+    }
+}
+
+/// The canonical text of a mode, as `--hsm` takes it and the journal keeps it: parsing it gives
+/// the same mode back.
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::None => f.write_str("none"),
+            Mode::Auto => f.write_str("auto"),
+            Mode::Blocks => f.write_str("blocks"),
+            Mode::Lustre => f.write_str("lustre"),
+            // The value came from the command line's text, so it is UTF-8.
+            Mode::Xattr { name, value } => {
+                write!(f, "xattr:{name}={}", String::from_utf8_lossy(value))
+            }
+            Mode::Cmd { program } => write!(f, "cmd:{program}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = String;
 
@@ -45,12 +73,10 @@ impl std::str::FromStr for Mode {
             _ => {
                 if let Some(rest) = s.strip_prefix("xattr:") {
                     let (name, value) = rest.split_once('=').ok_or_else(|| {
-                        format!(
-                            "--hsm {s}: expected xattr:NAME=VALUE (e.g. xattr:user.hsm=released)"
-                        )
+                        "expected xattr:NAME=VALUE (e.g. xattr:user.hsm=released)".to_string()
                     })?;
                     if name.is_empty() {
-                        return Err(format!("--hsm {s}: the attribute name is empty"));
+                        return Err("the attribute name is empty".into());
                     }
                     Mode::Xattr {
                         name: name.to_string(),
@@ -58,15 +84,16 @@ impl std::str::FromStr for Mode {
                     }
                 } else if let Some(p) = s.strip_prefix("cmd:") {
                     if p.is_empty() {
-                        return Err(format!("--hsm {s}: the program is empty"));
+                        return Err("the program is empty".into());
                     }
                     Mode::Cmd {
                         program: p.to_string(),
                     }
                 } else {
-                    return Err(format!(
-                        "--hsm {s}: expected none, auto, blocks, xattr:NAME=VALUE, lustre or cmd:PROGRAM"
-                    ));
+                    return Err(
+                        "expected none, auto, blocks, xattr:NAME=VALUE, lustre or cmd:PROGRAM"
+                            .into(),
+                    );
                 }
             }
         })
@@ -378,6 +405,26 @@ mod tests {
         assert!("xattr:user.hsm".parse::<Mode>().is_err());
         assert!("cmd:".parse::<Mode>().is_err());
         assert!("tape".parse::<Mode>().is_err());
+    }
+
+    /// The journal keeps a mode as its text: what `--hsm` was given must come back unchanged,
+    /// so that a journal written before the mode was parsed up front reads the same.
+    #[test]
+    fn modes_keep_their_text() {
+        for t in [
+            "none",
+            "auto",
+            "blocks",
+            "lustre",
+            "xattr:user.hsm=released",
+            "xattr:user.a=b=c",
+            "xattr:trusted.x=",
+            "cmd:/usr/local/bin/hsm-state --batch",
+        ] {
+            assert_eq!(t.parse::<Mode>().unwrap().to_string(), t);
+        }
+        assert_eq!(Mode::recorded(None), Ok(Mode::Auto));
+        assert!(Mode::recorded(Some("tape")).unwrap_err().contains("tape"));
     }
 }
 

@@ -18,29 +18,20 @@ pub struct Malformed {
     pub why: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The listing's format (`evac hsm import --format`; clap parses the name, so an unknown one is
+/// refused with the command line's other usage errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// `path\tstate\ttier\tvolume\tposition\tsize\tchecksum`, one per line, escaped path.
+    /// evac's own: path, state, tier, volume, position, size, checksum, tab-separated, one a
+    /// line, path escaped.
     Tsv,
-    /// The same seven fields, each NUL-terminated, raw path bytes.
+    /// The same seven fields, each NUL-terminated, raw path bytes (any name).
     Tsv0,
     /// `lfs hsm_state` output: `PATH: (0xFLAGS) released exists archived, archive_id:N`.
+    #[value(alias = "lfs-hsm-state")]
     Lfs,
-    /// DMF `dmls -l` / `dmls -lR` output: `ls -l` lines with `(OFL)` etc. before the name.
+    /// DMF `dmls -l` or `dmls -lR` output: `ls -l` lines with `(OFL)` etc. before the name.
     Dmls,
-}
-
-impl std::str::FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Format, String> {
-        Ok(match s {
-            "tsv" => Format::Tsv,
-            "tsv0" => Format::Tsv0,
-            "lfs" | "lfs-hsm-state" => Format::Lfs,
-            "dmls" => Format::Dmls,
-            _ => return Err(format!("--format {s}: expected tsv, tsv0, lfs or dmls")),
-        })
-    }
 }
 
 impl Format {

@@ -202,11 +202,7 @@ pub fn stage(mut o: StageOpts) -> Result<i32> {
         ))
     })?;
     // Residency is judged from metadata; a program-based mode cannot be asked per poll.
-    let mode = match j
-        .plan_option("hsm")?
-        .unwrap_or_else(|| "auto".into())
-        .parse()
-    {
+    let mode = match Mode::recorded(j.plan_option("hsm")?.as_deref()) {
         Ok(Mode::None) | Ok(Mode::Cmd { .. }) | Err(_) => Mode::Blocks,
         Ok(m) => m,
     };

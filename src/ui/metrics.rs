@@ -3,9 +3,8 @@
 //! reads such a file). Names start `evac_`, in base units (bytes, seconds); the values are the
 //! ones `status` reads, built by `app`.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 /// One evacuation as the metrics tell it.
 #[derive(Debug, Clone, Default)]
@@ -298,8 +297,5 @@ pub fn render(m: &Metrics) -> String {
 
 /// Print the metrics on stdout.
 pub fn show(m: &Metrics) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(render(m).as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Setup(format!("write output: {e}")))
+    super::out_bytes(render(m).as_bytes())
 }

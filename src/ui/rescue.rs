@@ -1,9 +1,8 @@
 //! What `evac rescue` shows and writes as its manifest: one line per holder of each deleted file
 //! (tab-separated), or one JSON object (serde), built by `app::rescue`.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use serde::Serialize;
-use std::io::Write;
 
 /// The rescue of one SOURCE: every deleted file found held, and what became of it.
 #[derive(Serialize)]
@@ -121,18 +120,13 @@ pub fn tsv(r: &Rescue) -> String {
 
 /// The manifest as one JSON object.
 pub fn json(r: &Rescue) -> Result<String> {
-    let mut s = serde_json::to_string(r).map_err(|e| Error::Setup(format!("encode JSON: {e}")))?;
-    s.push('\n');
-    Ok(s)
+    super::json_line(r)
 }
 
 /// The manifest on stdout, and what was done on stderr.
 pub fn show(r: &Rescue, as_json: bool, unreadable: usize, root: bool) -> Result<()> {
     let text = if as_json { json(r)? } else { tsv(r) };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Setup(format!("write output: {e}")))?;
+    super::out_bytes(text.as_bytes())?;
     let bytes: u64 = r
         .files
         .iter()

@@ -1,4 +1,4 @@
-//! What `status`, `verify`, `holders` and the control commands show: the values those commands
+//! What `status`, `holders` and the control commands show: the values those commands
 //! build, rendered as text for a terminal or as JSON (serde) for scripts and monitoring.
 
 use crate::error::{Error, Result};
@@ -8,7 +8,6 @@ use crate::util::escape::{escape, quoted};
 use crate::util::units::human_bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Write;
 
 /// Where `status` stands, as `status --json` prints it.
 #[derive(Serialize)]
@@ -113,25 +112,16 @@ pub struct Fingerprint {
     pub report: Option<String>,
 }
 
-fn write_out(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Setup(format!("write output: {e}")))
-}
-
-fn json_line<T: Serialize>(v: &T) -> Result<()> {
-    let mut s = serde_json::to_string(v).map_err(|e| Error::Setup(format!("encode JSON: {e}")))?;
-    s.push('\n');
-    write_out(&s)
+fn json_out<T: Serialize>(v: &T) -> Result<()> {
+    super::out_bytes(super::json_line(v)?.as_bytes())
 }
 
 /// Print `status` as text or as one JSON object.
 pub fn show_status(st: &Status, json: bool) -> Result<()> {
     if json {
-        json_line(st)
+        json_out(st)
     } else {
-        write_out(&status_text(st))
+        super::out_bytes(status_text(st).as_bytes())
     }
 }
 
@@ -287,134 +277,13 @@ fn status_text(st: &Status) -> String {
     s
 }
 
-/// `status --list`: each path (escaped) with its reason after a TAB, or raw paths each ended by
-/// NUL for `xargs -0`.
-pub struct PathList {
-    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
-    null: bool,
-}
-
-impl PathList {
-    pub fn new(null: bool) -> PathList {
-        PathList {
-            out: std::io::BufWriter::new(std::io::stdout().lock()),
-            null,
-        }
-    }
-
-    pub fn item(&mut self, path: &[u8], reason: Option<&str>) -> std::io::Result<()> {
-        if self.null {
-            self.out.write_all(path)?;
-            self.out.write_all(b"\0")
-        } else {
-            match reason {
-                Some(r) => writeln!(self.out, "{}\t{}", escape(path), r),
-                None => writeln!(self.out, "{}", escape(path)),
-            }
-        }
-    }
-
-    pub fn done(mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(|e| Error::Setup(format!("write output: {e}")))
-    }
-}
-
 /// What `evac pause`, `resume` or `throttle` did.
 pub fn control_done(what: &str, running_pid: Option<&str>) -> Result<()> {
-    write_out(&match running_pid {
+    let line = match running_pid {
         Some(pid) => format!("{what}: the run (pid {pid}) applies it within a second\n"),
         None => format!("{what}: no run is going; the next run starts with it\n"),
-    })
-}
-
-/// A relocated file `verify` found wrong (or, as a note, changed by its users).
-#[derive(Serialize)]
-pub struct Problem {
-    #[serde(skip)]
-    pub raw: Vec<u8>,
-    /// Escaped.
-    pub path: String,
-    pub problem: String,
-}
-
-#[derive(Serialize)]
-pub struct MetaChange {
-    #[serde(skip)]
-    pub raw: Vec<u8>,
-    pub path: String,
-    pub change: String,
-}
-
-/// What `verify` found.
-#[derive(Serialize)]
-pub struct Verified {
-    pub checked: u64,
-    pub ok: bool,
-    pub problems: Vec<Problem>,
-    pub written_since: u64,
-    pub metadata_changed: Vec<MetaChange>,
-    /// The journal's counters that differ from a full count (empty when they agree).
-    pub counters: Vec<CounterProblem>,
-}
-
-/// A counter of the journal that differs from a full count of its files.
-#[derive(Serialize)]
-pub struct CounterProblem {
-    pub what: String,
-    pub kept_files: i64,
-    pub kept_bytes: i64,
-    pub counted_files: i64,
-    pub counted_bytes: i64,
-}
-
-pub fn show_verified(v: &Verified, json: bool) -> Result<()> {
-    if json {
-        return json_line(v);
-    }
-    let mut s = String::new();
-    for p in &v.problems {
-        s.push_str(&format!("PROBLEM {}: {}\n", quoted(&p.raw), p.problem));
-    }
-    for c in &v.counters {
-        s.push_str(&format!(
-            "PROBLEM journal counters: {}: {} files, {} bytes kept, {} files, {} bytes counted\n",
-            c.what, c.kept_files, c.kept_bytes, c.counted_files, c.counted_bytes
-        ));
-    }
-    for p in &v.metadata_changed {
-        s.push_str(&format!(
-            "NOTE {}: metadata changed since relocation: {}\n",
-            quoted(&p.raw),
-            p.change
-        ));
-    }
-    s.push_str(&format!(
-        "verify: {} relocated files checked (content hash, size, mode, owner, mtime at DEST; link in SOURCE): {}{}\n",
-        v.checked,
-        if v.problems.is_empty() { "all good".to_string() } else { format!("{} problems", v.problems.len()) },
-        if v.written_since > 0 {
-            format!("; {} written through their links since relocation (links checked, content not comparable)", v.written_since)
-        } else {
-            String::new()
-        },
-    ));
-    if !v.metadata_changed.is_empty() {
-        s.push_str(&format!(
-            "verify: {} copies intact whose mode or owner users changed through their links since relocation (NOTE lines)\n",
-            v.metadata_changed.len()
-        ));
-    }
-    s.push_str(&if v.counters.is_empty() {
-        "verify: the journal's counters (what status reads) agree with a full count\n".to_string()
-    } else {
-        format!(
-            "verify: {} of the journal's counters differ from a full count (PROBLEM lines): status and metrics read them, so their figures are off by the difference\n",
-            v.counters.len()
-        )
-    });
-    write_out(&s)
+    };
+    super::out_bytes(line.as_bytes())
 }
 
 #[derive(Serialize)]
@@ -449,16 +318,16 @@ pub fn show_holders(scan: &Scan, json: bool, null: bool) -> Result<()> {
                 deleted: h.deleted,
             })
             .collect();
-        json_line(&items)?;
+        json_out(&items)?;
     } else if null {
         let paths: std::collections::BTreeSet<&[u8]> =
             scan.holdings.iter().map(|h| h.path.as_slice()).collect();
-        let mut out = std::io::stdout().lock();
+        let mut out = super::PathList::new(true);
         paths
             .into_iter()
-            .try_for_each(|p| out.write_all(p).and_then(|()| out.write_all(b"\0")))
-            .and_then(|()| out.flush())
+            .try_for_each(|p| out.item(p, None))
             .map_err(|e| Error::Setup(format!("write output: {e}")))?;
+        out.done()?;
     } else {
         let mut s = String::new();
         for h in &scan.holdings {
@@ -472,7 +341,7 @@ pub fn show_holders(scan: &Scan, json: bool, null: bool) -> Result<()> {
                 escape(&h.path)
             ));
         }
-        write_out(&s)?;
+        super::out_bytes(s.as_bytes())?;
     }
     let shown = quoted(scan.source.as_os_str().as_encoded_bytes());
     if !json && !null {

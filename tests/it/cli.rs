@@ -156,29 +156,173 @@ fn bad_arguments_exit_1() {
     ];
     let mut problems = Vec::new();
     for (what, args) in cases {
-        let out = evac(&args);
-        if out.code() != 1 {
-            problems.push(format!(
-                "{what}: exit {} (want 1): {}",
-                out.code(),
-                out.stderr_str().lines().next().unwrap_or("")
-            ));
-        }
-        if out.stderr.is_empty() {
-            problems.push(format!("{what}: no message on stderr"));
-        }
-        if j.exists() {
-            problems.push(format!("{what}: created the journal"));
-            for f in journal_files(&j) {
-                let _ = std::fs::remove_file(j.parent().unwrap().join(f));
-            }
-        }
-        if e.dst.exists() {
-            problems.push(format!("{what}: created DEST"));
-        }
+        refused(what, &evac(&args), &e, &mut problems);
     }
     assert_untouched("SOURCE after bad arguments", &before, &e.src);
     assert_no_problems("bad arguments", &problems);
+}
+
+/// What a refused command must have done: exit 1 with a message, and left no journal and no
+/// DEST (a journal it left is removed, so the next case starts clean).
+fn refused(what: &str, out: &Out, e: &Env, problems: &mut Vec<String>) {
+    if out.code() != 1 {
+        problems.push(format!(
+            "{what}: exit {} (want 1): {}",
+            out.code(),
+            out.stderr_str().lines().next().unwrap_or("")
+        ));
+    }
+    if out.stderr.is_empty() {
+        problems.push(format!("{what}: no message on stderr"));
+    }
+    if e.journal.exists() {
+        problems.push(format!("{what}: created the journal"));
+        for f in journal_files(&e.journal) {
+            let _ = std::fs::remove_file(e.journal.parent().unwrap().join(f));
+        }
+    }
+    if e.dst.exists() {
+        problems.push(format!("{what}: created DEST"));
+    }
+}
+
+/// A value outside an option's fixed set, or a duration that is not one, is refused while the
+/// command line is parsed: exit 1 (not clap's 2), a message that names the option, and nothing
+/// done (no journal, no DEST).
+#[test]
+fn bad_option_values_fail_at_parse_time_naming_the_option() {
+    let _gate = suite_gate!();
+    let e = env();
+    build_tree(&e.src, &TreeSpec::plain(3, 204));
+    let j = e.journal.clone();
+    let run = |extra: &[&str]| -> Vec<OsString> {
+        let mut v = os(&[&"run", &e.src, &e.dst, &"--journal", &j]);
+        v.extend(extra.iter().map(OsString::from));
+        v
+    };
+    let cases: Vec<(&str, Vec<OsString>)> = vec![
+        ("--op-timeout", run(&["--op-timeout", "5x"])),
+        ("--op-timeout", run(&["--op-timeout", "0"])),
+        // `=`: a lone `-1` would be taken for an option.
+        ("--retry-delay", run(&["--retry-delay=-1"])),
+        ("--progress-interval", run(&["--progress-interval", "soon"])),
+        ("--hsm-timeout", run(&["--hsm-timeout", "1h 30m"])),
+        ("--hsm", run(&["--hsm", "tape"])),
+        ("--hsm", run(&["--hsm", "xattr:user.hsm"])),
+        ("--governor", run(&["--governor", "maybe"])),
+        (
+            "--stage-timeout",
+            os(&[
+                &"stage",
+                &"--journal",
+                &j,
+                &"--stage-timeout",
+                &"forever",
+                &"--stage-cmd",
+                &"true",
+            ]),
+        ),
+        (
+            "--list",
+            os(&[&"status", &"--journal", &j, &"--list", &"copying"]),
+        ),
+        (
+            "--format",
+            os(&[&"status", &"--journal", &j, &"--format", &"xml"]),
+        ),
+        (
+            "--format",
+            os(&[
+                &"hsm",
+                &"import",
+                &"--journal",
+                &j,
+                &"--format",
+                &"csv",
+                &"listing",
+            ]),
+        ),
+        (
+            "--bwlimit",
+            os(&[&"throttle", &"--journal", &j, &"--bwlimit", &"fast"]),
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (option, args) in cases {
+        let out = evac(&args);
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        let what = format!("{option} in `{}`", shown.join(" "));
+        refused(&what, &out, &e, &mut problems);
+        // clap's own error ("invalid value 'V' for '--option <NAME>'") is what shows that the
+        // value was refused while parsing, before any command began.
+        let err = out.stderr_str();
+        if !err.contains("invalid value") || !err.contains(&format!("'{option} ")) {
+            problems.push(format!("{what}: not a parse error naming {option}: {err}"));
+        }
+    }
+    assert_no_problems("bad option values", &problems);
+}
+
+/// Durations take units (and bare seconds, as before), and `--hsm` is kept in the journal as
+/// the text it was given, whatever it was parsed into.
+#[test]
+fn durations_take_units_and_hsm_keeps_its_text() {
+    let _gate = suite_gate!();
+    let e = env();
+    build_tree(&e.src, &TreeSpec::plain(5, 205));
+    evac_run(
+        &e.src,
+        &e.dst,
+        &e.journal,
+        &[
+            "--op-timeout",
+            "90s",
+            "--retry-delay",
+            "250ms",
+            "--hsm-timeout",
+            "2m",
+            "--progress-interval",
+            "1h30m",
+            "--hsm",
+            "xattr:user.evac-test=a=b",
+        ],
+    )
+    .expect(0, "run with durations in units");
+    let st = status(&e.journal);
+    assert_eq!(
+        st.get("hsm")
+            .and_then(|h| h.get("mode"))
+            .and_then(|m| m.as_str()),
+        Some("xattr:user.evac-test=a=b"),
+        "{st:?}"
+    );
+    // A resume reads the mode back from that text; bare seconds still work.
+    evac_resume(&e.journal, &["--op-timeout", "600", "--retry-delay", "0.5"])
+        .expect(0, "resume with durations in seconds");
+    // Accepted by the parser: what refuses these is the missing plan, not the values.
+    let missing = e.tmp.path().join("no-plan.db");
+    let out = evac(os(&[
+        &"stage",
+        &"--journal",
+        &missing,
+        &"--stage-timeout",
+        &"2m",
+        &"--stage-backoff",
+        &"90s",
+        &"--resident-wait",
+        &"0",
+        &"--stage-cmd",
+        &"true",
+    ]));
+    assert!(
+        !out.stderr_str().contains("invalid value"),
+        "stage refused good durations: {}",
+        out.dump()
+    );
+    // `staged_out`, as the journal and status spell it, also with a hyphen.
+    for list in ["staged_out", "staged-out"] {
+        assert!(status_list(&e.journal, list).is_empty(), "--list {list}");
+    }
 }
 
 #[test]

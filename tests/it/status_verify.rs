@@ -349,6 +349,18 @@ fn verify_passes_after_a_full_run() {
     verify(&e.journal).expect(0, "verify");
 }
 
+/// Change the first byte of a DEST copy, keeping its size and times: only the content differs.
+fn tamper(e: &Env, before: &Manifest, rel: &[u8]) {
+    use std::io::Write;
+    let f = before.get(rel).unwrap();
+    assert!(f.size > 0);
+    let (d, n) = open_rel(&e.dst, rel).unwrap();
+    let mut data = d.read(&n).unwrap();
+    data[0] ^= 0xff;
+    d.open_write(&n).unwrap().write_all(&data).unwrap();
+    d.set_times(&n, f.atime, f.mtime).unwrap();
+}
+
 #[test]
 fn verify_names_a_tampered_dest_file() {
     let _gate = suite_gate!();
@@ -356,15 +368,7 @@ fn verify_names_a_tampered_dest_file() {
     let plain: &[u8] = b"t/d00/s00/f00003.dat";
     let weird: &[u8] = b"names/tab\there";
     for rel in [plain, weird] {
-        let f = before.get(rel).unwrap();
-        assert!(f.size > 0);
-        // Same size, same times: only the content differs.
-        let (d, n) = open_rel(&e.dst, rel).unwrap();
-        let mut data = d.read(&n).unwrap();
-        data[0] ^= 0xff;
-        use std::io::Write;
-        d.open_write(&n).unwrap().write_all(&data).unwrap();
-        d.set_times(&n, f.atime, f.mtime).unwrap();
+        tamper(&e, &before, rel);
     }
     let out = verify(&e.journal);
     out.expect(3, "verify after tampering with DEST content");
@@ -425,4 +429,93 @@ fn verify_names_a_replaced_source_link() {
             out.dump()
         );
     }
+}
+
+/// `verify` tells its findings apart: a copy whose content differs is a problem (text and JSON,
+/// with a `kind` for scripts), a copy whose mode users changed is a note, a copy written through
+/// its link since is counted; only the problem fails it.
+#[test]
+fn verify_tells_problems_from_notes_in_text_and_json() {
+    let _gate = suite_gate!();
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let (e, before) = relocated_tree(410);
+    let tampered: &[u8] = b"t/d00/s00/f00003.dat";
+    let chmodded: &[u8] = b"t/d00/s00/f00005.dat";
+    let written: &[u8] = b"t/d00/s00/f00006.dat";
+    tamper(&e, &before, tampered);
+    let copy = e.dst.join(OsStr::from_bytes(chmodded));
+    let was = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777;
+    let now = if was == 0o600 { 0o640 } else { 0o600 };
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(now)).unwrap();
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(e.src.join(OsStr::from_bytes(written)))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+
+    let out = verify(&e.journal);
+    out.expect(3, "verify after tampering");
+    let text = out.stdout_str();
+    let line = |rel: &[u8]| {
+        text.lines()
+            .find(|l| l.contains(&esc(rel)))
+            .unwrap_or_else(|| panic!("no line names {}\n{}", esc(rel), out.dump()))
+            .to_string()
+    };
+    let l = line(tampered);
+    assert!(
+        l.starts_with("PROBLEM ")
+            && l.contains(": DEST content hash ")
+            && l.contains(" differs from the journal's "),
+        "{l}"
+    );
+    assert!(
+        line(chmodded).starts_with("NOTE ")
+            && line(chmodded).ends_with(&format!(
+                ": metadata changed since relocation: mode {now:o} (was {was:o})"
+            )),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        !text.contains(&esc(written))
+            && text.contains("; 1 written through their links since relocation"),
+        "{}",
+        out.dump()
+    );
+
+    let out = evac([
+        OsStr::new("verify"),
+        OsStr::new("--journal"),
+        e.journal.as_os_str(),
+        OsStr::new("--json"),
+    ]);
+    out.expect(3, "verify --json after tampering");
+    let v = json::parse(out.stdout_str().trim()).unwrap();
+    let problems = v.get("problems").and_then(|p| p.as_array()).unwrap();
+    assert_eq!(problems.len(), 1, "{v:?}");
+    let p = &problems[0];
+    assert_eq!(
+        p.get("path").and_then(|x| x.as_str()),
+        Some(esc(tampered).as_str())
+    );
+    assert_eq!(p.get("kind").and_then(|x| x.as_str()), Some("hash_differs"));
+    assert!(p
+        .get("problem")
+        .and_then(|x| x.as_str())
+        .is_some_and(|t| t.starts_with("DEST content hash ")));
+    let meta = v
+        .get("metadata_changed")
+        .and_then(|p| p.as_array())
+        .unwrap();
+    assert_eq!(meta.len(), 1, "{v:?}");
+    assert_eq!(
+        meta[0].get("change").and_then(|x| x.as_str()),
+        Some(format!("mode {now:o} (was {was:o})").as_str())
+    );
+    assert_eq!(v.get("written_since").and_then(|x| x.as_u64()), Some(1));
+    assert_eq!(v.get("ok").and_then(|x| x.as_bool()), Some(false));
 }
