@@ -740,6 +740,11 @@ const OPS: &[&str] = &[
     "replace",
     "chmod",
     "move-and-reuse",
+    // Killed where held, just after the user's operation: the operations that leave a link
+    // naming a DEST name the path no longer leads to, and a write that waits on the lease.
+    "append+kill",
+    "rename-away+kill",
+    "move-and-reuse+kill",
 ];
 
 /// The runs of the learnt schedule before run `r` (armed, so that they keep to it).
@@ -1007,6 +1012,11 @@ fn interleave_case(
     op: &'static str,
     t: &Mutex<Tally>,
 ) -> Result<(), String> {
+    // `OP+kill`: the user acts while evac is held, and evac is killed there instead of going on.
+    let (user, kill) = match op.strip_suffix("+kill") {
+        Some(u) => (u, true),
+        None => (op, false),
+    };
     let ws = Ws::new(base, &format!("i{id}"));
     let mut m = (SCENARIOS[sc].build)(&ws);
     m.trash_exact = None;
@@ -1062,11 +1072,16 @@ fn interleave_case(
         let mut mm = before.clone();
         let target = target.clone();
         s.spawn(move || {
-            let p = user_op(wsr, &mut mm, op, &target);
+            let p = user_op(wsr, &mut mm, user, &target);
             let _ = tx.send((mm, p));
         });
         let early = rx.recv_timeout(Duration::from_millis(300)).ok();
-        std::fs::write(ws.steps.join("go"), b"").unwrap();
+        if kill {
+            // As if by kill -9 while held: the kernel lets evac's lease go with the process.
+            let _ = child.kill();
+        } else {
+            std::fs::write(ws.steps.join("go"), b"").unwrap();
+        }
         let (mm, p) = match early {
             Some(r) => r,
             None => rx
@@ -1080,7 +1095,7 @@ fn interleave_case(
     // instant the README names: a name the user replaced just before evac's exchange shows its
     // previous content between that exchange and its undo. A read of exactly that content at the
     // target is held aside, and passes only if evac's trace shows the undo for that path.
-    let prior = match op {
+    let prior = match user {
         "replace" | "rename-onto" => before.files.get(&target).map(|w| w.data.clone()),
         _ => None,
     };
@@ -1114,7 +1129,7 @@ fn interleave_case(
             }
         }
     };
-    if r.code != Some(0) && r.code != Some(3) {
+    if !kill && r.code != Some(0) && r.code != Some(3) {
         problems.push(format!(
             "the held run ended {:?}/{:?}\n{}",
             r.code, r.signal, r.stderr
