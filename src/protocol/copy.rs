@@ -23,6 +23,14 @@ pub fn copy_job(ctx: &Ctx, job: Job, buf: &mut [u8]) -> Outcome {
             Ok(Attempt::Retry(why)) => last = why,
             Ok(Attempt::Defer(why)) => return Outcome::Deferred(why),
             Ok(Attempt::StagedOut(why)) => return Outcome::StagedOut(Why::new(Cause::Hsm, why)),
+            // One name of a hard-link group gone is not the inode gone: its other names (and any
+            // new one the user renamed it to) stay to be relocated, as the next walk finds them.
+            Ok(Attempt::Gone) if job.names.len() > 1 => {
+                return Outcome::Deferred(Why::new(
+                    Cause::Changed,
+                    "a name of its hard-link group was renamed or removed during the run",
+                ))
+            }
             Ok(Attempt::Gone) => return Outcome::Gone,
             Ok(Attempt::Aborted) => return Outcome::Aborted,
             Ok(Attempt::Fail(why)) => return Outcome::Failed(job, Why::new(Cause::Recovery, why)),
