@@ -470,6 +470,24 @@ impl Journal {
         Ok(())
     }
 
+    /// The paths of every row of `id`'s hard-link group (the same SOURCE inode) placed with it,
+    /// `id`'s own included: those not yet recorded relocated, and those a recovery has just
+    /// completed (one name at a time).
+    pub fn placed_group_paths(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT g.path FROM files f JOIN files g ON g.dev = f.dev AND g.ino = f.ino AND g.nlink > 1
+                 WHERE f.id = ?1 AND g.kind = 'file' AND g.state IN ('placed', 'relocated') ORDER BY g.id",
+            )
+            .map_err(self.e("list hard links"))?;
+        let rows = st
+            .query_map([id], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(self.e("list hard links"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(self.e("list hard links"))
+    }
+
     /// The link count the walk saw (more than one: relocated with its other names, as a group).
     pub fn nlink_of(&self, id: i64) -> Result<u64> {
         self.conn

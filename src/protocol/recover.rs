@@ -186,7 +186,22 @@ fn restore_original(
         fsx::unlink_at(dir, held).ctx("remove the relocated original of", path)?;
         return Ok(RecoverResult::Pending);
     }
-    if state == FileState::Placed && single && !attic_only && unchanged && dest_ok {
+    // A group whose every name was exchanged before the crash (each is our link now) was
+    // swapped whole: completing it splits nothing, and undoing it would take away, from every
+    // name, what users have written through the links since.
+    let whole_group = !single
+        && state == FileState::Placed
+        && j.nlink_of(id)? as usize == {
+            let names = j.placed_group_paths(id)?;
+            let ours = names.iter().filter(|p| our_link_at(ctx, p)).count();
+            if ours == names.len() {
+                ours
+            } else {
+                0
+            }
+        };
+    if state == FileState::Placed && (single || whole_group) && !attic_only && unchanged && dest_ok
+    {
         // The journal must say relocated (durably) before the original goes: a later recovery
         // that found neither the original nor our link at its name would take the copy for an
         // unlinked one and remove it.
@@ -281,6 +296,14 @@ fn restore_original(
             quoted(path)
         ))),
     }
+}
+
+/// Whether SOURCE `rel` is our link to its own DEST name.
+fn our_link_at(ctx: &Ctx, rel: &[u8]) -> bool {
+    let (pd, name) = fsx::split_parent(rel);
+    fsx::resolve_dir(ctx.src_root.as_fd(), pd).is_ok_and(|d| {
+        fsx::readlink_at(d.as_fd(), name).ok().as_deref() == Some(ctx.link_target(rel).as_slice())
+    })
 }
 
 /// After the journal durably records a completed relocation, remove the original that recovery
