@@ -13,7 +13,7 @@ use crate::util::units::human_bytes;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use svg::{Bar, Series, TimeAxis, PALETTE};
+use svg::{Bar, Fmt, Series, TimeAxis, PALETTE};
 
 /// Phase 2 as the report shows it.
 pub struct StageReport {
@@ -97,10 +97,6 @@ struct RunJson {
     exit_code: Option<i64>,
 }
 
-fn fmt_bytes(v: f64) -> String {
-    human_bytes(v)
-}
-
 fn fmt_count(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -113,13 +109,16 @@ fn fmt_count(v: f64) -> String {
     }
 }
 
-fn fmt_hours(v: f64) -> String {
-    if v >= 48.0 {
-        format!("{:.0} d", v / 24.0)
-    } else if v >= 1.0 || v == 0.0 {
-        format!("{v:.0} h")
+/// The unit an ETA trend is plotted in, from its largest value in hours.
+fn eta_unit(max_hours: f64) -> (f64, &'static str) {
+    if max_hours >= 72.0 {
+        (1.0 / 24.0, "ETA (days)")
+    } else if max_hours >= 2.0 {
+        (1.0, "ETA (hours)")
+    } else if max_hours >= 2.0 / 60.0 {
+        (60.0, "ETA (minutes)")
     } else {
-        format!("{:.0} min", v * 60.0)
+        (3600.0, "ETA (seconds)")
     }
 }
 
@@ -314,8 +313,8 @@ fn progress(o: &mut String, r: &Report<'_>) {
             },
         ],
         false,
-        (fmt_bytes, "bytes relocated"),
-        Some((fmt_count, "files relocated")),
+        (Fmt::Bytes, "bytes relocated"),
+        Some((Fmt::Number, "files relocated")),
         &attrs,
     ));
     let _ = writeln!(
@@ -326,17 +325,19 @@ fn progress(o: &mut String, r: &Report<'_>) {
         html(&human_bytes(r.status.bytes_total as f64))
     );
     if r.eta_hours.iter().any(Option::is_some) {
+        let max = r.eta_hours.iter().flatten().copied().fold(0.0, f64::max);
+        let (scale, title) = eta_unit(max);
         o.push_str(&svg::time_chart(
             "ETA trend",
             &x,
             &[Series {
                 name: "ETA: bytes left ÷ the rate over the last few buckets".into(),
                 color: PALETTE[2],
-                values: r.eta_hours.clone(),
+                values: r.eta_hours.iter().map(|v| v.map(|h| h * scale)).collect(),
                 right: false,
             }],
             false,
-            (fmt_hours, "ETA"),
+            (Fmt::Number, title),
             None,
             r#"id="chart-eta""#,
         ));
@@ -422,6 +423,19 @@ fn governor(o: &mut String, r: &Report<'_>) {
         v[i] = Some(v[i].unwrap_or(0.0) + g.decisions as f64);
         allowed[i] = Some(allowed[i].map_or(g.min_allowed, |a: f64| a.min(g.min_allowed)));
     }
+    // A decision holds until the next one: carry it through the buckets of the same run.
+    let run_of = |i: usize| {
+        let t = x.t0 + (i as f64 + 0.5) * x.width;
+        r.runs
+            .iter()
+            .find(|w| t >= w.started_at - x.width && t <= w.ended_at + x.width)
+            .map(|w| w.id)
+    };
+    for i in 1..x.n {
+        if allowed[i].is_none() && run_of(i).is_some() && run_of(i) == run_of(i - 1) {
+            allowed[i] = allowed[i - 1];
+        }
+    }
     let mut series: Vec<Series> = signals
         .into_iter()
         .enumerate()
@@ -448,8 +462,8 @@ fn governor(o: &mut String, r: &Report<'_>) {
         &x,
         &series,
         true,
-        (fmt_count, "decisions"),
-        Some((fmt_count, "workers allowed")),
+        (Fmt::Number, "decisions"),
+        Some((Fmt::Number, "workers allowed")),
         &format!(r#"id="chart-governor" data-decisions="{total}""#),
     ));
     o.push_str("<table><tr><th>limiting signal</th><th class=\"n\">decisions</th><th class=\"n\">time held</th><th class=\"n\">workers allowed (share of the most)</th></tr>");
@@ -499,7 +513,7 @@ fn left(o: &mut String, r: &Report<'_>) {
             &x,
             &series,
             true,
-            (fmt_count, "events"),
+            (Fmt::Number, "events"),
             None,
             &format!(r#"id="chart-left" data-events="{total}""#),
         ));
@@ -576,7 +590,7 @@ fn stage(o: &mut String, r: &Report<'_>) {
                 right: false,
             }],
             true,
-            (fmt_count, "files recalled"),
+            (Fmt::Number, "files recalled"),
             None,
             &format!(r#"id="chart-recalls" data-resident="{resident}""#),
         ));

@@ -21,8 +21,36 @@ pub const PALETTE: [&str; 8] = [
     "#1f77b4", "#d95f02", "#1b9e77", "#7570b3", "#e7298a", "#a6761d", "#666666", "#e6ab02",
 ];
 
-/// Formats a value of an axis.
-pub type Fmt = fn(f64) -> String;
+/// What an axis counts, which decides its ticks and their labels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fmt {
+    /// Bytes: ticks on round numbers of a binary unit, labelled "4.0 MiB".
+    Bytes,
+    /// Counts and other plain numbers.
+    Number,
+}
+
+impl Fmt {
+    fn label(self, v: f64) -> String {
+        match self {
+            Fmt::Bytes => crate::util::units::human_bytes(v),
+            Fmt::Number => fmt_num(v),
+        }
+    }
+}
+
+/// A number with at most two decimals, trailing zeros dropped (0.25, 2.5, 10), or in thousands
+/// and millions when large.
+pub fn fmt_num(v: f64) -> String {
+    if v >= 1e6 {
+        return format!("{:.1}M", v / 1e6);
+    }
+    if v >= 1e4 {
+        return format!("{:.0}k", v / 1e3);
+    }
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
 
 /// One series of a time chart.
 pub struct Series {
@@ -40,6 +68,16 @@ pub struct TimeAxis {
     pub t0: f64,
     pub width: f64,
     pub n: usize,
+}
+
+/// Ticks of an axis: round numbers, or for bytes round numbers of the binary unit the maximum
+/// is in (1, 2, 4 MiB rather than 1.0, 1.9, 3.8 MiB).
+fn axis_ticks(max: f64, fmt: Fmt) -> Vec<f64> {
+    if fmt == Fmt::Bytes && max >= 1024.0 {
+        let unit = 1024f64.powf((max.log(1024.0)).floor());
+        return ticks(max / unit).into_iter().map(|t| t * unit).collect();
+    }
+    ticks(max)
 }
 
 /// Round numbers from 0 to at least `max`, about five of them.
@@ -125,7 +163,7 @@ fn frame(
             num(y),
             num(LEFT - 6.0),
             num(y + 4.0),
-            html(&(left.1)(*v))
+            html(&left.1.label(*v))
         );
     }
     if let Some((vals, fmt, _)) = right {
@@ -137,7 +175,7 @@ fn frame(
                 r#"<text x="{}" y="{}" class="tick">{}</text>"#,
                 num(LEFT + pw + 6.0),
                 num(y + 4.0),
-                html(&fmt(*v))
+                html(&fmt.label(*v))
             );
         }
     }
@@ -232,7 +270,10 @@ pub fn time_chart(
         .flat_map(|s| s.values.iter().flatten())
         .copied()
         .fold(0.0, f64::max);
-    let (lt, rt) = (ticks(left_max), ticks(right_max));
+    let (lt, rt) = (
+        axis_ticks(left_max, y.0),
+        axis_ticks(right_max, right.map_or(y.0, |r| r.0)),
+    );
     let (lmax, rmax) = (
         lt.last().copied().unwrap_or(1.0),
         rt.last().copied().unwrap_or(1.0),
@@ -279,7 +320,18 @@ pub fn time_chart(
         let mut d = String::new();
         let mut pen = false;
         for (i, v) in s.values.iter().enumerate().take(n) {
+            let next = s.values.get(i + 1).copied().flatten();
             match v {
+                // A point with no neighbour draws no line: a dot shows it.
+                Some(v) if !pen && next.is_none() => {
+                    let _ = write!(
+                        out,
+                        r#"<circle cx="{}" cy="{}" r="3" fill="{}"/>"#,
+                        num(px(i)),
+                        num(py(*v, max)),
+                        s.color
+                    );
+                }
                 Some(v) => {
                     let _ = write!(
                         d,
