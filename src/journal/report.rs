@@ -345,10 +345,11 @@ impl Journal {
     /// the files left are touched).
     pub fn for_each_dir_left(&self, f: &mut dyn FnMut(DirLeft)) -> Result<()> {
         // Byte positions in a BLOB path (instr and substr count bytes when both sides are
-        // BLOBs): p1 the first '/', p2 the next one after it.
+        // BLOBs; the cast keeps it so for a path a hand-made row stored as TEXT): p1 the first
+        // '/', then the next one after it.
         let sql = format!(
             "WITH l AS (
-                SELECT path, size, state, instr(path, x'2f') AS p1 FROM files
+                SELECT CAST(path AS BLOB) AS path, size, state, instr(CAST(path AS BLOB), x'2f') AS p1 FROM files
                  WHERE kind = 'file' AND state IN ({NOT_RELOCATED})),
              d AS (
                 SELECT CASE WHEN p1 = 0 THEN x''
