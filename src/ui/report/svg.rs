@@ -448,9 +448,10 @@ mod tests {
 
     #[test]
     fn time_ticks_fall_on_round_clock_times() {
-        // 2023-11-14 22:13:20 UTC, over three hours: hourly ticks.
+        // 2023-11-14 22:13:20 UTC, over three hours: a tick every half hour, midnight as the
+        // date.
         let t = time_ticks(1_700_000_000.0, 1_700_010_800.0);
-        assert_eq!(t.first().unwrap().1, "23:00");
+        assert_eq!(t.first().unwrap().1, "22:30");
         assert!(t.iter().any(|(_, l)| l == "11-15"), "{t:?}");
         assert!(t.len() <= 7);
     }
