@@ -7,6 +7,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod hsm;
 pub mod recover;
+pub mod report;
 pub mod rescue;
 pub mod run;
 pub mod status;

@@ -216,7 +216,8 @@ pub fn metrics(j: &Journal, plan: &Plan, running: bool) -> Result<Metrics> {
     })
 }
 
-fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {
+/// What `status` shows (and `status --json` prints), also the figures `evac report` starts from.
+pub(super) fn build(j: &Journal, plan: &Plan, journal: &Path) -> Result<Status> {
     let counts = j.counts()?;
     let mut files: BTreeMap<&'static str, i64> = STATES.iter().map(|s| (s.as_str(), 0)).collect();
     for (s, n) in &counts.by_state {

@@ -140,6 +140,7 @@ pub fn dispatch(cli: Cli, args_text: String) -> Result<i32> {
         Command::Events(a) => {
             crate::app::events::events(&a.journal, a.since.as_deref(), a.follow, a.json)
         }
+        Command::Report(a) => crate::app::report::report(&a.journal, &a.out),
         Command::Verify(a) => crate::app::verify::verify(&a.journal, a.json, a.workers),
         Command::Holders(a) => crate::app::verify::holders(&a.source, a.json, a.null),
         Command::Demo(a) => crate::app::demo::demo(a.dir, a.files),

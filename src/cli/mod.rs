@@ -35,6 +35,10 @@ pub enum Command {
     /// Print the journal's events (relocated, deferred, failed, START, FINISH, governor, ...),
     /// one a line, oldest first; works while a run is going, and follows it with --follow.
     Events(EventsArgs),
+    /// Write the run history as one self-contained HTML page (no script, nothing fetched):
+    /// progress and ETA over time, rate per run, the governor, deferrals and failures by cause,
+    /// phase 2, the directories left and cutover readiness. Works while a run is going.
+    Report(ReportArgs),
     /// List the processes that still use SOURCE: files open under it, cwd or root in it, a
     /// program run from it, a file mapped from it. Exit 0 when there are none, 3 when there are.
     Holders(HoldersArgs),
@@ -471,6 +475,17 @@ pub struct EventsArgs {
     /// One JSON object a line, the same as `evac run --log-json` writes.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The arguments of `evac report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The evacuation's journal (a SQLite file).
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// The HTML file to write (replaced whole if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// The arguments of `evac verify`.

@@ -5,7 +5,7 @@
 use super::hashing::hex;
 use crate::error::{Error, Result};
 use crate::journal::fingerprint::{FpLeftover, FpMatch, FpRun};
-use crate::util::escape::{escape, quoted};
+use crate::util::escape::{escape, html, quoted};
 use crate::util::units::human_bytes;
 use std::io::Write;
 use std::path::Path;
@@ -239,21 +239,6 @@ fn write_json(r: &Results<'_>, out: &mut dyn Write) -> std::io::Result<()> {
         write!(out, "\n{item}")?;
     }
     writeln!(out, "\n]}}")
-}
-
-fn html(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 const HTML_HEAD: &str = r#"<!DOCTYPE html>

@@ -6,6 +6,7 @@ pub mod events;
 pub mod fingerprint;
 pub mod metrics;
 pub mod progress;
+pub mod report;
 pub mod rescue;
 pub mod status;
 pub mod verify;

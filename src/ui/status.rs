@@ -87,7 +87,7 @@ pub struct Hsm {
     pub db_volumes: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct Stage {
     pub volumes: i64,
     pub volumes_done: i64,
@@ -230,13 +230,35 @@ fn status_text(st: &Status) -> String {
             None => String::new(),
         }
     ));
+    lines.extend(cutover_lines(&st.cutover));
+    if !st.reasons.is_empty() {
+        lines.push("why files are left (top reasons):".into());
+        for r in &st.reasons {
+            let cause = r.cause.map_or(String::new(), |c| format!("[{c}] "));
+            lines.push(format!(
+                "  {:>8}  {:<10} {cause}{}",
+                r.count,
+                r.state.as_str(),
+                r.reason
+            ));
+        }
+        lines.push("list them with: evac status --journal J --list STATE".into());
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+/// Cutover readiness as `status` says it: the verdict, then notes on what stays on SOURCE only
+/// (`evac report` shows the same lines).
+pub fn cutover_lines(cut: &Cutover) -> Vec<String> {
+    let mut lines = Vec::new();
     let listing = |v: &BTreeMap<String, i64>| {
         v.iter()
             .map(|(k, n)| format!("{n} {k}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let cut = &st.cutover;
     lines.push(match cut.as_of_run {
         None => "cutover not ready: no run has walked all of SOURCE yet".into(),
         Some(run) if cut.ready => {
@@ -259,22 +281,7 @@ fn status_text(st: &Status) -> String {
             listing(&cut.not_carried_over)
         ));
     }
-    if !st.reasons.is_empty() {
-        lines.push("why files are left (top reasons):".into());
-        for r in &st.reasons {
-            let cause = r.cause.map_or(String::new(), |c| format!("[{c}] "));
-            lines.push(format!(
-                "  {:>8}  {:<10} {cause}{}",
-                r.count,
-                r.state.as_str(),
-                r.reason
-            ));
-        }
-        lines.push("list them with: evac status --journal J --list STATE".into());
-    }
-    let mut s = lines.join("\n");
-    s.push('\n');
-    s
+    lines
 }
 
 /// What `evac pause`, `resume` or `throttle` did.

@@ -51,6 +51,28 @@ pub fn quoted(bytes: &[u8]) -> String {
     format!("\"{}\"", escape(bytes))
 }
 
+/// `s` for HTML text or a quoted attribute value: `&`, `<`, `>`, `"` and `'` become entities.
+/// A path goes through [`escape`] first (bytes to one unambiguous line), then through this.
+pub fn html(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A path's raw bytes for HTML: escaped as everywhere in evac, then HTML-escaped.
+pub fn html_path(bytes: &[u8]) -> String {
+    html(&escape(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +86,17 @@ mod tests {
         assert_eq!(escape(b"\x01\x7f"), "\\x01\\x7f");
         assert_eq!(escape("é".as_bytes()), "é");
         assert_eq!(quoted(b"-rf"), "\"-rf\"");
+    }
+
+    #[test]
+    fn html_escapes_markup_after_the_path_escape() {
+        assert_eq!(
+            html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(
+            html_path(b"<script>\xff\"q\""),
+            "&lt;script&gt;\\xff\\&quot;q\\&quot;"
+        );
     }
 }

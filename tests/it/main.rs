@@ -34,6 +34,7 @@ mod power_loss;
 mod progress;
 mod recover;
 mod relocate;
+mod report;
 mod rescue;
 mod resync;
 mod status_verify;
