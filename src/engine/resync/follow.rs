@@ -310,6 +310,10 @@ impl Resync<'_> {
             steps::at(Step::ResyncUnlinkStale, &stage_rel);
             let _ = fsx::unlink_at(dir.as_fd(), &stage_name);
         }
+        // The staging name is let go of before it exists, and kept (the release cancelled) in
+        // the transaction that records the link's rewrite to it: killed in between, the next
+        // run's resync removes it, as an extra name of the copy that no link names.
+        self.j.note_release(&stage_rel, from.dest_ino, None)?;
         let staged = match fsx::stat_at(dir.as_fd(), &stage_name) {
             Ok(_) => Ok(()),
             Err(_) => self.link_copy(&l, &from, &dir, &stage_name),
@@ -346,6 +350,7 @@ impl Resync<'_> {
                     "staged for a renamed link while a cycle of renames is untangled",
                 )?;
                 j.trash_moved(tid)?;
+                j.cancel_release(&stage_rel, from.dest_ino)?;
                 tx.commit()?;
                 Ok::<(), crate::error::Error>(())
             })();
